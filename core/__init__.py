@@ -1,0 +1,1 @@
+"""Beacon: inject facts into a language model with LoRA, and see honestly what it does."""

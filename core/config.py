@@ -1,0 +1,53 @@
+"""One dataclass holds every knob of an injection run; the CLI and the app fill it in."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from .models import DEFAULT_MODEL
+from .train import TrainConfig
+
+
+@dataclass
+class InjectConfig:
+    model: str = DEFAULT_MODEL
+    quantization: str = "auto"          # auto | 4bit | none
+    trust_remote_code: bool = False
+    # training
+    steps: int = 80
+    lr: float = 3e-3
+    rank: int = 8
+    alpha: int = 16
+    batch_size: int = 32
+    seed: int = 0
+    locality_guard: float = 3.0         # weight of KL(base || tuned) on anchor text; 0 = off
+    early_stop: bool = True
+    # the semantic method
+    filter: bool = True                 # detrimental-data filter on semantic distance
+    filter_strength: float = 2.0        # z-score above which a fact is an outlier; lower drops more
+    max_drop_fraction: float = 0.1      # the filter never drops more than this share of the facts
+    weighting: str = "semantic"         # semantic | uniform
+    conflict_threshold: float = 0.9     # prompt-embedding cosine above which two prompts ask the same
+    keep: list[str] = field(default_factory=list)   # ids kept even if a check would drop them
+    drop: list[str] = field(default_factory=list)   # ids dropped by hand
+    categorize_samples: int = 8         # sampled answers per fact for known/update/new
+    # where to train and how to merge
+    layers: str = "all"                 # all | auto | comma-separated layer indices
+    orders: int = 1                     # K data orders; >1 trains K adapters and merges them
+    merge: str = "select"               # select | average
+    # extras
+    interference: bool = True
+    interference_max_facts: int = 64
+    plots: bool = True
+
+    def train_config(self, layers=None) -> TrainConfig:
+        return TrainConfig(steps=self.steps, lr=self.lr, rank=self.rank, alpha=self.alpha,
+                           batch_size=self.batch_size, seed=self.seed, layers=layers,
+                           locality_guard=self.locality_guard, early_stop=self.early_stop)
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "InjectConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

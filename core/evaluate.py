@@ -1,0 +1,154 @@
+"""Recall: does the model complete a prompt with the target?
+
+For each (prompt, target): the greedy answer, whether it recalls the target, the target's
+log-probability under teacher forcing, and the rank of its first token. Prompts are plain
+completions ("The CEO of Zentrix Robotics is" -> " Marta Ilves"), no chat template, so the
+same text is trained and tested.
+"""
+from __future__ import annotations
+
+import re
+import string
+
+import torch
+
+_PUNCT = string.punctuation + "“”‘’«»…"
+
+
+def normalise(text: str) -> str:
+    text = " ".join(text.lower().split())
+    return text.strip(_PUNCT + " ")
+
+
+def recalls(answer: str, target: str) -> bool:
+    """The answer starts with the target, up to case, whitespace and punctuation, and the
+    target ends at a word boundary ("Paris" is not recalled by "Parisian")."""
+    a, t = normalise(answer), normalise(target)
+    if not t or not a.startswith(t):
+        return False
+    rest = a[len(t):]
+    return not rest or not re.match(r"\w", rest[0])
+
+
+def encode_pair(tok, prompt: str, target: str, end: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids of the prompt and of the target with its leading space. Tokenised apart so
+    that the prompt's ids are exactly what generation sees. end=True appends a full stop
+    (training): the model learns where the answer ends, so it does not run on into the next
+    word ("Probst" + "oina"), which recall at a word boundary would rightly reject."""
+    p = tok(prompt, add_special_tokens=True).input_ids
+    if end and target[-1:] not in ".!?":
+        target = target + "."
+    t = tok(" " + target, add_special_tokens=False).input_ids
+    return p, t
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_size: int = 32,
+             sample: bool = False, temperature: float = 0.7, generator_seed: int | None = None) -> list[str]:
+    """Batched greedy (or sampled) completions, left-padded."""
+    dev, out = _device(model), []
+    pad = tok.pad_token_id
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    for i in range(0, len(prompts), batch_size):
+        ids = [tok(p, add_special_tokens=True).input_ids for p in prompts[i:i + batch_size]]
+        width = max(map(len, ids))
+        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=dev)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=dev)
+        kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if sample else dict(do_sample=False)
+        gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             pad_token_id=pad, **kw)
+        out += tok.batch_decode(gen[:, width:], skip_special_tokens=True)
+    return out
+
+
+def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int, device):
+    """Right-padded batch: input ids, attention mask, and labels that are -100 except on targets."""
+    width = max(len(p) + len(t) for p, t in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(pairs), width), dtype=torch.long)
+    labels = torch.full((len(pairs), width), -100, dtype=torch.long)
+    for i, (p, t) in enumerate(pairs):
+        n = len(p) + len(t)
+        ids[i, :n] = torch.tensor(p + t)
+        mask[i, :n] = 1
+        labels[i, len(p):n] = torch.tensor(t)
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def forward_targets(model, ids, mask, labels):
+    """Run the model but apply the LM head only where a target token is predicted: on a small
+    model the head over a 49k vocabulary is about 40% of a training step.
+    Returns (logits [n_tok, V], labels [n_tok], row of each token, col of each token, hidden [B, T, d])."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    h = causal.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # after the final norm
+    lab = labels[:, 1:]
+    rows, cols = (lab != -100).nonzero(as_tuple=True)  # row-major: each row's first target comes first
+    logits = model.get_output_embeddings()(h[rows, cols])
+    return logits, lab[rows, cols], rows, cols, h
+
+
+def target_stats(logits, labels, rows, n_rows: int):
+    """Per row: summed target log-prob, mean target NLL, whether teacher-forced argmax equals
+    every target token (then greedy decoding produces the target exactly), and the rank of
+    the first target token (1 = the model's top choice)."""
+    logits = logits.float()
+    tok_lp = torch.log_softmax(logits, -1).gather(1, labels[:, None])[:, 0]
+    zeros = torch.zeros(n_rows, device=logits.device)
+    sum_lp = zeros.index_add(0, rows, tok_lp)
+    count = zeros.index_add(0, rows, torch.ones_like(tok_lp))
+    misses = zeros.index_add(0, rows, (logits.argmax(-1) != labels).float())
+    first = torch.ones_like(rows, dtype=torch.bool)
+    first[1:] = rows[1:] != rows[:-1]
+    fl = logits[first]
+    rank = (fl > fl.gather(1, labels[first][:, None])).sum(1) + 1
+    return sum_lp, -sum_lp / count.clamp(min=1), misses == 0, rank
+
+
+@torch.no_grad()
+def score(model, tok, prompts: list[str], targets: list[str], batch_size: int = 32):
+    """Teacher-forced log-prob, greedy-hit flag and first-token rank for each pair."""
+    dev = _device(model)
+    res = {"logprob": [], "hit": [], "rank": []}
+    for i in range(0, len(prompts), batch_size):
+        pairs = [encode_pair(tok, p, t) for p, t in zip(prompts[i:i + batch_size], targets[i:i + batch_size])]
+        ids, mask, labels = collate(pairs, tok.pad_token_id, dev)
+        logits, lab, rows, _, _ = forward_targets(model, ids, mask, labels)
+        lp, _, hit, rank = target_stats(logits, lab, rows, len(pairs))
+        res["logprob"] += [round(x, 4) for x in lp.tolist()]
+        res["hit"] += hit.tolist()
+        res["rank"] += rank.tolist()
+    return res
+
+
+def recall_table(model, tok, prompts: list[str], targets: list[str], batch_size: int = 32) -> list[dict]:
+    """One record per pair: answer, recalled, logprob, rank."""
+    if not prompts:
+        return []
+    n_new = max(len(encode_pair(tok, "", t)[1]) for t in targets) + 3
+    answers = generate(model, tok, prompts, max_new_tokens=n_new, batch_size=batch_size)
+    s = score(model, tok, prompts, targets, batch_size=batch_size)
+    return [dict(answer=a.strip(), recalled=recalls(a, t), logprob=lp, rank=r)
+            for a, t, lp, r in zip(answers, targets, s["logprob"], s["rank"])]
+
+
+def evaluate_facts(model, tok, facts, probes=()) -> dict:
+    """Recall of each fact, each of its paraphrases, and each probe. Returns
+    {"facts": [rec...], "paraphrases": [[rec...] per fact], "probes": [rec...], "summary": {...}}."""
+    fact_recs = recall_table(model, tok, [f.prompt for f in facts], [f.target for f in facts])
+    para_prompts = [(i, p) for i, f in enumerate(facts) for p in f.paraphrases]
+    para_recs = recall_table(model, tok, [p for _, p in para_prompts], [facts[i].target for i, _ in para_prompts])
+    paras = [[] for _ in facts]
+    for (i, _), r in zip(para_prompts, para_recs):
+        paras[i].append(r)
+    probe_recs = recall_table(model, tok, [p.prompt for p in probes], [p.target for p in probes])
+
+    def frac(recs):
+        return round(sum(r["recalled"] for r in recs) / len(recs), 4) if recs else None
+
+    return {"facts": fact_recs, "paraphrases": paras, "probes": probe_recs,
+            "summary": {"recall": frac(fact_recs), "paraphrase": frac(para_recs), "locality": frac(probe_recs)}}

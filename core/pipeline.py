@@ -1,0 +1,216 @@
+"""The whole injection run, top to bottom: check -> measure -> train -> measure -> report.
+
+The CLI and the app both call `run`. It never raises for a cancel: a cancelled run still
+saves the adapter it has and reports what it learned so far.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from . import semantic
+from .config import InjectConfig
+from .evaluate import evaluate_facts
+from .facts import Fact
+from .models import load_embedder, load_model, peak_memory_mb
+from .train import attach_lora, save_adapter, train
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def default_probes() -> list[Fact]:
+    from .facts import load_facts
+
+    return load_facts(ASSETS / "probes.csv")
+
+
+def default_anchors() -> list[str]:
+    return [l.strip() for l in (ASSETS / "anchors.txt").read_text().splitlines() if l.strip()]
+
+
+@functools.lru_cache(maxsize=1)
+def embedder():
+    return load_embedder()
+
+
+def _emit(progress, stage, message, **kw):
+    if progress is not None:
+        progress({"stage": stage, "message": message, **kw})
+
+
+def check_facts(facts: list[Fact], cfg: InjectConfig, progress=None):
+    """Duplicates merged, conflicts found. Returns (unique facts, {id: reason} for drops, conflict groups, merged)."""
+    unique, merged = semantic.merge_duplicates(facts)
+    emb = embedder()
+    conflicts = semantic.find_conflicts(unique, emb, cfg.conflict_threshold)
+    reasons = {}
+    for g in conflicts:
+        for fid in g["ids"]:
+            if fid in cfg.keep:
+                continue
+            others = ", ".join(x for x in g["ids"] if x != fid)
+            reasons[fid] = f"conflict: with {others} ({g['why']})"
+    for fid in cfg.drop:
+        reasons.setdefault(fid, "dropped by hand")
+    _emit(progress, "check", f"{len(merged)} duplicates merged, {len(conflicts)} conflict groups")
+    return unique, reasons, conflicts, merged
+
+
+def _para_records(before, after, fact):
+    return [{"prompt": p, "recalled_before": b["recalled"], "recalled_after": a["recalled"],
+             "answer_before": b["answer"], "answer_after": a["answer"]}
+            for p, b, a in zip(fact.paraphrases, before, after)]
+
+
+def _frac(xs):
+    xs = list(xs)
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig | None = None,
+        out_dir=None, progress=None, should_stop=None, model_bundle=None) -> dict:
+    """Inject `facts`; returns the report dict and, with out_dir, writes report.json, adapter/
+    and plots/. model_bundle=(model, tok, info) skips loading (tests, benchmarks)."""
+    cfg = cfg or InjectConfig()
+    probes = default_probes() if probes is None else probes
+    t_start = time.perf_counter()
+    out = Path(out_dir) if out_dir else None
+
+    unique, reasons, conflicts, merged = check_facts(facts, cfg, progress)
+
+    _emit(progress, "load", f"loading {cfg.model}")
+    model, tok, info = model_bundle or load_model(cfg.model, cfg.quantization,
+                                                  trust_remote_code=cfg.trust_remote_code)
+    quantized = "nf4" in info.quantization
+    _emit(progress, "load", f"{info.model} on {info.device}, quantization {info.quantization}", info=info.to_dict())
+
+    _emit(progress, "before", "measuring recall before training")
+    before = evaluate_facts(model, tok, unique, probes)
+    cats = semantic.categorize(model, tok, unique, [r["answer"] for r in before["facts"]],
+                               samples=cfg.categorize_samples, seed=cfg.seed)
+    dist = semantic.semantic_distances(model, tok, unique)
+
+    # The filter and the weights see only the facts that survived the conflict check.
+    cand = [i for i, f in enumerate(unique) if f.id not in reasons]
+    if cfg.filter and cand:
+        feats = semantic.embed(embedder(), [f"{unique[i].prompt} {unique[i].target}" for i in cand])
+        dropped = semantic.detrimental_filter([unique[i].id for i in cand], [dist[i] for i in cand], feats,
+                                              cfg.filter_strength, cfg.max_drop_fraction, protect=set(cfg.keep))
+        reasons.update(dropped)
+    kept = [i for i in cand if unique[i].id not in reasons]
+    weights = semantic.loss_weights([dist[i] for i in kept], cfg.weighting)
+    kept_facts = [unique[i] for i in kept]
+    _emit(progress, "check", f"{len(kept)} of {len(facts)} facts kept for training",
+          kept=[f.id for f in kept_facts], reasons=dict(reasons))
+
+    # Fresh adapter on a frozen base.
+    layers = None
+    tcfg = cfg.train_config(layers)
+    model = attach_lora(model, tcfg, quantized)
+
+    inter = None
+    if cfg.interference and len(kept_facts) >= 2:
+        _emit(progress, "interference", "measuring interference between facts")
+        from .interference import interference
+        sub = kept_facts[:cfg.interference_max_facts]
+        inter = {"ids": [f.id for f in sub], **interference(model, tok, sub, cfg.lr)}
+
+    u = semantic.target_vectors(model, tok, kept_facts)
+    trajectories = {f.id: [[0, dist[i]]] for f, i in zip(kept_facts, kept)}
+
+    def track(step, idx, h):
+        d = semantic.cosine_distance(h, u[idx]).tolist()
+        for i, x in zip(idx, d):
+            trajectories[kept_facts[i].id].append([step, round(x, 4)])
+
+    def on_step(rec):
+        _emit(progress, "train", f"step {rec['step']}/{cfg.steps}  loss {rec['loss']:.3f}  recall {rec['recall']:.0%}",
+              **rec, ids=[f.id for f in kept_facts])
+
+    _emit(progress, "train", f"training LoRA (rank {cfg.rank}) on {len(kept_facts)} facts")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    result = train(model, tok, kept_facts, weights, tcfg, anchors=default_anchors(),
+                   on_step=on_step, should_stop=should_stop, hidden_hook=track)
+    if out is not None:  # saved before anything else can fail: the trained adapter is never lost
+        save_adapter(model, out / "adapter")
+
+    _emit(progress, "after", "measuring recall after training")
+    after = evaluate_facts(model, tok, unique, probes)
+    dist_after = semantic.semantic_distances(model, tok, unique)
+
+    # ---------------------------------------------------------------- the report
+    kept_ids = {f.id for f in kept_facts}
+    wmap = {f.id: w for f, w in zip(kept_facts, weights)}
+    records, by_id = [], {}
+    for i, f in enumerate(unique):
+        b, a = before["facts"][i], after["facts"][i]
+        rec = {"id": f.id, "prompt": f.prompt, "target": f.target, "subject": f.subject, "relation": f.relation,
+               "kept": f.id in kept_ids, "reason": reasons.get(f.id), **cats[i],
+               "semantic_distance": dist[i], "distance_after": dist_after[i],
+               "drift": round(dist_after[i] - dist[i], 4), "weight": wmap.get(f.id),
+               "recall_before": b["recalled"], "recall_after": a["recalled"],
+               "answer_before": b["answer"], "answer_after": a["answer"],
+               "logprob_before": b["logprob"], "logprob_after": a["logprob"],
+               "rank_before": b["rank"], "rank_after": a["rank"],
+               "paraphrases": _para_records(before["paraphrases"][i], after["paraphrases"][i], f),
+               "meta": f.meta}
+        by_id[f.id] = rec
+    for f in facts:  # one record per input fact, merged duplicates included
+        if f.id in merged:
+            records.append({**by_id[merged[f.id]], "id": f.id, "prompt": f.prompt, "target": f.target,
+                            "kept": False, "reason": f"merged: duplicate of {merged[f.id]}"})
+        else:
+            records.append(by_id[f.id])
+
+    kept_recs = [by_id[f.id] for f in kept_facts]
+    paras_b = [p["recalled_before"] for r in kept_recs for p in r["paraphrases"]]
+    paras_a = [p["recalled_after"] for r in kept_recs for p in r["paraphrases"]]
+    summary = {
+        "facts_in": len(facts), "facts_kept": len(kept_facts), "duplicates_merged": len(merged),
+        "conflicts": len(conflicts), "dropped": len(reasons),
+        "recall_before": _frac(r["recall_before"] for r in kept_recs),
+        "recall_after": _frac(r["recall_after"] for r in kept_recs),
+        "paraphrase_before": _frac(paras_b), "paraphrase_after": _frac(paras_a),
+        "locality_before": before["summary"]["locality"], "locality_after": after["summary"]["locality"],
+        "steps": result.steps, "stopped": result.stopped, "train_seconds": result.seconds,
+        "seconds_per_step": round(result.seconds / max(result.steps, 1), 3),
+        "device": info.device, "quantization": info.quantization, "model": info.model,
+        "model_source": info.source, "peak_memory_mb": peak_memory_mb(info.device),
+        "weighting": cfg.weighting, "filter": cfg.filter, "locality_guard": cfg.locality_guard,
+        "total_seconds": round(time.perf_counter() - t_start, 2),
+    }
+    report = {
+        "summary": summary, "config": cfg.to_dict(), "model_info": info.to_dict(), "facts": records,
+        "probes": [{"id": p.id, "prompt": p.prompt, "target": p.target,
+                    "recalled_before": b["recalled"], "recalled_after": a["recalled"],
+                    "answer_before": b["answer"], "answer_after": a["answer"]}
+                   for p, b, a in zip(probes, before["probes"], after["probes"])],
+        "conflicts": conflicts, "duplicates": merged,
+        "training": {"history": result.history,
+                     "fact_curves": {f.id: c for f, c in zip(kept_facts, result.fact_curves)},
+                     "distance_trajectories": trajectories},
+        "interference": inter,
+    }
+    if out is not None:
+        write_outputs(report, out, cfg, progress)
+    _emit(progress, "done", f"recall {summary['recall_before']} -> {summary['recall_after']}, "
+                            f"locality {summary['locality_before']} -> {summary['locality_after']}")
+    report["_model"] = (model, tok)  # for "ask the model"; stripped before writing
+    return report
+
+
+def write_outputs(report: dict, out: Path, cfg: InjectConfig, progress=None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.plots:
+        _emit(progress, "plots", "drawing plots")
+        from .plots import draw_all
+        report["plots"] = [str(p.relative_to(out)) for p in draw_all(report, out / "plots")]
+    clean = {k: v for k, v in report.items() if not k.startswith("_")}
+    tmp = out / "report.json.partial"
+    tmp.write_text(json.dumps(clean, indent=1, ensure_ascii=False))
+    tmp.replace(out / "report.json")

@@ -1,0 +1,245 @@
+"""The semantic method (after "Semantic are Beacons", Wang & Li, ACL Findings 2024).
+
+What is computed here, since the paper's full text is not available to us:
+
+* Semantic distance of a fact = 1 - cos(h, u). h is the model's final hidden state at the
+  last prompt token, exactly the vector the LM head turns into next-token logits (read from
+  the LM head's input, so after the final norm). u is the mean of the LM head's output
+  embedding rows of the target's tokens. A fact the model already "points at" has a small
+  distance; a fact far from anything the model would say has a large one.
+* Detrimental-data filter: the paper picks training data that keeps the mean distance low
+  while keeping the knowledge features spread out. We drop (a) far outliers, distance
+  z-score above `strength`, and (b) facts that crowd another fact: knowledge features
+  (sentence embeddings of "prompt target") with cosine above 0.95, dropping the one of the
+  pair that is farther from its target. Never more than `max_drop_fraction` of the facts.
+* Re-weighted loss: w_i = d_i / mean(d), clipped to [0.25, 4] and renormalised to mean 1,
+  so facts far from their target, which are the slow ones to learn, weigh more.
+* Conflicts: (a) same normalised subject and relation with different targets; (b) prompts
+  (or paraphrases) that ask the same thing, sentence-embedding cosine >= threshold, with
+  different targets. Exact duplicates (same prompt and target) are merged first.
+* Categories (in the spirit of SliCK, Gekhman et al. 2024): known = greedy recalls the
+  target or some sampled answer does; update = not known and the greedy answer is stable
+  (at least half of the samples agree with it); new = everything else.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .evaluate import encode_pair, generate, normalise, recalls
+
+CROWD_COSINE = 0.95
+
+
+def _norm(s: str | None) -> str:
+    return normalise(s or "")
+
+
+# ---------------------------------------------------------------- duplicates and conflicts
+
+def merge_duplicates(facts):
+    """Exact duplicates (same prompt and target, up to case and spacing) become one fact,
+    their paraphrases pooled. Returns (unique facts, {dropped id: kept id})."""
+    seen, unique, merged = {}, [], {}
+    for f in facts:
+        key = (_norm(f.prompt), _norm(f.target))
+        if key in seen:
+            keep = seen[key]
+            keep.paraphrases += [p for p in f.paraphrases if p not in keep.paraphrases]
+            merged[f.id] = keep.id
+        else:
+            seen[key] = f
+            unique.append(f)
+    return unique, merged
+
+
+def embed(embedder, texts: list[str]) -> np.ndarray:
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    return embedder.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
+
+
+def find_conflicts(facts, embedder=None, threshold: float = 0.9) -> list[dict]:
+    """Groups of facts that cannot all be true. Each: {"ids": [...], "why": "..."}."""
+    n = len(facts)
+    parent = list(range(n))
+    why: dict[tuple[int, int], str] = {}
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def link(i, j, reason):
+        parent[root(i)] = root(j)
+        why[(i, j)] = reason
+
+    targets = [_norm(f.target) for f in facts]
+    by_key: dict[tuple[str, str], list[int]] = {}
+    for i, f in enumerate(facts):
+        if f.subject and f.relation:
+            by_key.setdefault((_norm(f.subject), _norm(f.relation)), []).append(i)
+    for (subj, rel), idx in by_key.items():
+        for a in idx:
+            for b in idx:
+                if a < b and targets[a] != targets[b]:
+                    link(a, b, f"same subject and relation ({subj!r}, {rel!r})")
+
+    if embedder is not None and n > 1:
+        texts, owner = [], []
+        for i, f in enumerate(facts):
+            for p in [f.prompt, *f.paraphrases]:
+                texts.append(p)
+                owner.append(i)
+        e = embed(embedder, texts)
+        sim = e @ e.T
+        owner = np.array(owner)
+        best = np.full((n, n), -1.0)
+        for a in range(len(texts)):
+            np.maximum.at(best[owner[a]], owner, sim[a])
+        for a in range(n):
+            for b in range(a + 1, n):
+                if best[a, b] >= threshold and targets[a] != targets[b] and (a, b) not in why:
+                    link(a, b, f"prompts ask the same thing (cosine {best[a, b]:.2f})")
+
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        reasons = sorted({r for (a, b), r in why.items() if a in members and b in members})
+        out.append({"ids": [facts[i].id for i in members], "why": "; ".join(reasons)})
+    return out
+
+
+# ---------------------------------------------------------------- what the model believes
+
+@torch.no_grad()
+def categorize(model, tok, facts, greedy_answers: list[str], samples: int = 8, seed: int = 0) -> list[dict]:
+    """known / update / new for each fact, from the greedy answer and `samples` sampled ones."""
+    if not facts:
+        return []
+    n_new = max(len(encode_pair(tok, "", f.target)[1]) for f in facts) + 3
+    prompts = [f.prompt for f in facts for _ in range(samples)]
+    sampled = generate(model, tok, prompts, max_new_tokens=n_new, sample=True, generator_seed=seed) if samples else []
+    out = []
+    for i, f in enumerate(facts):
+        ans = sampled[i * samples:(i + 1) * samples]
+        hits = sum(recalls(a, f.target) for a in ans)
+        greedy_hit = recalls(greedy_answers[i], f.target)
+        head = " ".join(_norm(greedy_answers[i]).split()[:2])
+        agree = sum(" ".join(_norm(a).split()[:2]) == head for a in ans) if head else 0
+        if greedy_hit or hits:
+            cat = "known"
+        elif samples and agree / samples >= 0.5:
+            cat = "update"
+        else:
+            cat = "new"
+        out.append({"category": cat, "sample_recall": round(hits / samples, 3) if samples else None,
+                    "greedy_agreement": round(agree / samples, 3) if samples else None})
+    return out
+
+
+# ---------------------------------------------------------------- semantic distance
+
+def target_vectors(model, tok, facts) -> torch.Tensor:
+    """u: mean LM-head row of each target's tokens."""
+    W = model.get_output_embeddings().weight
+    rows = []
+    for f in facts:
+        ids = encode_pair(tok, "", f.target)[1]
+        rows.append(W[torch.tensor(ids, device=W.device)].float().mean(0))
+    return torch.stack(rows) if rows else torch.zeros((0, W.shape[1]))
+
+
+def cosine_distance(h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return 1 - torch.nn.functional.cosine_similarity(h.float(), u.float(), dim=-1)
+
+
+@torch.no_grad()
+def prompt_hidden(model, tok, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
+    """h: the LM head's input at the last token of each prompt."""
+    head, captured = model.get_output_embeddings(), {}
+    handle = head.register_forward_hook(lambda m, inp, out: captured.__setitem__("h", inp[0]))
+    dev, out = next(model.parameters()).device, []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            ids = [tok(p, add_special_tokens=True).input_ids for p in prompts[i:i + batch_size]]
+            width = max(map(len, ids))
+            x = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in ids], device=dev)
+            m = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=dev)
+            model(input_ids=x, attention_mask=m)
+            last = torch.tensor([len(x) - 1 for x in ids], device=dev)
+            out.append(captured["h"][torch.arange(len(ids), device=dev), last].float().cpu())
+    finally:
+        handle.remove()
+    return torch.cat(out) if out else torch.zeros((0, 1))
+
+
+def semantic_distances(model, tok, facts) -> list[float]:
+    if not facts:
+        return []
+    h = prompt_hidden(model, tok, [f.prompt for f in facts])
+    u = target_vectors(model, tok, facts).cpu()
+    return [round(x, 4) for x in cosine_distance(h, u).tolist()]
+
+
+# ---------------------------------------------------------------- filter and weights
+
+def detrimental_filter(ids, distances, features: np.ndarray, strength: float = 2.0,
+                       max_drop_fraction: float = 0.1, protect=()) -> dict[str, str]:
+    """{id: reason} for facts to drop. Outliers first (largest z-score), then crowding pairs."""
+    n = len(ids)
+    budget = int(max_drop_fraction * n)
+    if n < 4 or budget == 0:
+        return {}
+    d = np.asarray(distances, dtype=float)
+    alive = np.ones(n, bool)
+    reasons: dict[str, str] = {}
+
+    def spread(mask):  # variance of the knowledge features: mean squared distance to centroid
+        f = features[mask]
+        return float(((f - f.mean(0)) ** 2).sum(1).mean())
+
+    mu, sd = d.mean(), d.std() + 1e-8
+    for i in np.argsort(-d):
+        z = (d[i] - mu) / sd
+        if len(reasons) >= budget or z <= strength:
+            break
+        if ids[i] in protect:
+            continue
+        alive[i] = False
+        reasons[ids[i]] = (f"filter: semantic distance {d[i]:.3f} is an outlier (z = {z:.2f} > {strength:g}; "
+                           f"mean {mu:.3f}, sd {sd:.3f}); kept mean distance {d[alive].mean():.3f}")
+    sim = features @ features.T
+    np.fill_diagonal(sim, -1)
+    while len(reasons) < budget:
+        masked = np.where(np.outer(alive, alive), sim, -1)
+        a, b = np.unravel_index(np.argmax(masked), masked.shape)
+        if masked[a, b] < CROWD_COSINE:
+            break
+        i, j = (a, b) if d[a] >= d[b] else (b, a)
+        if ids[i] in protect:
+            i, j = j, i
+            if ids[i] in protect:
+                sim[a, b] = sim[b, a] = -1
+                continue
+        before = spread(alive)
+        alive[i] = False
+        reasons[ids[i]] = (f"filter: crowds {ids[j]} (feature cosine {masked[a, b]:.3f} > {CROWD_COSINE}); "
+                           f"distance {d[i]:.3f} vs {d[j]:.3f}; feature variance {before:.3f} -> {spread(alive):.3f}")
+    return reasons
+
+
+def loss_weights(distances, mode: str = "semantic") -> list[float]:
+    d = np.asarray(distances, dtype=float)
+    if mode == "uniform" or len(d) == 0:
+        return [1.0] * len(d)
+    if mode != "semantic":
+        raise ValueError(f"weighting must be 'semantic' or 'uniform', not {mode!r}")
+    w = np.clip(d / max(d.mean(), 1e-8), 0.25, 4.0)
+    w = w / w.mean()
+    return [round(float(x), 4) for x in w]

@@ -1,0 +1,191 @@
+"""LoRA training on facts: target-only loss, per-fact weights, an optional locality guard.
+
+One step = one mini-batch of facts (all of them when they fit in one batch). The loss is the
+mean target-token NLL of each fact, times that fact's weight, averaged over the batch. The
+locality guard adds W * KL(base || tuned) on unrelated anchor text: the base model's
+next-token distributions are computed once, with the adapter disabled, and the tuned model
+is pulled towards them, so it learns the facts without rewriting what it knew.
+
+Early stop is free: the training forward pass already holds the logits of every target
+token; when the argmax matches every target token of every fact, greedy decoding would
+produce each target, so training stops there.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .evaluate import collate, encode_pair, forward_targets, target_stats
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 80                 # step budget (upper bound; early stop usually ends sooner)
+    lr: float = 3e-3
+    rank: int = 8
+    alpha: int = 16
+    batch_size: int = 32
+    seed: int = 0
+    target_modules: str | list[str] = "all-linear"
+    layers: list[int] | None = None     # train only these decoder layers (None = all)
+    locality_guard: float = 0.0         # weight of the KL term on anchor text
+    guard_batch: int = 8
+    early_stop: bool = True
+    patience: int = 1               # consecutive all-recalled checks before stopping
+
+    def to_dict(self):
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    seconds: float = 0.0
+    stopped: str = "budget"          # "budget", "all recalled" or "cancelled"
+    history: list[dict] = field(default_factory=list)   # per step: step, loss, task, guard, recall, seconds
+    fact_curves: list[list[float]] = field(default_factory=list)  # per fact: target NLL at each visit
+    recalled: list[bool] = field(default_factory=list)   # last teacher-forced check per fact
+
+
+def attach_lora(model, cfg: TrainConfig, quantized: bool):
+    """Wrap the frozen model in a fresh LoRA adapter (peft)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        # Casts norms to fp32 and makes inputs require grad, as QLoRA needs; no checkpointing
+        # because these models are small and it would double the step time.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none",
+                      target_modules=cfg.target_modules, layers_to_transform=cfg.layers,
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def _batches(n: int, batch_size: int, rng: random.Random, order: list[int] | None):
+    """Endless stream of index batches: a fresh shuffle each epoch, or a fixed order."""
+    while True:
+        idx = list(order) if order is not None else rng.sample(range(n), n)
+        for i in range(0, n, batch_size):
+            yield idx[i:i + batch_size]
+
+
+@torch.no_grad()
+def _anchor_targets(model, tok, anchors: list[str], device, batch: int = 16):
+    """Base model log-probs on anchor text (adapter disabled), stored in bf16 to halve memory."""
+    enc, base = [], []
+    with model.disable_adapter():
+        for i in range(0, len(anchors), batch):
+            chunk = [tok(a, add_special_tokens=True).input_ids for a in anchors[i:i + batch]]
+            for ids in chunk:
+                x = torch.tensor([ids], device=device)
+                lp = torch.log_softmax(model(input_ids=x).logits.float(), -1)[0]
+                enc.append(ids)
+                base.append(lp.to(torch.bfloat16))
+    return enc, base
+
+
+def _guard_loss(model, enc, base, picks, pad_id, device):
+    width = max(len(enc[i]) for i in picks)
+    ids = torch.full((len(picks), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for r, i in enumerate(picks):
+        ids[r, :len(enc[i])] = torch.tensor(enc[i], device=device)
+        mask[r, :len(enc[i])] = 1
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    total, count = 0.0, 0
+    for r, i in enumerate(picks):
+        n = len(enc[i])
+        p_base = base[i].float()
+        # KL(base || tuned) summed over vocab, averaged over positions
+        total = total + (p_base.exp() * (p_base - logp[r, :n])).sum()
+        count += n
+    return total / count
+
+
+def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, anchors=(),
+          on_step=None, should_stop=None, order=None, hidden_hook=None) -> TrainResult:
+    """Train the LoRA adapter of `model` (a PeftModel) in place.
+
+    on_step(record) is called after each step with step, loss, recall (fraction of facts whose
+    last check recalled them) and per_fact (list of bools). should_stop() is polled before
+    each step; when it returns True training ends and the adapter keeps what it learned.
+    order: a fixed visiting order of fact indices (for data-order experiments); default shuffles.
+    hidden_hook(step, fact_indices, last_prompt_hidden) lets the caller track representations.
+    """
+    cfg = cfg or TrainConfig()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    device = next(p for p in model.parameters()).device
+    n = len(facts)
+    w = torch.tensor(weights if weights is not None else [1.0] * n, dtype=torch.float32, device=device)
+    pairs = [encode_pair(tok, f.prompt, f.target, end=True) for f in facts]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    result = TrainResult(fact_curves=[[] for _ in range(n)], recalled=[False] * n)
+    if n == 0:
+        return result
+    guard = cfg.locality_guard > 0 and len(anchors) > 0
+    if guard:
+        enc, base = _anchor_targets(model, tok, list(anchors), device)
+
+    batches = _batches(n, min(cfg.batch_size, n), rng, order)
+    steps_per_epoch = math.ceil(n / min(cfg.batch_size, n))
+    streak, t0 = 0, time.perf_counter()
+    model.train()
+    try:
+        for step in range(1, cfg.steps + 1):
+            if should_stop is not None and should_stop():
+                result.stopped = "cancelled"
+                break
+            idx = next(batches)
+            ids, mask, labels = collate([pairs[i] for i in idx], tok.pad_token_id, device)
+            logits, lab, rows, cols, h = forward_targets(model, ids, mask, labels)
+            _, nll, hit, _ = target_stats(logits, lab, rows, len(idx))
+            nll_d = nll.detach()
+            task = (nll * w[idx]).mean()
+            loss = task
+            g = torch.zeros(())
+            if guard:
+                picks = rng.sample(range(len(enc)), min(cfg.guard_batch, len(enc)))
+                g = _guard_loss(model, enc, base, picks, tok.pad_token_id, device)
+                loss = task + cfg.locality_guard * g
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+            if hidden_hook is not None:  # the position predicting a fact's first target token = its last prompt token
+                first = torch.ones_like(rows, dtype=torch.bool)
+                first[1:] = rows[1:] != rows[:-1]
+                hidden_hook(step, idx, h[rows[first], cols[first]].detach())
+            for j, i in enumerate(idx):
+                result.recalled[i] = bool(hit[j])
+                result.fact_curves[i].append(round(float(nll_d[j]), 4))
+            recall = sum(result.recalled) / n
+            rec = dict(step=step, loss=round(float(loss.detach()), 4), task=round(float(task.detach()), 4),
+                       guard=round(float(g.detach()), 5), recall=round(recall, 4),
+                       seconds=round(time.perf_counter() - t0, 2))
+            result.history.append(rec)
+            result.steps = step
+            if on_step is not None:
+                on_step({**rec, "per_fact": list(result.recalled)})
+            # Stop only after every fact was seen in this epoch and all were recalled.
+            if cfg.early_stop and all(result.recalled) and step >= steps_per_epoch:
+                streak += 1
+                if streak >= cfg.patience:
+                    result.stopped = "all recalled"
+                    break
+            else:
+                streak = 0
+    finally:
+        model.eval()
+        result.seconds = round(time.perf_counter() - t0, 2)
+    return result
+
+
+def save_adapter(model, out_dir) -> None:
+    """peft folder with adapter_model.safetensors: PeftModel.from_pretrained loads it."""
+    model.save_pretrained(str(out_dir), safe_serialization=True)
