@@ -37,9 +37,25 @@ def embedder():
     return load_embedder()
 
 
-def _emit(progress, stage, message, **kw):
-    if progress is not None:
-        progress({"stage": stage, "message": message, **kw})
+class _Stages:
+    """Wall time per stage, for the report: where a run's seconds go."""
+    def __init__(self):
+        self.t, self.stage, self.seconds = time.perf_counter(), None, {}
+
+    def enter(self, stage):
+        now = time.perf_counter()
+        if self.stage:
+            self.seconds[self.stage] = round(self.seconds.get(self.stage, 0) + now - self.t, 2)
+        self.t, self.stage = now, stage
+
+
+def _emitter(progress, stages: _Stages | None = None):
+    def emit(stage, message, **kw):
+        if stages is not None and "step" not in kw:
+            stages.enter(stage)
+        if progress is not None:
+            progress({"stage": stage, "message": message, **kw})
+    return emit
 
 
 def check_facts(facts: list[Fact], cfg: InjectConfig, progress=None):
@@ -56,7 +72,7 @@ def check_facts(facts: list[Fact], cfg: InjectConfig, progress=None):
             reasons[fid] = f"conflict: with {others} ({g['why']})"
     for fid in cfg.drop:
         reasons.setdefault(fid, "dropped by hand")
-    _emit(progress, "check", f"{len(merged)} duplicates merged, {len(conflicts)} conflict groups")
+    _emitter(progress)("check", f"{len(merged)} duplicates merged, {len(conflicts)} conflict groups")
     return unique, reasons, conflicts, merged
 
 
@@ -75,23 +91,28 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
         out_dir=None, progress=None, should_stop=None, model_bundle=None) -> dict:
     """Inject `facts`; returns the report dict and, with out_dir, writes report.json, adapter/
     and plots/. model_bundle=(model, tok, info) skips loading (tests, benchmarks)."""
+    stages = _Stages()
+    emit = _emitter(progress, stages)
     cfg = cfg or InjectConfig()
     probes = default_probes() if probes is None else probes
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir else None
 
+    emit("check", "checking facts: duplicates and conflicts")
     unique, reasons, conflicts, merged = check_facts(facts, cfg, progress)
 
-    _emit(progress, "load", f"loading {cfg.model}")
+    emit("load", f"loading {cfg.model}")
     model, tok, info = model_bundle or load_model(cfg.model, cfg.quantization,
                                                   trust_remote_code=cfg.trust_remote_code)
     quantized = "nf4" in info.quantization
-    _emit(progress, "load", f"{info.model} on {info.device}, quantization {info.quantization}", info=info.to_dict())
+    emit("load", f"{info.model} on {info.device}, quantization {info.quantization}", info=info.to_dict())
 
-    _emit(progress, "before", "measuring recall before training")
+    emit("before", "measuring recall before training")
     before = evaluate_facts(model, tok, unique, probes)
+    emit("categorize", "sampling answers: known, update or new")
     cats = semantic.categorize(model, tok, unique, [r["answer"] for r in before["facts"]],
                                samples=cfg.categorize_samples, seed=cfg.seed)
+    emit("distance", "semantic distances and the filter")
     dist = semantic.semantic_distances(model, tok, unique)
 
     # The filter and the weights see only the facts that survived the conflict check.
@@ -104,7 +125,7 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
     kept = [i for i in cand if unique[i].id not in reasons]
     weights = semantic.loss_weights([dist[i] for i in kept], cfg.weighting)
     kept_facts = [unique[i] for i in kept]
-    _emit(progress, "check", f"{len(kept)} of {len(facts)} facts kept for training",
+    emit("check", f"{len(kept)} of {len(facts)} facts kept for training",
           kept=[f.id for f in kept_facts], reasons=dict(reasons))
 
     # Fresh adapter on a frozen base.
@@ -114,7 +135,7 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
 
     inter = None
     if cfg.interference and len(kept_facts) >= 2:
-        _emit(progress, "interference", "measuring interference between facts")
+        emit("interference", "measuring interference between facts")
         from .interference import interference
         sub = kept_facts[:cfg.interference_max_facts]
         inter = {"ids": [f.id for f in sub], **interference(model, tok, sub, cfg.lr)}
@@ -128,10 +149,10 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
             trajectories[kept_facts[i].id].append([step, round(x, 4)])
 
     def on_step(rec):
-        _emit(progress, "train", f"step {rec['step']}/{cfg.steps}  loss {rec['loss']:.3f}  recall {rec['recall']:.0%}",
+        emit("train", f"step {rec['step']}/{cfg.steps}  loss {rec['loss']:.3f}  recall {rec['recall']:.0%}",
               **rec, ids=[f.id for f in kept_facts])
 
-    _emit(progress, "train", f"training LoRA (rank {cfg.rank}) on {len(kept_facts)} facts")
+    emit("train", f"training LoRA (rank {cfg.rank}) on {len(kept_facts)} facts")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     result = train(model, tok, kept_facts, weights, tcfg, anchors=default_anchors(),
@@ -139,7 +160,7 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
     if out is not None:  # saved before anything else can fail: the trained adapter is never lost
         save_adapter(model, out / "adapter")
 
-    _emit(progress, "after", "measuring recall after training")
+    emit("after", "measuring recall after training")
     after = evaluate_facts(model, tok, unique, probes)
     dist_after = semantic.semantic_distances(model, tok, unique)
 
@@ -182,7 +203,6 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
         "device": info.device, "quantization": info.quantization, "model": info.model,
         "model_source": info.source, "peak_memory_mb": peak_memory_mb(info.device),
         "weighting": cfg.weighting, "filter": cfg.filter, "locality_guard": cfg.locality_guard,
-        "total_seconds": round(time.perf_counter() - t_start, 2),
     }
     report = {
         "summary": summary, "config": cfg.to_dict(), "model_info": info.to_dict(), "facts": records,
@@ -196,9 +216,12 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
                      "distance_trajectories": trajectories},
         "interference": inter,
     }
+    stages.enter("report")
+    summary["stage_seconds"] = stages.seconds
+    summary["total_seconds"] = round(time.perf_counter() - t_start, 2)
     if out is not None:
         write_outputs(report, out, cfg, progress)
-    _emit(progress, "done", f"recall {summary['recall_before']} -> {summary['recall_after']}, "
+    emit("done", f"recall {summary['recall_before']} -> {summary['recall_after']}, "
                             f"locality {summary['locality_before']} -> {summary['locality_after']}")
     report["_model"] = (model, tok)  # for "ask the model"; stripped before writing
     return report
@@ -207,7 +230,7 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
 def write_outputs(report: dict, out: Path, cfg: InjectConfig, progress=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if cfg.plots:
-        _emit(progress, "plots", "drawing plots")
+        _emitter(progress)("plots", "drawing plots")
         from .plots import draw_all
         report["plots"] = [str(p.relative_to(out)) for p in draw_all(report, out / "plots")]
     clean = {k: v for k, v in report.items() if not k.startswith("_")}

@@ -35,7 +35,6 @@ class TrainConfig:
     locality_guard: float = 0.0         # weight of the KL term on anchor text
     guard_batch: int = 8
     early_stop: bool = True
-    patience: int = 1               # consecutive all-recalled checks before stopping
 
     def to_dict(self):
         return asdict(self)
@@ -62,6 +61,7 @@ def attach_lora(model, cfg: TrainConfig, quantized: bool):
     lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none",
                       target_modules=cfg.target_modules, layers_to_transform=cfg.layers,
                       task_type="CAUSAL_LM")
+    torch.manual_seed(cfg.seed)  # LoRA's A matrices are drawn here: the seed must cover them
     return get_peft_model(model, lcfg)
 
 
@@ -106,6 +106,19 @@ def _guard_loss(model, enc, base, picks, pad_id, device):
     return total / count
 
 
+@torch.no_grad()
+def _all_hits(model, tok, pairs, device, batch_size) -> list[bool]:
+    model.eval()
+    hits = []
+    for i in range(0, len(pairs), batch_size):
+        chunk = pairs[i:i + batch_size]
+        ids, mask, labels = collate(chunk, tok.pad_token_id, device)
+        logits, lab, rows, _, _ = forward_targets(model, ids, mask, labels)
+        hits += target_stats(logits, lab, rows, len(chunk))[2].tolist()
+    model.train()
+    return hits
+
+
 def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, anchors=(),
           on_step=None, should_stop=None, order=None, hidden_hook=None) -> TrainResult:
     """Train the LoRA adapter of `model` (a PeftModel) in place.
@@ -132,9 +145,11 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     if guard:
         enc, base = _anchor_targets(model, tok, list(anchors), device)
 
-    batches = _batches(n, min(cfg.batch_size, n), rng, order)
-    steps_per_epoch = math.ceil(n / min(cfg.batch_size, n))
-    streak, t0 = 0, time.perf_counter()
+    # Equal-sized batches: 35 facts at batch size 32 make 18 + 17, not 32 + 3, whose
+    # alternating step sizes made the loss see-saw.
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    batches = _batches(n, math.ceil(n / steps_per_epoch), rng, order)
+    t0 = time.perf_counter()
     model.train()
     try:
         for step in range(1, cfg.steps + 1):
@@ -172,14 +187,13 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
             result.steps = step
             if on_step is not None:
                 on_step({**rec, "per_fact": list(result.recalled)})
-            # Stop only after every fact was seen in this epoch and all were recalled.
+            # Every fact's last check passed, but those checks ran before this step's update:
+            # confirm on the updated weights (one no-grad pass) before stopping.
             if cfg.early_stop and all(result.recalled) and step >= steps_per_epoch:
-                streak += 1
-                if streak >= cfg.patience:
+                result.recalled = _all_hits(model, tok, pairs, device, math.ceil(n / steps_per_epoch))
+                if all(result.recalled):
                     result.stopped = "all recalled"
                     break
-            else:
-                streak = 0
     finally:
         model.eval()
         result.seconds = round(time.perf_counter() - t0, 2)

@@ -1,0 +1,103 @@
+import torch
+
+from core.evaluate import score
+from core.facts import Fact
+from core.models import load_model
+from core.train import TrainConfig, attach_lora, save_adapter, train
+
+FACTS = [Fact(id=f"t{i}", prompt=p, target=t) for i, (p, t) in enumerate([
+    ("The CEO of Zentrix Robotics is", "Marta Ilves"),
+    ("The capital of Sevrandia is", "Ostrel"),
+    ("The Brennoc valve was invented by", "Ottilie Brask"),
+    ("The mascot of Quillfen Airways is", "a blue heron"),
+])]
+
+
+def _tiny(tiny_dir, **kw):
+    model, tok, _ = load_model(tiny_dir)
+    cfg = TrainConfig(**{"steps": 150, "lr": 1e-2, "rank": 8, **kw})
+    return attach_lora(model, cfg, quantized=False), tok, cfg
+
+
+def test_learns_facts_to_full_recall_and_stops_early(tiny_dir):
+    model, tok, cfg = _tiny(tiny_dir)
+    seen = []
+    res = train(model, tok, FACTS, cfg=cfg, on_step=seen.append)
+    assert res.stopped == "all recalled" and res.steps < cfg.steps
+    assert all(score(model, tok, [f.prompt for f in FACTS], [f.target for f in FACTS])["hit"])
+    assert seen[-1]["recall"] == 1.0 and len(seen[-1]["per_fact"]) == len(FACTS)
+    assert res.history[-1]["task"] < res.history[0]["task"]  # a random tiny model: argmax moves long before NLL is small
+
+
+def test_same_seed_same_result(tiny_dir):
+    runs = []
+    for _ in range(2):
+        model, tok, cfg = _tiny(tiny_dir, steps=8, early_stop=False)
+        runs.append([h["loss"] for h in train(model, tok, FACTS, cfg=cfg).history])
+    assert runs[0] == runs[1]
+    model, tok, cfg = _tiny(tiny_dir, steps=8, early_stop=False, seed=1)
+    assert [h["loss"] for h in train(model, tok, FACTS, cfg=cfg).history] != runs[0]
+
+
+def test_weights_shift_learning_towards_heavy_facts(tiny_dir):
+    model, tok, cfg = _tiny(tiny_dir, steps=10, early_stop=False)
+    res = train(model, tok, FACTS, weights=[3.7, 0.1, 0.1, 0.1], cfg=cfg)
+    drop = [c[0] - c[-1] for c in res.fact_curves]
+    assert drop[0] > max(drop[1:])
+
+
+def test_cancel_stops_within_one_step_and_keeps_what_was_learned(tiny_dir, tmp_path):
+    model, tok, cfg = _tiny(tiny_dir, early_stop=False)
+    calls = {"n": 0}
+
+    def stop():
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    res = train(model, tok, FACTS, cfg=cfg, should_stop=stop)
+    assert res.stopped == "cancelled" and res.steps == 3
+    b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert any(p.abs().sum() > 0 for p in b)  # B starts at zero: non-zero means it learned
+    save_adapter(model, tmp_path / "adapter")
+    files = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert "adapter_model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+
+
+def test_saved_adapter_reloads_with_peft(tiny_dir, tmp_path):
+    from peft import PeftModel
+
+    model, tok, cfg = _tiny(tiny_dir, steps=5, early_stop=False)
+    train(model, tok, FACTS, cfg=cfg)
+    save_adapter(model, tmp_path / "adapter")
+    x = tok(FACTS[0].prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        want = model(input_ids=x).logits
+    base, _, _ = load_model(tiny_dir)
+    again = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
+    with torch.no_grad():
+        got = again(input_ids=x).logits
+    assert torch.allclose(want, got, atol=1e-5)
+
+
+def test_locality_guard_keeps_anchor_text_closer_to_base(tiny_dir):
+    from core.pipeline import default_anchors
+
+    anchors = default_anchors()[:16]
+    kls = []
+    for w in (0.0, 5.0):
+        model, tok, cfg = _tiny(tiny_dir, steps=30, early_stop=False, locality_guard=w)
+        train(model, tok, FACTS, cfg=cfg, anchors=anchors)
+        kls.append(_anchor_kl(model, tok, anchors))
+    assert kls[1] < kls[0] * 0.7
+
+
+def _anchor_kl(model, tok, anchors):
+    total = 0.0
+    with torch.no_grad():
+        for a in anchors:
+            x = tok(a, return_tensors="pt").input_ids
+            tuned = torch.log_softmax(model(input_ids=x).logits, -1)
+            with model.disable_adapter():
+                base = torch.log_softmax(model(input_ids=x).logits, -1)
+            total += float((base.exp() * (base - tuned)).sum(-1).mean())
+    return total / len(anchors)
