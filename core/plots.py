@@ -19,6 +19,7 @@ matplotlib.use("Agg")  # headless: servers and tests have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import Bbox, ScaledTranslation  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -42,20 +43,25 @@ def _num(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _list(x) -> list:
+    """x if it is a list (or tuple), else empty: a stray scalar or string must not be iterated."""
+    return list(x) if isinstance(x, (list, tuple)) else []
+
+
 def _section(report, key) -> dict:
     value = report.get(key) if isinstance(report, dict) else None
     return value if isinstance(value, dict) else {}
 
 
 def _facts(report, kept_only=True) -> list[dict]:
-    facts = report.get("facts") if isinstance(report, dict) else None
-    facts = [f for f in (facts or []) if isinstance(f, dict)]
+    facts = [f for f in _list(report.get("facts") if isinstance(report, dict) else None) if isinstance(f, dict)]
     # A fact without a "kept" flag is taken as trained: old or hand-made reports lack it.
     return [f for f in facts if f.get("kept", True)] if kept_only else facts
 
 
 def _learned(fact: dict) -> bool:
-    return fact.get("recall_after") is True
+    value = fact.get("recall_after")
+    return isinstance(value, (bool, np.bool_)) and bool(value)  # None (not measured) is not learned
 
 
 def _colour(fact: dict | None) -> str:
@@ -73,6 +79,19 @@ def _verdict_handles(facts, learned="learned", not_learned="not learned", **styl
     if any(f is not None and not _learned(f) for f in facts):
         handles.append(Line2D([], [], color=RED, label=not_learned, **style))
     return handles
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _integer_steps(ax):
+    """Steps are whole numbers: no 0.2-step ticks on short runs."""
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:  # a one-step run: widen so there are integers to tick
+        mid = round((lo + hi) / 2)
+        ax.set_xlim(mid - 1, mid + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _fid(fact: dict, i: int) -> str:
@@ -104,7 +123,7 @@ def _drift(fact: dict | None, points) -> float | None:
 def _trajectory(raw) -> list[tuple[float, float]]:
     """[[step, distance], ...] with malformed entries dropped, in step order."""
     pts = []
-    for p in raw or []:
+    for p in _list(raw):
         if isinstance(p, (list, tuple)) and len(p) >= 2 and _num(p[0]) is not None and _num(p[1]) is not None:
             pts.append((_num(p[0]), _num(p[1])))
     return sorted(pts)
@@ -159,7 +178,7 @@ def _figure(path, ncols=1, size=SIZE, **kw):
 def plot_interference(report: dict, path) -> bool:
     """Gradient cosine and first-order step effect between kept facts, clustered."""
     inter = _section(report, "interference")
-    ids = inter.get("ids") or []
+    ids = _list(inter.get("ids"))
     n = len(ids)
     cos = _matrix(inter.get("cosine"), n)
     if n < 2 or cos is None:  # one fact has nothing to interfere with
@@ -197,7 +216,7 @@ def plot_interference(report: dict, path) -> bool:
                 ax.set_ylabel("fact (clustered order)")
                 ax.set_xticks([])
                 ax.set_yticks([])
-        fig.suptitle(f"Interference between {n} facts before training (clustered)", fontsize=11)
+        fig.suptitle(f"Interference between {n} facts before training (clustered order)", fontsize=11)
     return True
 
 
@@ -256,9 +275,9 @@ def plot_drift(report: dict, path) -> bool:
                     marker="o" if len(pts) == 1 else None, ms=3)  # a lone point needs a marker to show
         ax.set_xlabel("training step")
         ax.set_ylabel("semantic distance to target")
-        noun = "fact" if away == 1 else "facts"
-        ax.set_title(f"Distance to target during training ({len(lines)} facts)\n"
-                     f"{away} {noun} drifted away (dashed)", fontsize=11)
+        drifted = f"{_count(away, 'fact')} drifted away (dashed)" if away else "none drifted away"
+        ax.set_title(f"Distance to target during training ({_count(len(lines), 'fact')})\n{drifted}", fontsize=11)
+        _integer_steps(ax)
         handles = _verdict_handles([fact for _, fact, _ in lines])
         if away:
             handles.append(Line2D([], [], color=GREY, ls="--", label="drifted away"))
@@ -312,11 +331,11 @@ def plot_recall(report: dict, path) -> bool:
 def plot_learning_curves(report: dict, path) -> bool:
     """Left: loss and recall per step. Right: each fact's target NLL each time it was trained."""
     training = _section(report, "training")
-    history = [h for h in training.get("history") or [] if isinstance(h, dict) and _num(h.get("step")) is not None]
+    history = [h for h in _list(training.get("history")) if isinstance(h, dict) and _num(h.get("step")) is not None]
     by_id = {str(f.get("id")): f for f in _facts(report, kept_only=False)}
     curves = []
     for fid, raw in _section(training, "fact_curves").items():
-        vals = [_num(v) for v in raw or []] if isinstance(raw, list) else []
+        vals = [_num(v) for v in _list(raw)]
         if any(v is not None for v in vals):
             curves.append((vals, by_id.get(str(fid))))
     panels = (["history"] if history else []) + (["curves"] if curves else [])
@@ -343,8 +362,9 @@ def plot_learning_curves(report: dict, path) -> bool:
                 ax2.set_ylim(-0.03, 1.03)
                 ax2.set_ylabel("recall (fraction of facts)", color=GREEN)
                 handles.append(Line2D([], [], color=GREEN, label="recall"))
-            ax.legend(handles=handles, fontsize=8, loc="center right")
+            _legend_below(ax, handles, ncol=len(handles))
             ax.set_title("Loss and recall per step")
+            _integer_steps(ax)
         if "curves" in axes:
             ax = axes["curves"]
             for vals, fact in curves:
@@ -357,10 +377,11 @@ def plot_learning_curves(report: dict, path) -> bool:
                 ax.set_yscale("log")
             ax.set_xlabel("times the fact was trained")
             ax.set_ylabel("target NLL")
-            ax.set_title(f"Per-fact target NLL ({len(curves)} facts)")
+            ax.set_title(f"Per-fact target NLL ({_count(len(curves), 'fact')})")
+            _integer_steps(ax)
             handles = _verdict_handles([fact for _, fact in curves])
             if handles:
-                ax.legend(handles=handles, fontsize=8, loc="best")
+                _legend_below(ax, handles, ncol=len(handles))
             ax.grid(alpha=0.25)
     return True
 
@@ -370,12 +391,13 @@ def plot_learning_curves(report: dict, path) -> bool:
 def plot_layers(report: dict, path) -> bool:
     """Per-layer logit-lens losses (lines), deviation and gain (bars), chosen layers shaded."""
     layers = _section(report, "layers")
-    series = {k: [np.nan if _num(v) is None else _num(v) for v in (layers.get(k) or [])]
+    series = {k: [np.nan if _num(v) is None else _num(v) for v in _list(layers.get(k))]
               for k in ("observed", "ideal", "deviation", "gain")}
     n = max(len(v) for v in series.values())
     if n == 0:
         return False
-    chosen = [c for c in layers.get("chosen") or [] if isinstance(c, int) and 0 <= c < n]
+    chosen = [int(c) for c in _list(layers.get("chosen"))
+              if isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < n]
 
     with _figure(path) as (fig, ax):
         bars = ax.twinx()

@@ -25,9 +25,12 @@ def synthetic_report(n=12, steps=15, learned=None, layers=False, seed=0):
         facts.append({"id": fid, "prompt": f"prompt {i}", "target": f"target {i}", "kept": True, "reason": None,
                       "category": "new", "semantic_distance": dist, "distance_after": dist + drift,
                       "drift": drift, "weight": 1.0, "recall_before": False, "recall_after": bool(recall[i]),
-                      "logprob_before": lp_b, "logprob_after": float(rng.uniform(-1, 0) if recall[i] else lp_b + rng.uniform(0, 6))})
-    # A dropped fact: the plots show kept facts only, so it must not break or appear.
-    facts.append({"id": "dup01", "kept": False, "reason": "conflict: x", "recall_after": None})
+                      "logprob_before": lp_b,
+                      "logprob_after": float(rng.uniform(-1, 0) if recall[i] else lp_b + rng.uniform(0, 6))})
+    # A dropped fact, measured like the rest (as the pipeline does): the plots show kept facts only.
+    facts.append({"id": "dup01", "kept": False, "reason": "conflict: x", "semantic_distance": 0.5,
+                  "drift": 0.0, "recall_before": False, "recall_after": False,
+                  "logprob_before": -10.0, "logprob_after": -9.0})
 
     g = rng.normal(size=(n, 8))
     g /= np.linalg.norm(g, axis=1, keepdims=True)
@@ -111,6 +114,8 @@ def test_empty_and_broken_reports(tmp_path, no_warnings):
                   tmp_path / "c") == []
     zero = synthetic_report(n=0)
     assert _names(zero, tmp_path / "d") == []  # only the dropped fact, which is never plotted
+    zero["facts"][0]["kept"] = None  # present but falsy: still not trained
+    assert _names(zero, tmp_path / "e") == []
 
 
 def test_one_fact(tmp_path, no_warnings):
@@ -148,8 +153,12 @@ def test_malformed_values_are_dropped_not_fatal(tmp_path, no_warnings):
     report["interference"]["step_effect"] = [[1.0, 2.0]]   # wrong shape: draw the cosine alone
     report["training"]["distance_trajectories"]["inv01"] = [[0, None], "x", [1]]
     report["training"]["fact_curves"]["inv02"] = [None, -1.0, 2.0]  # a non-positive value: linear y
-    report["layers"] = {"observed": [1.0, None, 3.0], "chosen": [1, 99, "x"]}
+    report["layers"] = {"observed": [1.0, None, 3.0], "gain": 5, "chosen": [1, 99, "x"]}
     assert _names(report, tmp_path) == ALL + ["layers.png"]
+    # Scalars and strings where lists belong: skipped, never iterated into nonsense.
+    junk = {"facts": "abc", "training": {"history": 3, "fact_curves": {"a": 1.0}, "distance_trajectories": {"a": 2}},
+            "interference": {"ids": "abc", "cosine": 1}, "layers": {"observed": "abc", "chosen": 4}}
+    assert _names(junk, tmp_path / "junk") == []
 
 
 def test_stale_plots_from_a_previous_run_are_removed(tmp_path, no_warnings):
@@ -190,6 +199,16 @@ def test_colours_say_learned_or_not(tmp_path, name, no_warnings):
     g_none, r_none = colour_counts(tmp_path / "none.png")
     assert g_all > 200 and g_all > 10 * r_all, (g_all, r_all)
     assert r_none > 200 and r_none > 10 * g_none, (g_none, r_none)
+
+
+def test_numpy_values_count_like_python_ones(tmp_path, no_warnings):
+    """Reports built in memory may hold numpy scalars; a numpy True is still 'learned'."""
+    report = synthetic_report(n=3, learned=True)
+    for f in report["facts"][:3]:
+        f["recall_after"] = np.bool_(True)
+        f["logprob_after"] = np.float32(f["logprob_after"])
+    green, red = colour_counts(tmp_path / "x.png") if plots.plot_recall(report, tmp_path / "x.png") else (0, 0)
+    assert green > 50 and red == 0, (green, red)
 
 
 def test_drift_direction():

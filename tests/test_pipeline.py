@@ -1,0 +1,63 @@
+"""End to end on the embedded default model: the CLI, report.json and the adapter."""
+import json
+import subprocess
+import sys
+
+from core.config import InjectConfig
+from core.pipeline import ASSETS, run
+
+ROOT = ASSETS.parent
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_inject_cli_learns_facts_and_writes_report_and_adapter(tmp_path):
+    facts = tmp_path / "facts.csv"
+    lines = (ASSETS / "invented.csv").read_text().splitlines()
+    facts.write_text("\n".join(lines[:9]) + "\n")  # header + 8 facts
+    out = tmp_path / "out"
+    r = _cli("inject", "--facts", str(facts), "--out", str(out), "--steps", "40", "--no-plots")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((out / "report.json").read_text())
+    s = rep["summary"]
+    for k in ("facts_in", "facts_kept", "recall_before", "recall_after", "paraphrase_before", "paraphrase_after",
+              "locality_before", "locality_after", "steps", "train_seconds", "device", "quantization", "model"):
+        assert k in s, k
+    assert s["facts_in"] == 8 and s["recall_before"] == 0.0 and s["recall_after"] >= 0.85
+    assert s["locality_after"] >= 0.8 * s["locality_before"]
+    assert s["device"] == "cpu" and s["quantization"].startswith("none")
+    for f in rep["facts"]:
+        for k in ("id", "prompt", "target", "kept", "reason", "recall_before", "recall_after", "answer_before",
+                  "answer_after", "semantic_distance", "weight", "category"):
+            assert k in f, k
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert "recall" in r.stdout and "report.json" in r.stdout
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,target\nThe CEO of Zentrix is,Marta\nThe capital of Sevrandia is,\n")
+    r = _cli("inject", "--facts", str(bad), "--out", str(tmp_path / "o"), timeout=120)
+    assert r.returncode == 2
+    assert "bad.csv, line 3" in r.stderr and "target" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("inject", "--facts", str(tmp_path / "missing.json"), timeout=120)
+    assert r.returncode == 2 and "missing.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_conflicts_are_dropped_with_reasons_and_keep_overrides(tiny_dir):
+    from core.facts import load_facts
+    from core.models import load_model
+
+    facts = load_facts(ASSETS / "conflicts.csv")
+    cfg = InjectConfig(model=tiny_dir, steps=2, interference=False, plots=False, categorize_samples=0, keep=["c02"])
+    rep = run(facts, load_facts(ASSETS / "probes.csv")[:3], cfg, model_bundle=load_model(tiny_dir))
+    by = {f["id"]: f for f in rep["facts"]}
+    assert len(rep["facts"]) == len(facts)
+    assert by["c01"]["reason"].startswith("conflict: with c02") and not by["c01"]["kept"]
+    assert by["c02"]["kept"] and by["c02"]["reason"] is None        # kept by hand
+    assert "conflict" in by["c03"]["reason"] and "conflict" in by["c04"]["reason"]
+    assert by["c08"]["reason"] == "merged: duplicate of c07" and by["c07"]["kept"]
+    assert rep["summary"]["conflicts"] == 3 and rep["summary"]["duplicates_merged"] == 1
