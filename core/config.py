@@ -34,6 +34,7 @@ class InjectConfig:
     layers: str = "all"                 # all | auto | comma-separated layer indices
     orders: int = 1                     # K data orders; >1 trains K adapters and merges them
     merge: str = "select"               # select | average
+    continue_from: str | None = None    # an earlier run folder: add facts on top of its adapter
     # extras
     interference: bool = True
     interference_max_facts: int = 64

@@ -58,22 +58,77 @@ def _emitter(progress, stages: _Stages | None = None):
     return emit
 
 
-def check_facts(facts: list[Fact], cfg: InjectConfig, progress=None):
-    """Duplicates merged, conflicts found. Returns (unique facts, {id: reason} for drops, conflict groups, merged)."""
+def analyze(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig | None = None,
+            progress=None, model_bundle=None, stages=None) -> dict:
+    """Everything that happens before training and does not depend on keep/drop choices:
+    duplicates, conflicts, recall before, categories, semantic distances, features.
+    The app shows it as the review table; `run` reuses it so the work is not done twice."""
+    cfg = cfg or InjectConfig()
+    probes = default_probes() if probes is None else probes
+    emit = _emitter(progress, stages)
+    emit("check", "checking facts: duplicates and conflicts")
     unique, merged = semantic.merge_duplicates(facts)
-    emb = embedder()
-    conflicts = semantic.find_conflicts(unique, emb, cfg.conflict_threshold)
+    conflicts = semantic.find_conflicts(unique, embedder(), cfg.conflict_threshold)
+    emit("load", f"loading {cfg.model}")
+    model, tok, info = model_bundle or load_model(cfg.model, cfg.quantization,
+                                                  trust_remote_code=cfg.trust_remote_code)
+    emit("load", f"{info.model} on {info.device}, quantization {info.quantization}", info=info.to_dict())
+    emit("before", "measuring recall before training")
+    before = evaluate_facts(model, tok, unique, probes)
+    emit("categorize", "sampling answers: known, update or new")
+    cats = semantic.categorize(model, tok, unique, [r["answer"] for r in before["facts"]],
+                               samples=cfg.categorize_samples, seed=cfg.seed)
+    emit("distance", "semantic distances")
+    dist = semantic.semantic_distances(model, tok, unique)
+    feats = semantic.embed(embedder(), [f"{f.prompt} {f.target}" for f in unique])
+    return {"facts": facts, "probes": probes, "unique": unique, "merged": merged, "conflicts": conflicts,
+            "before": before, "categories": cats, "distances": dist, "features": feats,
+            "model_key": (cfg.model, cfg.quantization), "_bundle": (model, tok, info)}
+
+
+def decide(analysis: dict, cfg: InjectConfig) -> tuple[list[int], dict[str, str], list[float]]:
+    """Which facts train, why the others don't, and the loss weights. Cheap: the app calls it
+    again whenever the person keeps or drops a fact by hand."""
+    unique, dist = analysis["unique"], analysis["distances"]
     reasons = {}
-    for g in conflicts:
+    for g in analysis["conflicts"]:
         for fid in g["ids"]:
-            if fid in cfg.keep:
-                continue
-            others = ", ".join(x for x in g["ids"] if x != fid)
-            reasons[fid] = f"conflict: with {others} ({g['why']})"
+            if fid not in cfg.keep:
+                others = ", ".join(x for x in g["ids"] if x != fid)
+                reasons[fid] = f"conflict: with {others} ({g['why']})"
     for fid in cfg.drop:
         reasons.setdefault(fid, "dropped by hand")
-    _emitter(progress)("check", f"{len(merged)} duplicates merged, {len(conflicts)} conflict groups")
-    return unique, reasons, conflicts, merged
+    # The filter and the weights see only the facts that survived the conflict check.
+    cand = [i for i, f in enumerate(unique) if f.id not in reasons]
+    if cfg.filter and cand:
+        reasons.update(semantic.detrimental_filter(
+            [unique[i].id for i in cand], [dist[i] for i in cand], analysis["features"][cand],
+            cfg.filter_strength, cfg.max_drop_fraction, protect=set(cfg.keep)))
+    kept = [i for i in cand if unique[i].id not in reasons]
+    return kept, reasons, semantic.loss_weights([dist[i] for i in kept], cfg.weighting)
+
+
+def review_rows(analysis: dict, cfg: InjectConfig) -> list[dict]:
+    """One row per unique fact for the review table."""
+    kept, reasons, weights = decide(analysis, cfg)
+    w = {analysis["unique"][i].id: x for i, x in zip(kept, weights)}
+    rows = []
+    for i, f in enumerate(analysis["unique"]):
+        b = analysis["before"]["facts"][i]
+        rows.append({"id": f.id, "prompt": f.prompt, "target": f.target, "kept": f.id in w,
+                     "reason": reasons.get(f.id) or "", "category": analysis["categories"][i]["category"],
+                     "semantic_distance": analysis["distances"][i], "weight": w.get(f.id),
+                     "answer_before": b["answer"], "recall_before": b["recalled"]})
+    return rows
+
+
+def _load_earlier(run_dir) -> dict:
+    """The facts an earlier run kept, from its report.json, to watch what they lose."""
+    path = Path(run_dir) / "report.json"
+    if not path.exists() or not (Path(run_dir) / "adapter").exists():
+        raise FileNotFoundError(f"{run_dir}: not a Beacon run folder (needs report.json and adapter/)")
+    rep = json.loads(path.read_text())
+    return {"facts": [Fact(id=r["id"], prompt=r["prompt"], target=r["target"]) for r in rep["facts"] if r["kept"]]}
 
 
 def _para_records(before, after, fact):
@@ -88,50 +143,51 @@ def _frac(xs):
 
 
 def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig | None = None,
-        out_dir=None, progress=None, should_stop=None, model_bundle=None) -> dict:
+        out_dir=None, progress=None, should_stop=None, model_bundle=None, analysis=None) -> dict:
     """Inject `facts`; returns the report dict and, with out_dir, writes report.json, adapter/
-    and plots/. model_bundle=(model, tok, info) skips loading (tests, benchmarks)."""
+    and plots/. model_bundle=(model, tok, info) skips loading (tests, benchmarks);
+    analysis (from `analyze` on the same facts, probes and model) skips the measuring before."""
     stages = _Stages()
     emit = _emitter(progress, stages)
     cfg = cfg or InjectConfig()
-    probes = default_probes() if probes is None else probes
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir else None
 
-    emit("check", "checking facts: duplicates and conflicts")
-    unique, reasons, conflicts, merged = check_facts(facts, cfg, progress)
-
-    emit("load", f"loading {cfg.model}")
-    model, tok, info = model_bundle or load_model(cfg.model, cfg.quantization,
-                                                  trust_remote_code=cfg.trust_remote_code)
+    if analysis is None or analysis["model_key"] != (cfg.model, cfg.quantization):
+        analysis = analyze(facts, probes, cfg, progress, model_bundle, stages)
+    facts, probes, unique = analysis["facts"], analysis["probes"], analysis["unique"]
+    merged, conflicts, before = analysis["merged"], analysis["conflicts"], analysis["before"]
+    cats, dist = analysis["categories"], analysis["distances"]
+    # The model is used once: training adds an adapter to it in place.
+    model, tok, info = analysis.pop("_bundle", None) or load_model(
+        cfg.model, cfg.quantization, trust_remote_code=cfg.trust_remote_code)
     quantized = "nf4" in info.quantization
-    emit("load", f"{info.model} on {info.device}, quantization {info.quantization}", info=info.to_dict())
 
-    emit("before", "measuring recall before training")
-    before = evaluate_facts(model, tok, unique, probes)
-    emit("categorize", "sampling answers: known, update or new")
-    cats = semantic.categorize(model, tok, unique, [r["answer"] for r in before["facts"]],
-                               samples=cfg.categorize_samples, seed=cfg.seed)
-    emit("distance", "semantic distances and the filter")
-    dist = semantic.semantic_distances(model, tok, unique)
-
-    # The filter and the weights see only the facts that survived the conflict check.
-    cand = [i for i, f in enumerate(unique) if f.id not in reasons]
-    if cfg.filter and cand:
-        feats = semantic.embed(embedder(), [f"{unique[i].prompt} {unique[i].target}" for i in cand])
-        dropped = semantic.detrimental_filter([unique[i].id for i in cand], [dist[i] for i in cand], feats,
-                                              cfg.filter_strength, cfg.max_drop_fraction, protect=set(cfg.keep))
-        reasons.update(dropped)
-    kept = [i for i in cand if unique[i].id not in reasons]
-    weights = semantic.loss_weights([dist[i] for i in kept], cfg.weighting)
+    kept, reasons, weights = decide(analysis, cfg)
     kept_facts = [unique[i] for i in kept]
     emit("check", f"{len(kept)} of {len(facts)} facts kept for training",
-          kept=[f.id for f in kept_facts], reasons=dict(reasons))
+         kept=[f.id for f in kept_facts], reasons=dict(reasons))
 
-    # Fresh adapter on a frozen base.
-    layers = None
+    # Where to train: every layer, the semantic choice, or the user's list.
+    layer_info = None
+    if cfg.layers == "auto" and kept_facts:
+        from .layers import select_layers
+        emit("layers", "choosing layers from the logit-lens transition")
+        layer_info = select_layers(model, tok, kept_facts)
+        layers = layer_info["chosen"]
+    else:
+        from .layers import parse_layers
+        layers = parse_layers(cfg.layers, model.config.num_hidden_layers)
     tcfg = cfg.train_config(layers)
-    model = attach_lora(model, tcfg, quantized)
+
+    # Sequential injection: continue from an earlier run's adapter, watching its facts.
+    earlier = _load_earlier(cfg.continue_from) if cfg.continue_from else None
+    if earlier:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, str(Path(cfg.continue_from) / "adapter"), is_trainable=True)
+        earlier["before"] = evaluate_facts(model, tok, earlier["facts"], [])["facts"]
+    else:
+        model = attach_lora(model, tcfg, quantized)
 
     inter = None
     if cfg.interference and len(kept_facts) >= 2:
@@ -150,13 +206,21 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
 
     def on_step(rec):
         emit("train", f"step {rec['step']}/{cfg.steps}  loss {rec['loss']:.3f}  recall {rec['recall']:.0%}",
-              **rec, ids=[f.id for f in kept_facts])
+             **rec, ids=[f.id for f in kept_facts])
 
-    emit("train", f"training LoRA (rank {cfg.rank}) on {len(kept_facts)} facts")
+    emit("train", f"training LoRA (rank {cfg.rank}) on {len(kept_facts)} facts"
+                  + (f", layers {layers[0]}-{layers[-1]}" if layers else ""))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    result = train(model, tok, kept_facts, weights, tcfg, anchors=default_anchors(),
-                   on_step=on_step, should_stop=should_stop, hidden_hook=track)
+    merge_info = None
+    if cfg.orders > 1 and not earlier and len(kept_facts) > 1:
+        from .merge import train_orders_and_merge
+        model, result, merge_info = train_orders_and_merge(
+            model, tok, kept_facts, weights, tcfg, cfg, quantized, default_anchors(), on_step, should_stop,
+            lambda: load_model(cfg.model, cfg.quantization, trust_remote_code=cfg.trust_remote_code)[0])
+    else:
+        result = train(model, tok, kept_facts, weights, tcfg, anchors=default_anchors(),
+                       on_step=on_step, should_stop=should_stop, hidden_hook=track)
     if out is not None:  # saved before anything else can fail: the trained adapter is never lost
         save_adapter(model, out / "adapter")
 
@@ -203,6 +267,7 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
         "device": info.device, "quantization": info.quantization, "model": info.model,
         "model_source": info.source, "peak_memory_mb": peak_memory_mb(info.device),
         "weighting": cfg.weighting, "filter": cfg.filter, "locality_guard": cfg.locality_guard,
+        "layers": layers or "all", "orders": cfg.orders, "merge": cfg.merge if cfg.orders > 1 else None,
     }
     report = {
         "summary": summary, "config": cfg.to_dict(), "model_info": info.to_dict(), "facts": records,
@@ -215,7 +280,17 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
                      "fact_curves": {f.id: c for f, c in zip(kept_facts, result.fact_curves)},
                      "distance_trajectories": trajectories},
         "interference": inter,
+        "layers": layer_info, "chosen_layers": layers, "merge": merge_info,
     }
+    if earlier:
+        now = evaluate_facts(model, tok, earlier["facts"], [])["facts"]
+        report["earlier_facts"] = {
+            "from": str(cfg.continue_from), "ids": [f.id for f in earlier["facts"]],
+            "recall_before": _frac(r["recalled"] for r in earlier["before"]),
+            "recall_after": _frac(r["recalled"] for r in now),
+            "lost": [f.id for f, b, a in zip(earlier["facts"], earlier["before"], now) if b["recalled"] and not a["recalled"]]}
+        summary["earlier_recall_before"] = report["earlier_facts"]["recall_before"]
+        summary["earlier_recall_after"] = report["earlier_facts"]["recall_after"]
     stages.enter("report")
     summary["stage_seconds"] = stages.seconds
     summary["total_seconds"] = round(time.perf_counter() - t_start, 2)

@@ -50,6 +50,17 @@ class TrainResult:
     recalled: list[bool] = field(default_factory=list)   # last teacher-forced check per fact
 
 
+def linear_names(model) -> list[str]:
+    """Short names of the linear layers inside the decoder blocks (q_proj, up_proj, ...)."""
+    head = model.get_output_embeddings()
+    names = set()
+    for name, mod in model.named_modules():
+        if mod is not head and ".layers." in f".{name}." and hasattr(mod, "weight") \
+                and getattr(mod.weight, "ndim", 0) == 2 and "Linear" in type(mod).__name__:
+            names.add(name.rsplit(".", 1)[-1])
+    return sorted(names)
+
+
 def attach_lora(model, cfg: TrainConfig, quantized: bool):
     """Wrap the frozen model in a fresh LoRA adapter (peft)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -58,8 +69,11 @@ def attach_lora(model, cfg: TrainConfig, quantized: bool):
         # Casts norms to fp32 and makes inputs require grad, as QLoRA needs; no checkpointing
         # because these models are small and it would double the step time.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    targets = cfg.target_modules
+    if targets == "all-linear" and cfg.layers is not None:
+        targets = linear_names(model)  # peft accepts layers_to_transform only with explicit names
     lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none",
-                      target_modules=cfg.target_modules, layers_to_transform=cfg.layers,
+                      target_modules=targets, layers_to_transform=cfg.layers,
                       task_type="CAUSAL_LM")
     torch.manual_seed(cfg.seed)  # LoRA's A matrices are drawn here: the seed must cover them
     return get_peft_model(model, lcfg)

@@ -1,0 +1,118 @@
+"""Parameter-selection merging (after Ju et al., EMNLP 2024, "Mitigating Training Imbalance in
+LLM Fine-Tuning via Selective Parameter Merging").
+
+K adapters are trained on the same facts in K different orders. Facts seen early in an
+order are learned first and then partly overwritten; merging runs with different orders
+evens that out. The merge works on each module's effective weight delta dW_k = s * B_k A_k
+(not on A and B separately, whose factors are not aligned between runs):
+  select:  for every weight element, the value of one run chosen uniformly at random;
+  average: the mean over runs (the ablation).
+The merged delta is written back as a LoRA adapter of rank K*r by truncated SVD, exact for
+the average (a sum of K rank-r matrices) and an approximation for selection; the relative
+error is reported.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def lora_deltas(model) -> dict[str, torch.Tensor]:
+    """{module name: s * B @ A} for every LoRA module of a PeftModel (active adapter)."""
+    out = {}
+    for name, mod in model.named_modules():
+        if hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
+            A = mod.lora_A["default"].weight.detach().float()
+            B = mod.lora_B["default"].weight.detach().float()
+            out[name] = (B @ A) * mod.scaling["default"]
+    return out
+
+
+def merge_deltas(deltas: list[dict[str, torch.Tensor]], how: str = "select", seed: int = 0) -> dict:
+    if how not in ("select", "average"):
+        raise ValueError(f"merge must be 'select' or 'average', not {how!r}")
+    g = torch.Generator().manual_seed(seed)
+    merged = {}
+    for name in deltas[0]:
+        stack = torch.stack([d[name].cpu() for d in deltas])     # [K, out, in]
+        if how == "average":
+            merged[name] = stack.mean(0)
+        else:
+            pick = torch.randint(len(deltas), stack.shape[1:], generator=g)
+            merged[name] = stack.gather(0, pick.unsqueeze(0)).squeeze(0)
+    return merged
+
+
+@torch.no_grad()
+def load_deltas_as_lora(model, merged: dict[str, torch.Tensor]) -> float:
+    """Write merged deltas into `model`'s LoRA modules (rank must be K*r). Returns the mean
+    relative Frobenius error of the rank truncation."""
+    errs = []
+    for name, mod in model.named_modules():
+        if name not in merged:
+            continue
+        A, B = mod.lora_A["default"].weight, mod.lora_B["default"].weight
+        r, s = A.shape[0], mod.scaling["default"]
+        U, S, Vh = torch.linalg.svd(merged[name], full_matrices=False)
+        root = S[:r].sqrt()
+        B.copy_((U[:, :r] * root / s ** 0.5).to(B.dtype))
+        A.copy_((root[:, None] * Vh[:r] / s ** 0.5).to(A.dtype))
+        approx = (B.float() @ A.float()) * s
+        errs.append(float((approx - merged[name].to(approx.device)).norm() / merged[name].norm().clamp(min=1e-12)))
+    return round(sum(errs) / max(len(errs), 1), 4)
+
+
+def _early_late(ids_in_order: list[str], hit: dict[str, bool]) -> dict:
+    """Recall of the first and last third of an order: are early facts recalled worse?"""
+    third = max(1, len(ids_in_order) // 3)
+    frac = lambda ids: round(sum(hit[i] for i in ids) / len(ids), 4)
+    return {"early_recall": frac(ids_in_order[:third]), "late_recall": frac(ids_in_order[-third:])}
+
+
+def train_orders_and_merge(model, tok, facts, weights, tcfg, cfg, quantized, anchors, on_step, should_stop,
+                           fresh_base):
+    """Train cfg.orders adapters (the first on `model`, which already carries one), each on its
+    own fixed order of the facts, and merge their deltas. Returns (merged model, TrainResult, info)."""
+    import dataclasses
+    import math
+    import random
+
+    from .evaluate import encode_pair
+    from .train import TrainResult, _all_hits, attach_lora, train
+
+    n = len(facts)
+    bs = min(tcfg.batch_size, max(1, math.ceil(n / 4)))  # at least 4 batches an epoch, so order matters
+    rng = random.Random(cfg.seed)
+    device = next(model.parameters()).device
+    pairs = [encode_pair(tok, f.prompt, f.target, end=True) for f in facts]
+    ids = [f.id for f in facts]
+    runs, deltas, total = [], [], TrainResult(stopped="all recalled")
+    for k in range(cfg.orders):
+        kcfg = dataclasses.replace(tcfg, batch_size=bs, seed=tcfg.seed + k)
+        m = model if k == 0 else attach_lora(fresh_base(), kcfg, quantized)
+        order = rng.sample(range(n), n)
+        res = train(m, tok, facts, weights, kcfg, anchors=anchors, on_step=on_step, should_stop=should_stop,
+                    order=order)
+        hit = dict(zip(ids, _all_hits(m, tok, pairs, device, bs)))
+        runs.append({"run": k, "order": [ids[i] for i in order], "steps": res.steps, "seconds": res.seconds,
+                     "recall": round(sum(hit.values()) / n, 4), **_early_late([ids[i] for i in order], hit)})
+        deltas.append(lora_deltas(m))
+        total.steps += res.steps
+        total.seconds = round(total.seconds + res.seconds, 2)
+        total.history += [{**h, "run": k} for h in res.history]
+        total.fact_curves = res.fact_curves
+        if res.stopped == "cancelled":
+            total.stopped = "cancelled"
+            break
+        if res.stopped == "budget":
+            total.stopped = "budget"
+    merged = merge_deltas(deltas, cfg.merge, cfg.seed)
+    K = len(deltas)
+    final = attach_lora(fresh_base(), dataclasses.replace(tcfg, rank=tcfg.rank * K, alpha=tcfg.alpha * K), quantized)
+    err = load_deltas_as_lora(final, merged)
+    hit = dict(zip(ids, _all_hits(final, tok, pairs, device, bs)))
+    total.recalled = [hit[i] for i in ids]
+    info = {"orders": K, "how": cfg.merge, "batch_size": bs, "svd_rank": tcfg.rank * K,
+            "svd_relative_error": err, "runs": runs,
+            "merged": {"recall": round(sum(hit.values()) / n, 4),
+                       "by_run_order": [_early_late(r["order"], hit) for r in runs]}}
+    return final, total, info
