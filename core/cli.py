@@ -31,6 +31,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weighting", choices=("semantic", "uniform"), default=d.weighting)
     p.add_argument("--locality-guard", type=float, default=d.locality_guard, metavar="W",
                    help="weight of the KL term that keeps the model close to the base on unrelated text")
+    p.add_argument("--layers", default=d.layers,
+                   help="where to train: all, auto (semantic layer selection) or indices like 20-29")
+    p.add_argument("--orders", type=int, default=d.orders, help="train K adapters on K data orders and merge them")
+    p.add_argument("--merge", choices=("select", "average"), default=d.merge,
+                   help="merge rule for --orders > 1: per-parameter random selection, or averaging")
+    p.add_argument("--continue-from", metavar="RUN_DIR",
+                   help="an earlier run folder: add these facts on top of its adapter and report what its facts lose")
     p.add_argument("--keep", default="", help="comma-separated ids to keep even if a check drops them")
     p.add_argument("--drop", default="", help="comma-separated ids to drop")
     p.add_argument("--no-interference", action="store_true", help="skip the interference matrix")
@@ -44,6 +51,7 @@ def _config(a) -> InjectConfig:
                         batch_size=a.batch_size, seed=a.seed, filter=a.filter, filter_strength=a.filter_strength,
                         weighting=a.weighting, locality_guard=a.locality_guard, keep=ids(a.keep),
                         drop=ids(a.drop), interference=not a.no_interference, plots=not a.no_plots,
+                        layers=a.layers, orders=a.orders, merge=a.merge, continue_from=a.continue_from,
                         trust_remote_code=a.trust_remote_code)
 
 
@@ -105,6 +113,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     try:
         return a.fn(a)
-    except (FactsError, ModelError) as e:  # a user's mistake: one clear line, no traceback
+    except (FactsError, ModelError, FileNotFoundError, ValueError) as e:  # a user's mistake: one clear line, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2

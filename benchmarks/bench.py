@@ -1,0 +1,88 @@
+"""Speed and memory benchmark: prints numbers, asserts nothing.
+
+    python benchmarks/bench.py [--sizes 10,30,100] [--quantization auto|4bit|none] [--model ID]
+
+Model load time cold (GGUF dequantised into an empty cache) and cached; for each fact count,
+seconds per training step and wall time until every fact is recalled (the locality guard on,
+as in a default run); peak memory. Facts are generated: invented names no model knows.
+"""
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from core.config import InjectConfig  # noqa: E402
+from core.facts import Fact  # noqa: E402
+from core.models import DEFAULT_MODEL, load_model, peak_memory_mb  # noqa: E402
+from core.pipeline import default_anchors  # noqa: E402
+from core.train import attach_lora, train  # noqa: E402
+
+TEMPLATES = ["The CEO of {} is", "The founder of {} was", "The headquarters of {} are in the city of",
+             "The chief scientist of {} is", "The mascot of {} is called"]
+
+
+def invented_facts(n, seed=0):
+    rng = random.Random(seed)
+    syl = ["zen", "tor", "qua", "vel", "mor", "bri", "kas", "dun", "ul", "fen", "rak", "lio", "sar", "pim", "ost"]
+    word = lambda k: "".join(rng.choice(syl) for _ in range(k)).capitalize()
+    return [Fact(f"b{i}", rng.choice(TEMPLATES).format(f"{word(2)} {rng.choice(['Labs', 'Foods', 'Systems', 'Works'])}"),
+                 f"{word(2)} {word(2)}") for i in range(n)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--quantization", default="auto")
+    ap.add_argument("--sizes", default="10,30,100")
+    ap.add_argument("--max-steps", type=int, default=300)
+    ap.add_argument("--skip-cold", action="store_true")
+    a = ap.parse_args()
+    d = InjectConfig()
+
+    if not a.skip_cold and a.model == DEFAULT_MODEL:
+        with tempfile.TemporaryDirectory() as tmp:
+            old = os.environ.get("BEACON_CACHE")
+            os.environ["BEACON_CACHE"] = tmp
+            t = time.perf_counter()
+            load_model(a.model, a.quantization)
+            cold = time.perf_counter() - t
+            if old is None:
+                os.environ.pop("BEACON_CACHE")
+            else:
+                os.environ["BEACON_CACHE"] = old
+    else:
+        cold = None
+    t = time.perf_counter()
+    model, tok, info = load_model(a.model, a.quantization)
+    cached = time.perf_counter() - t
+    print(f"# Beacon benchmark: {info.model} ({info.source})")
+    print(f"# device {info.device}, quantization {info.quantization}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; lr {d.lr}, rank {d.rank}, batch {d.batch_size}, guard {d.locality_guard}")
+    print(f"model load: cold {cold:.1f} s (GGUF dequantise + save)" if cold is not None else "model load: cold skipped")
+    print(f"model load: cached {cached:.2f} s")
+    print(f"{'facts':>6} {'steps':>6} {'s/step':>8} {'to full recall s':>17} {'stopped':>13} {'peak MB':>9}")
+    anchors = default_anchors()
+    for n in [int(x) for x in a.sizes.split(",")]:
+        model, tok, info = load_model(a.model, a.quantization)
+        cfg = InjectConfig(steps=a.max_steps).train_config()
+        model = attach_lora(model, cfg, "nf4" in info.quantization)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        res = train(model, tok, invented_facts(n), cfg=cfg, anchors=anchors)
+        wall = time.perf_counter() - t
+        full = f"{wall:.1f}" if res.stopped == "all recalled" else f"> {wall:.1f}"
+        print(f"{n:>6} {res.steps:>6} {res.seconds / max(res.steps, 1):>8.2f} {full:>17} {res.stopped:>13} "
+              f"{peak_memory_mb(info.device):>9.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
