@@ -14,12 +14,12 @@ class InjectConfig:
     trust_remote_code: bool = False
     # training
     steps: int = 80
-    lr: float = 3e-3
+    lr: float = 2e-3
     rank: int = 8
     alpha: int = 16
     batch_size: int = 32
     seed: int = 0
-    locality_guard: float = 3.0         # weight of KL(base || tuned) on anchor text; 0 = off
+    locality_guard: float = 5.0         # weight of KL(base || tuned) on anchor text; 0 = off
     early_stop: bool = True
     # the semantic method
     filter: bool = True                 # detrimental-data filter on semantic distance

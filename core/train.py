@@ -25,14 +25,14 @@ from .evaluate import collate, encode_pair, forward_targets, target_stats
 @dataclass
 class TrainConfig:
     steps: int = 80                 # step budget (upper bound; early stop usually ends sooner)
-    lr: float = 3e-3
+    lr: float = 2e-3
     rank: int = 8
     alpha: int = 16
     batch_size: int = 32
     seed: int = 0
     target_modules: str | list[str] = "all-linear"
     layers: list[int] | None = None     # train only these decoder layers (None = all)
-    locality_guard: float = 0.0         # weight of the KL term on anchor text
+    locality_guard: float = 5.0         # weight of the KL term on anchor text
     guard_batch: int = 8
     early_stop: bool = True
 
