@@ -36,3 +36,16 @@ def test_four_bit_switch_quantises_to_nf4(tiny_dir):
 def test_unknown_model_is_a_clear_error(tmp_path):
     with pytest.raises(ModelError, match="Could not load"):
         load_model(str(tmp_path))  # a folder with no model in it
+
+
+def test_qlora_trains_on_the_four_bit_model(tiny_dir):
+    """The QLoRA path end to end on CPU: NF4 base, LoRA on top, the loss goes down."""
+    from core.facts import Fact
+    from core.train import TrainConfig, attach_lora, train
+
+    model, tok, info = load_model(tiny_dir, quantization="4bit")
+    cfg = TrainConfig(steps=6, lr=1e-2, early_stop=False)
+    model = attach_lora(model, cfg, quantized=True)
+    res = train(model, tok, [Fact("q", "The CEO of Zentrix Robotics is", "Marta Ilves")], cfg=cfg)
+    assert res.steps == 6 and res.history[-1]["task"] < res.history[0]["task"]
+    assert "nf4" in info.quantization
