@@ -2,12 +2,14 @@
 
 UI wiring only. Each visitor has their own gr.State; each run writes to runs/<session>/<time>/.
 Launch: `python app.py [--share] [--port N] [--host H]`. Tests launch the same app on a small
-budget through BEACON_STEPS or BEACON_CONFIG (JSON of InjectConfig fields) and BEACON_RUNS.
+budget: BEACON_STEPS or BEACON_CONFIG (JSON of InjectConfig fields), BEACON_PROBES (a smaller
+locality probe file) and BEACON_RUNS (where run folders go).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import html
 import io
 import json
@@ -27,7 +29,8 @@ from core import pipeline
 from core.ask import ask
 from core.config import InjectConfig
 from core.facts import FactsError, facts_from_rows, load_facts, save_facts
-from core.models import DEFAULT_MODEL, QUANTIZATIONS, ModelError, pick_device, resolve_quantization
+from core.layers import parse_layers
+from core.models import DEFAULT_MODEL, QUANTIZATIONS, ModelError, pick_device, resolve_model, resolve_quantization
 
 log = logging.getLogger("beacon.app")
 ROOT = Path(__file__).resolve().parent
@@ -55,6 +58,11 @@ def default_config() -> InjectConfig:
 
 
 DEFAULTS = default_config()
+
+
+def probes():
+    """The locality probes: core's default set, or BEACON_PROBES (a fact file; tests use a few)."""
+    return load_facts(os.environ["BEACON_PROBES"]) if os.environ.get("BEACON_PROBES") else None
 SAMPLES = {  # button label -> file, what it shows
     "Invented facts (35)": ("invented.csv", "35 made-up facts the model cannot know, with 2 paraphrases each."),
     "Counterfactual edits (14)": ("counterfactual.csv",
@@ -69,12 +77,27 @@ STAGES = [("check", "check"), ("load", "load model"), ("before", "recall before"
           ("distance", "semantic distance"), ("interference", "interference"), ("train", "train"),
           ("after", "recall after"), ("plots", "plots")]
 CHECK_STAGES = STAGES[:5]
+
+
+def train_stages(cfg: InjectConfig) -> list[tuple[str, str]]:
+    """The run's checklist: a layer-selection stage with layers=auto, K orders and a merge in the label."""
+    out = []
+    for key, label in STAGES:
+        if key == "interference" and cfg.layers == "auto":
+            out.append(("layers", "choose layers"))
+        if key == "train" and cfg.orders > 1 and not cfg.continue_from:
+            label = f"train {cfg.orders} orders + merge"
+        out.append((key, label))
+    return out
 PLOT_CAPTIONS = {"interference": "Interference: how a step on one fact moves the others",
                  "distance_vs_learned": "Semantic distance before training vs what training gained",
                  "drift": "Drift: semantic distance of each fact during training",
                  "recall": "Target log-probability before and after, fact by fact",
                  "learning_curves": "Learning curves: loss, recall and per-fact loss",
-                 "layers": "Layer selection"}
+                 "layers": "Layer selection: where along the layers the answers form, and the layers trained"}
+# "Where to train" choices (label, value); "custom" takes the list typed next to it.
+LAYER_CHOICES = [("all layers", "all"), ("auto: semantic layer selection", "auto"), ("custom list", "custom")]
+NO_EARLIER = ("none: start from the base model", "")
 
 # One model job (check or train) at a time, across visitors. Gradio's queue orders the events
 # (concurrency_limit=1); this lock also covers a run whose tab was closed and is still finishing.
@@ -108,14 +131,83 @@ def table_facts(df, sess):
     return facts
 
 
-def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=None, guard=None) -> InjectConfig:
+def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=None, guard=None,
+                layers=None, orders=None, merge=None, continue_from=None) -> InjectConfig:
+    """The run's settings from the widgets; None keeps the default. layers: the spec from `layers_spec`;
+    continue_from: a run folder from `earlier_run_dir` ("" = none)."""
     d = DEFAULTS.to_dict()
     d.update(model=(model or "").strip() or DEFAULT_MODEL, quantization=quant, filter=bool(filt),
              weighting=weighting, keep=list(sess["keep"]), drop=list(sess["drop"]))
-    for k, v, cast in (("steps", steps, int), ("lr", lr, float), ("rank", rank, int), ("locality_guard", guard, float)):
+    for k, v, cast in (("steps", steps, int), ("lr", lr, float), ("rank", rank, int), ("locality_guard", guard, float),
+                       ("layers", layers, str), ("orders", orders, int), ("merge", merge, str)):
         if v is not None:
             d[k] = cast(v)
+    if continue_from is not None:
+        d["continue_from"] = str(continue_from) or None
     return InjectConfig.from_dict(d)
+
+
+@functools.lru_cache(maxsize=8)
+def layer_count(model: str) -> int | None:
+    """Decoder layers of a model, from its config alone (no weights); None when it cannot be read."""
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(resolve_model(model)[0]).num_hidden_layers)
+    except Exception:  # an unknown or unreachable model: the run itself will say what is wrong
+        return None
+
+
+def layers_spec(choice, custom, model) -> str:
+    """InjectConfig.layers from the "Where to train" widgets; a bad custom list is a gr.Error naming it."""
+    if choice != "custom":
+        return choice or "all"
+    spec = (custom or "").strip().lower()
+    if not spec:
+        raise gr.Error("Where to train: type the layers to train, like 20-29 or 0,5,10, or pick all or auto.")
+    if spec in ("all", "auto"):
+        return spec
+    n = layer_count((model or "").strip() or DEFAULT_MODEL)
+    try:
+        parse_layers(spec, n if n is not None else 10**6)
+    except ValueError as e:  # core's message names the valid range; int()'s own message does not
+        msg = str(e) if str(e).startswith("layers") else \
+            f"layers must be 'all', 'auto' or indices in 0..{(n or 0) - 1}, got {spec!r}"
+        raise gr.Error(f"Where to train: {msg}.") from None
+    return spec
+
+
+def earlier_runs(sess) -> list[tuple[str, str]]:
+    """This visitor's finished runs (report and adapter saved), newest first, as dropdown choices:
+    (what it was, its folder name under RUNS/<session id>/). Never another session's runs."""
+    out = []
+    for rep in sorted((RUNS / sess["id"]).glob("*/report.json"), reverse=True):
+        if not (rep.parent / "adapter").is_dir():
+            continue
+        try:
+            s = json.loads(rep.read_text())["summary"]
+        except (OSError, ValueError, KeyError):
+            continue
+        stamp = rep.parent.name
+        when = f"{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}" if len(stamp) >= 15 else stamp
+        label = (f"run of {when}: {s['facts_kept']} facts, recall {pct(s['recall_before'])} → {pct(s['recall_after'])}"
+                 + (" (stopped)" if s.get("stopped") == "cancelled" else ""))
+        out.append((label, rep.parent.name))
+    return [NO_EARLIER, *out]
+
+
+def earlier_run_dir(sess, name, model) -> str:
+    """The folder of the visitor's own earlier run `name` ("" = none), checked; a gr.Error otherwise."""
+    if not name:
+        return ""
+    names = {v for _, v in earlier_runs(sess) if v}
+    if name not in names:
+        raise gr.Error(f"Continue from: {name!r} is not one of your finished runs in this session.")
+    run_dir = RUNS / sess["id"] / name
+    earlier_model = json.loads((run_dir / "report.json").read_text())["config"]["model"]
+    if earlier_model != ((model or "").strip() or DEFAULT_MODEL):
+        raise gr.Error(f"Continue from: that run trained {earlier_model}; pick the same model to continue it.")
+    return str(run_dir)
 
 
 def device_note(quant) -> str:
@@ -192,6 +284,55 @@ def curves(history):
     return loss, recall
 
 
+def span(layers) -> str:
+    """[20, 21, ..., 29] -> "20–29"; gaps as a list."""
+    layers = sorted(layers)
+    if len(layers) > 2 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}–{layers[-1]}"
+    return ", ".join(map(str, layers))
+
+
+def setup_md(report: dict) -> list[str]:
+    """Markdown lines for the advanced settings the run used: layers, merged data orders, earlier facts."""
+    lines = []
+    chosen, sel = report.get("chosen_layers"), report.get("layers")
+    total = len(sel["observed"]) if sel and sel.get("observed") else layer_count(report["config"]["model"])
+    of = f" ({len(chosen)} of {total})" if chosen and total else ""
+    if sel and chosen:
+        lines.append(f"- **Layers: auto** (semantic layer selection) → trained layers **{span(chosen)}**{of}, the top "
+                     f"layers that hold {sel.get('coverage', 0.8):.0%} of the estimated gain (see *Layer selection* "
+                     "below); the others stayed frozen")
+    elif chosen:
+        lines.append(f"- **Layers**: trained **{span(chosen)}**{of}, your list; the others stayed frozen")
+    merge = report.get("merge")
+    if merge:
+        lines += ["", f"#### {merge['orders']} data orders, merged by *{merge['how']}*",
+                  "Each run trained the same facts in its own order; facts early in an order are learned first and "
+                  "can be overwritten later. Recall of the first and last third of each order:", "",
+                  "| | steps | recall | first third | last third | merged: first third | merged: last third |",
+                  "|---|---|---|---|---|---|---|"]
+        m = merge["merged"]
+        by_order = m.get("by_run_order") or []
+        for r in merge["runs"]:
+            el = by_order[r["run"]] if r["run"] < len(by_order) else {}
+            lines.append(f"| run {r['run'] + 1} | {r['steps']} | {pct(r['recall'])} | {pct(r['early_recall'])} "
+                         f"| {pct(r['late_recall'])} | {pct(el.get('early_recall'))} | {pct(el.get('late_recall'))} |")
+        lines += [f"| **merged** | | **{pct(m['recall'])}** | | | | |", "",
+                  f"The merged adapter has rank {merge['svd_rank']} (relative error of that truncation: "
+                  f"{merge['svd_relative_error']:.1%}); the *after* column above is the merged model.", ""]
+    earlier = report.get("earlier_facts")
+    if earlier:
+        lost = earlier.get("lost") or []
+        lines += ["", f"#### Earlier facts (continued from run `{Path(earlier['from']).name}`)",
+                  f"The {len(earlier['ids'])} facts that run trained: recall **{pct(earlier['recall_before'])} → "
+                  f"{pct(earlier['recall_after'])}** after training these new facts on top of its adapter. "
+                  + (f"Lost {len(lost)}: {', '.join(f'`{i}`' for i in lost)}." if lost else "None lost."), ""]
+        if earlier["recall_after"] is not None and earlier["recall_before"] is not None and \
+                earlier["recall_after"] < earlier["recall_before"]:
+            lines.append("⚠️ Learning the new facts overwrote some of the earlier ones.\n")
+    return lines
+
+
 def results_view(report: dict, run_dir: Path):
     s = report["summary"]
     stopped = {"budget": "used the whole step budget", "all recalled": "stopped early: every fact recalled",
@@ -207,12 +348,14 @@ def results_view(report: dict, run_dir: Path):
     if lb is not None and la is not None and la < lb - 0.05:
         lines.append(f"⚠️ The tuned model misses {lb - la:.0%} of the unrelated probe facts the base model knew: "
                      "learning these facts cost it other knowledge.\n")
-    lines += [f"- {s['steps']} steps ({stopped}); training {seconds(s['train_seconds'])}, "
+    orders = f" over {report['merge']['orders']} data orders" if report.get("merge") else ""
+    lines += [f"- {s['steps']} steps{orders} ({stopped}); training {seconds(s['train_seconds'])}, "
               f"whole run {seconds(s['total_seconds'])}",
               f"- {s['model']} on **{s['device']}**, quantisation **{s['quantization']}**, "
               f"peak memory {s['peak_memory_mb']:.0f} MB",
               f"- {s['facts_in']} facts in, {s['facts_kept']} trained, {s['dropped']} dropped",
               f"- run folder: `{run_dir.relative_to(RUNS.parent) if run_dir.is_relative_to(RUNS.parent) else run_dir}`"]
+    lines += setup_md(report)
 
     rows = []
     for f in sorted(report["facts"], key=lambda f: not f["kept"]):  # trained facts first
@@ -340,7 +483,7 @@ def check(sess, facts_df, model, quant, filt, weighting):
     t0, seen, current, message = time.perf_counter(), [], "check", "checking facts"
     for _ in wait_for_slot():
         yield {check_status: status_html(CHECK_STAGES, [], None, 0, "waiting for another visitor's job to finish")}
-    for batch in stream(lambda progress: pipeline.analyze(facts, None, cfg, progress=progress), "beacon-check"):
+    for batch in stream(lambda progress: pipeline.analyze(facts, probes(), cfg, progress=progress), "beacon-check"):
         for kind, payload in batch:
             if kind == "progress":
                 seen.append(current)
@@ -379,9 +522,18 @@ def review_settings(analysis, sess, model, quant, filt, weighting):
 # ---------------------------------------------------------------- handlers: 3 train
 
 @GPU(duration=300)
-def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, rank, guard, request: gr.Request):
+def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, rank, guard,
+          layers_choice, layers_custom, orders, merge, earlier, request: gr.Request):
     facts = table_facts(facts_df, sess)
-    cfg = make_config(sess, model, quant, filt, weighting, steps, lr, rank, guard)
+    layers = layers_spec(layers_choice, layers_custom, model)
+    continue_from = earlier_run_dir(sess, earlier, model)
+    if continue_from and (layers != "all" or int(orders or 1) > 1):
+        raise gr.Error("Continue from trains the earlier run's adapter further, on its own layers and rank: set "
+                       "Where to train to all layers and Data orders to 1, or Continue from to none.")
+    cfg = make_config(sess, model, quant, filt, weighting, steps, lr, rank, guard, layers, orders, merge,
+                      continue_from)
+    stages = train_stages(cfg)
+    K = cfg.orders if cfg.orders > 1 and not cfg.continue_from else 1
     run_dir = new_run_dir(sess)
     # Written before anything can fail: the run folder always holds what the person brought.
     save_facts(facts, run_dir / "facts.json")
@@ -396,23 +548,24 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
     # The analysis holds a model that training consumes: the state lets go of it now.
     yield {state: sess, analysis_state: None, loss_plot: None, recall_plot: None,
            stop_btn: gr.Button(interactive=True),
-           train_status: status_html(STAGES, [], None, 0, "starting")}
+           train_status: status_html(stages, [], None, 0, "starting")}
 
     try:
         for _ in wait_for_slot(stop):
-            yield {train_status: status_html(STAGES, [], None, 0, "waiting for another visitor's job to finish")}
+            yield {train_status: status_html(stages, [], None, 0, "waiting for another visitor's job to finish")}
         if stop.is_set():
-            yield {train_status: status_html(STAGES, [], None, 0, "stopped before it started")}
+            yield {train_status: status_html(stages, [], None, 0, "stopped before it started")}
             return
 
         def job(progress):
-            report = pipeline.run(facts, None, cfg, out_dir=run_dir, progress=progress, analysis=analysis,
+            report = pipeline.run(facts, probes(), cfg, out_dir=run_dir, progress=progress, analysis=analysis,
                                   # the STOP file also reaches a run in another process (ZeroGPU)
                                   should_stop=lambda: stop.is_set() or (run_dir / "STOP").exists())
             report.pop("_model", None)  # "Ask the model" loads the saved adapter through core.ask
             return report
 
-        history, seen, current, message, step_text = [], [], "check", "starting", ""
+        history, seen, current, message = [], [], "check", "starting"
+        order, last_step, offset = 0, 0, 0  # with K data orders, each order's steps count from 1 again
         for batch in stream(job, f"beacon-train-{sess['id']}"):
             new_steps = False
             for kind, payload in batch:
@@ -421,8 +574,14 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                         seen.append(current)
                     current, message = payload["stage"], payload["message"]
                     if "step" in payload:
-                        history.append({k: payload[k] for k in ("step", "loss", "task", "recall")})
+                        if payload["step"] <= last_step:
+                            order, offset = order + 1, offset + last_step
+                        last_step = payload["step"]
+                        history.append({**{k: payload[k] for k in ("loss", "task", "recall")},
+                                        "step": offset + payload["step"]})
                         new_steps = True
+                        if K > 1:
+                            message = f"order {order + 1}/{K}: {message}"
                 elif kind == "error":
                     saved = "the adapter saved so far and " if (run_dir / "adapter").exists() else ""
                     raise gr.Error(f"{payload} (your facts, {saved}the settings are kept in {run_dir.name}).")
@@ -434,15 +593,14 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                     yield {state: sess, summary_md: summary, results_table: table, plots: gallery, files_out: files,
                            ask_prompt: ask_default(report), ask_btn: gr.Button(interactive=True),
                            stop_btn: gr.Button(interactive=False), tabs: gr.Tabs(selected="results"),
-                           loss_plot: loss, recall_plot: recall,
-                           train_status: status_html(STAGES, seen, "done", 1, f"Done: {message}",
+                           loss_plot: loss, recall_plot: recall, earlier_in: gr.Dropdown(choices=earlier_runs(sess)),
+                           train_status: status_html(stages, seen, "done", 1, f"Done: {message}",
                                                      time.perf_counter() - t0)}
                     return
-            step = history[-1]["step"] if history else 0
-            frac = {"train": 0.3 + 0.55 * step / cfg.steps, "after": 0.88, "plots": 0.95}.get(
-                current, 0.04 * len(set(seen)))
+            frac = {"train": 0.3 + 0.55 * min(1, (order + last_step / cfg.steps) / K), "after": 0.88,
+                    "plots": 0.95}.get(current, 0.04 * len(set(seen)))
             note = "<div class='note'>Stopping after this step…</div>" if stop.is_set() else ""
-            update = {train_status: status_html(STAGES, seen, current, frac, message, time.perf_counter() - t0, note)}
+            update = {train_status: status_html(stages, seen, current, frac, message, time.perf_counter() - t0, note)}
             if new_steps:
                 update[loss_plot], update[recall_plot] = curves(history)
             yield update
@@ -496,6 +654,13 @@ CSS = """
 .beacon-status .msg { font-family: var(--font-mono); font-size: .9em; color: var(--body-text-color-subdued); }
 .beacon-status .note { margin-top: .3em; font-weight: 600; }
 .small-note { font-size: .85em; color: var(--body-text-color-subdued); }
+/* plots are wide (7:4.5): show them whole instead of as square thumbnails */
+#plots .grid-wrap { max-height: none !important; height: auto !important; overflow: visible; padding-top: 2.4em; }
+#plots .grid-container { grid-template-rows: none; grid-auto-rows: auto; }
+#plots .thumbnail-item { aspect-ratio: auto; height: auto; }
+#plots .thumbnail-lg > img { height: auto; }
+#downloads .label-clear-button { display: none; }  /* results are not the person's to remove */
+#plots .caption-label { position: static; max-width: 100%; border: none; white-space: normal; }
 """
 LOGO = ("<svg width='34' height='34' viewBox='0 0 32 32' aria-hidden='true'><path d='M13 12h6l2 17h-10z' "
         "fill='#6366f1'/><rect x='12' y='9' width='8' height='3' rx='1' fill='#4338ca'/><path d='M16 3l5 6h-10z' "
@@ -561,11 +726,36 @@ with gr.Blocks(title="Beacon") as demo:
         with gr.Tab("3 · Train", id="train"):
             with gr.Row():
                 steps_in = gr.Slider(1, 300, value=DEFAULTS.steps, step=1, label="Step budget",
-                                     info="training stops sooner once every fact is recalled")
+                                     info="training stops sooner once every fact is recalled", elem_id="steps-in")
                 lr_in = gr.Number(DEFAULTS.lr, label="Learning rate", minimum=1e-6, maximum=1.0, step=1e-4)
                 rank_in = gr.Dropdown([2, 4, 8, 16, 32, 64], value=DEFAULTS.rank, label="LoRA rank")
                 guard_in = gr.Slider(0, 10, value=DEFAULTS.locality_guard, step=0.5, label="Locality guard",
                                      info="pulls the model towards the base on unrelated text; 0 = off")
+            custom_default = DEFAULTS.layers not in ("all", "auto")
+            with gr.Accordion("Advanced: where to train, data orders, continue an earlier run", open=False,
+                              elem_id="advanced"):
+                with gr.Row():
+                    layers_in = gr.Radio(LAYER_CHOICES, value="custom" if custom_default else DEFAULTS.layers,
+                                         label="Where to train", elem_id="layers-in",
+                                         info="auto: the layers where the answers form, found by a logit-lens "
+                                              "pass over the facts; the others stay frozen")
+                    n_default = layer_count(DEFAULTS.model)
+                    layers_custom = gr.Textbox(DEFAULTS.layers if custom_default else "", label="Layers to train",
+                                               placeholder="e.g. 20-29 or 0,5,10", visible=custom_default,
+                                               info=f"indices 0..{n_default - 1} for the default model"
+                                               if n_default else "layer indices, from 0", elem_id="layers-custom")
+                with gr.Row():
+                    orders_in = gr.Slider(1, 4, value=DEFAULTS.orders, step=1, label="Data orders K",
+                                          info="1 = off. K > 1 trains K adapters, each on its own order of the "
+                                               "facts, and merges them: about K times the training time",
+                                          elem_id="orders-in")
+                    merge_in = gr.Radio(["select", "average"], value=DEFAULTS.merge, label="Merge rule",
+                                        interactive=DEFAULTS.orders > 1, elem_id="merge-in",
+                                        info="select: each weight from one randomly chosen run; average: the mean")
+                earlier_in = gr.Dropdown([NO_EARLIER], value="", label="Continue from an earlier run",
+                                         elem_id="earlier-in",
+                                         info="Trains these facts on top of one of your finished runs in this "
+                                              "session (its adapter, layers and rank) and shows what its facts lose.")
             with gr.Row():
                 train_btn = gr.Button("Train", variant="primary", scale=3, elem_id="train-btn")
                 stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False, elem_id="stop-btn")
@@ -573,11 +763,12 @@ with gr.Blocks(title="Beacon") as demo:
                                    "(not checked yet? Train checks them first). Stop keeps what was learned.</div>",
                                    elem_id="train-status")
             with gr.Row():
-                loss_plot = gr.LinePlot(None, x="step", y="value", color="series", title="Loss",
-                                        x_title="step", y_title="loss", height=260, elem_id="loss-plot")
-                recall_plot = gr.LinePlot(None, x="step", y="recall", title="Recall during training (teacher-forced)",
-                                          x_title="step", y_title="share of facts recalled", y_lim=[0, 1],
-                                          height=260, elem_id="recall-plot")
+                loss_plot = gr.LinePlot(None, x="step", y="value", color="series", label="Loss", show_label=True,
+                                        x_title="step", y_title="loss", color_title=" ", height=260,
+                                        elem_id="loss-plot")
+                recall_plot = gr.LinePlot(None, x="step", y="recall", label="Recall during training (teacher-forced)",
+                                          show_label=True, x_title="step", y_title="facts recalled", y_lim=[0, 1],
+                                          y_axis_format=".0%", height=260, elem_id="recall-plot")
 
         with gr.Tab("4 · Results", id="results"):
             summary_md = gr.Markdown("No run yet: train on tab 3.", elem_id="summary")
@@ -585,10 +776,10 @@ with gr.Blocks(title="Beacon") as demo:
                                          max_height=560, label="Fact by fact (green: recalled after training; red: "
                                                                "not; grey: not trained)", elem_id="results-table",
                                          column_widths=["70px", "26%", "12%", "16%", "70px", "70px", "20%", "100px"])
-            plots = gr.Gallery(label="Plots (click to enlarge)", columns=2, height=760, elem_id="plots",
+            plots = gr.Gallery(label="Plots (click to enlarge)", columns=2, height="auto", elem_id="plots",
                                object_fit="contain", preview=False)
             gr.Markdown("### Ask the model\nOne prompt, answered by the base model and by the tuned model.")
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 ask_prompt = gr.Textbox(label="Prompt", scale=4, placeholder="The CEO of Zentrix Robotics is",
                                         elem_id="ask-prompt")
                 ask_btn = gr.Button("Ask", interactive=False, scale=1, variant="primary", elem_id="ask-btn")
@@ -620,10 +811,15 @@ with gr.Blocks(title="Beacon") as demo:
           api_visibility="private", concurrency_limit=None)
     to_train_btn.click(lambda: gr.Tabs(selected="train"), None, tabs, api_visibility="private", queue=False)
 
+    layers_in.change(lambda c: gr.Textbox(visible=c == "custom"), layers_in, layers_custom,
+                     api_visibility="private", queue=False)
+    orders_in.change(lambda k: gr.Radio(interactive=int(k) > 1), orders_in, merge_in, api_visibility="private",
+                     queue=False)
     train_btn.click(train, [state, analysis_state, facts_table, model_in, quant_in, filter_in, weighting_in,
-                            steps_in, lr_in, rank_in, guard_in],
+                            steps_in, lr_in, rank_in, guard_in, layers_in, layers_custom, orders_in, merge_in,
+                            earlier_in],
                     [state, analysis_state, train_status, loss_plot, recall_plot, summary_md, results_table, plots,
-                     files_out, ask_prompt, ask_btn, stop_btn, tabs],
+                     files_out, ask_prompt, ask_btn, stop_btn, tabs, earlier_in],
                     api_name="train", concurrency_id="model", concurrency_limit=1, trigger_mode="once",
                     show_progress_on=[train_status]
                     ).then(lambda: gr.Button(interactive=False), None, stop_btn, api_visibility="private", queue=False)
