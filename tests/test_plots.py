@@ -216,3 +216,29 @@ def test_drift_direction():
     assert plots._drift({"drift": 0.1}, [(0, 0.5), (1, 0.2)]) == 0.1
     assert plots._drift({}, [(0, 0.5), (1, 0.7)]) == pytest.approx(0.2)
     assert plots._drift(None, [(0, 0.5)]) is None
+
+
+def test_merge_plot_only_when_present_and_shows_early_vs_late(tmp_path, no_warnings):
+    merge = {"orders": 2, "how": "select",
+             "runs": [{"run": 0, "early_recall": 0.25, "late_recall": 1.0}, {"run": 1, "early_recall": 0.5,
+                                                                             "late_recall": 0.75}],
+             "merged": {"recall": 0.9, "by_run_order": [{"early_recall": 1.0, "late_recall": 0.75},
+                                                        {"early_recall": 0.75, "late_recall": 1.0}]}}
+    assert _names({"merge": merge}, tmp_path) == ["merge.png"]
+    check_png(tmp_path / "merge.png")
+    assert _names({"merge": None}, tmp_path / "b") == []
+    assert _names({"merge": {"runs": []}}, tmp_path / "c") == []
+    # the bars carry the report's numbers, in order: own run first/last third, then merged
+    import matplotlib.pyplot as plt
+    captured = {}
+    real_close = plt.close
+    plt.close = lambda fig=None: captured.setdefault("fig", fig) and None
+    try:
+        assert plots.plot_merge({"merge": merge}, tmp_path / "m.png")
+    finally:
+        plt.close = real_close
+    ax = captured["fig"].axes[0]
+    heights = [round(b.get_height(), 2) for b in ax.patches]
+    assert heights == [0.25, 0.5, 1.0, 0.75, 1.0, 0.75, 0.75, 1.0]
+    assert "merged recall 90%" in ax.get_title()
+    real_close(captured["fig"])
