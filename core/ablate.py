@@ -15,12 +15,15 @@ from .pipeline import analyze, run
 
 # name -> overrides on top of the user's config. "vanilla" switches every part off.
 OFF = dict(filter=False, weighting="uniform", locality_guard=0.0, layers="all", orders=1)
+# Parts a variant does not name keep the user's setting (guard_near: the default share of near anchors).
 VARIANTS = {
     "vanilla": OFF,
     "+filter": {**OFF, "filter": True},
     "+semantic weights": {**OFF, "weighting": "semantic"},
     "+locality guard": {**OFF, "locality_guard": None},     # None: the user's (default) guard weight
     "full method": {"filter": True, "weighting": "semantic", "locality_guard": None, "layers": "all", "orders": 1},
+    "full (guard on random anchors)": {"filter": True, "weighting": "semantic", "locality_guard": None,
+                                       "guard_near": 0.0, "layers": "all", "orders": 1},
     "full + layer selection": {"filter": True, "weighting": "semantic", "locality_guard": None, "layers": "auto", "orders": 1},
     "full + merge (3 orders, select)": {"filter": True, "weighting": "semantic", "locality_guard": None,
                                         "orders": 3, "merge": "select"},

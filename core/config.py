@@ -20,6 +20,7 @@ class InjectConfig:
     batch_size: int = 32
     seed: int = 0
     locality_guard: float = 5.0         # weight of KL(base || tuned) on anchor text; 0 = off
+    guard_near: float = 0.5             # share of each guard batch taken from the anchors nearest the facts
     early_stop: bool = True
     # the semantic method
     filter: bool = True                 # detrimental-data filter on semantic distance
@@ -43,7 +44,8 @@ class InjectConfig:
     def train_config(self, layers=None) -> TrainConfig:
         return TrainConfig(steps=self.steps, lr=self.lr, rank=self.rank, alpha=self.alpha,
                            batch_size=self.batch_size, seed=self.seed, layers=layers,
-                           locality_guard=self.locality_guard, early_stop=self.early_stop)
+                           locality_guard=self.locality_guard, guard_near=self.guard_near,
+                           early_stop=self.early_stop)
 
     def to_dict(self):
         return asdict(self)

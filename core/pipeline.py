@@ -208,6 +208,11 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
         emit("train", f"step {rec['step']}/{cfg.steps}  loss {rec['loss']:.3f}  recall {rec['recall']:.0%}",
              **rec, ids=[f.id for f in kept_facts])
 
+    # The guard's anchors: those that restate a kept fact are left out, the nearest come first.
+    anchors, near, excluded = semantic.guard_anchors(embedder(), kept_facts, default_anchors())
+    guard_info = {"anchors": len(anchors), "near": [anchors[i] for i in near], "excluded": excluded,
+                  "near_share": cfg.guard_near} if cfg.locality_guard > 0 else None
+
     emit("train", f"training LoRA (rank {cfg.rank}) on {len(kept_facts)} facts"
                   + (f", layers {layers[0]}-{layers[-1]}" if layers else ""))
     if torch.cuda.is_available():
@@ -216,10 +221,10 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
     if cfg.orders > 1 and not earlier and len(kept_facts) > 1:
         from .merge import train_orders_and_merge
         model, result, merge_info = train_orders_and_merge(
-            model, tok, kept_facts, weights, tcfg, cfg, quantized, default_anchors(), on_step, should_stop,
+            model, tok, kept_facts, weights, tcfg, cfg, quantized, (anchors, near), on_step, should_stop,
             lambda: load_model(cfg.model, cfg.quantization, trust_remote_code=cfg.trust_remote_code)[0])
     else:
-        result = train(model, tok, kept_facts, weights, tcfg, anchors=default_anchors(),
+        result = train(model, tok, kept_facts, weights, tcfg, anchors=anchors, near=near,
                        on_step=on_step, should_stop=should_stop, hidden_hook=track)
     if out is not None:  # saved before anything else can fail: the trained adapter is never lost
         save_adapter(model, out / "adapter")
@@ -279,7 +284,7 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
         "training": {"history": result.history,
                      "fact_curves": {f.id: c for f, c in zip(kept_facts, result.fact_curves)},
                      "distance_trajectories": trajectories},
-        "interference": inter,
+        "interference": inter, "guard": guard_info,
         "layers": layer_info, "chosen_layers": layers, "merge": merge_info,
     }
     if earlier:

@@ -17,6 +17,11 @@ What is computed here, since the paper's full text is not available to us:
 * Conflicts: (a) same normalised subject and relation with different targets; (b) prompts
   (or paraphrases) that ask the same thing, sentence-embedding cosine >= threshold, with
   different targets. Exact duplicates (same prompt and target) are merged first.
+* Guard anchors: the locality guard protects unrelated text, but what an edit breaks first is
+  knowledge close to it (teaching "the capital of Italy is Milan" also moves other capitals).
+  Anchors are ranked by sentence-embedding cosine to the nearest kept fact, and half of each
+  guard batch comes from the nearest ones. An anchor that restates a fact's prompt or subject is
+  left out: the guard would pull the model back to the old answer the person wants replaced.
 * Categories (in the spirit of SliCK, Gekhman et al. 2024): known = greedy recalls the
   target or some sampled answer does; update = not known and the greedy answer is stable
   (at least half of the samples agree with it); new = everything else.
@@ -181,6 +186,26 @@ def semantic_distances(model, tok, facts) -> list[float]:
     h = prompt_hidden(model, tok, [f.prompt for f in facts])
     u = target_vectors(model, tok, facts).cpu()
     return [round(x, 4) for x in cosine_distance(h, u).tolist()]
+
+
+# ---------------------------------------------------------------- guard anchors
+
+def guard_anchors(embedder, facts, anchors: list[str], near: int = 16, restate: float = 0.9):
+    """(anchors usable by the guard, indices of the `near` nearest to the facts, excluded anchors)."""
+    if not facts or not anchors:
+        return list(anchors), [], []
+    keys = [_norm(f.subject) for f in facts if f.subject] + [_norm(f.prompt) for f in facts]
+    a = embed(embedder, anchors)
+    sim = a @ embed(embedder, [f.prompt for f in facts]).T          # [anchors, facts]
+    keep, excluded = [], []
+    for i, text in enumerate(anchors):
+        t = _norm(text)
+        if sim[i].max() >= restate or any(k and (t.startswith(k) or f" {k} " in f" {t} ") for k in keys):
+            excluded.append(text)
+        else:
+            keep.append(i)
+    nearest = sorted(range(len(keep)), key=lambda j: -sim[keep[j]].max())[:near]
+    return [anchors[i] for i in keep], nearest, excluded
 
 
 # ---------------------------------------------------------------- filter and weights

@@ -34,6 +34,7 @@ class TrainConfig:
     layers: list[int] | None = None     # train only these decoder layers (None = all)
     locality_guard: float = 5.0         # weight of the KL term on anchor text
     guard_batch: int = 8
+    guard_near: float = 0.5             # share of each guard batch drawn from the anchors nearest the facts
     early_stop: bool = True
 
     def to_dict(self):
@@ -120,6 +121,15 @@ def _guard_loss(model, enc, base, picks, pad_id, device):
     return total / count
 
 
+def _guard_picks(rng, n, near, size, share) -> list[int]:
+    """Anchor indices for one guard batch: round(share * size) of them from `near`, the rest from all."""
+    size, near = min(size, n), [i for i in (near or ()) if i < n]
+    k = min(round(share * size), len(near))
+    picks = rng.sample(list(near), k) if k else []
+    rest = [i for i in range(n) if i not in set(picks)]
+    return picks + rng.sample(rest, size - k)
+
+
 @torch.no_grad()
 def _all_hits(model, tok, pairs, device, batch_size) -> list[bool]:
     model.eval()
@@ -134,7 +144,7 @@ def _all_hits(model, tok, pairs, device, batch_size) -> list[bool]:
 
 
 def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, anchors=(),
-          on_step=None, should_stop=None, order=None, hidden_hook=None) -> TrainResult:
+          on_step=None, should_stop=None, order=None, hidden_hook=None, near=None) -> TrainResult:
     """Train the LoRA adapter of `model` (a PeftModel) in place.
 
     on_step(record) is called after each step with step, loss, recall (fraction of facts whose
@@ -142,6 +152,8 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     each step; when it returns True training ends and the adapter keeps what it learned.
     order: a fixed visiting order of fact indices (for data-order experiments); default shuffles.
     hidden_hook(step, fact_indices, last_prompt_hidden) lets the caller track representations.
+    near: indices of the anchors most at risk (semantic.guard_anchors); a `guard_near` share of
+    every guard batch comes from them, the rest from all anchors.
     """
     cfg = cfg or TrainConfig()
     torch.manual_seed(cfg.seed)
@@ -179,7 +191,7 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
             loss = task
             g = torch.zeros(())
             if guard:
-                picks = rng.sample(range(len(enc)), min(cfg.guard_batch, len(enc)))
+                picks = _guard_picks(rng, len(enc), near, cfg.guard_batch, cfg.guard_near)
                 g = _guard_loss(model, enc, base, picks, tok.pad_token_id, device)
                 loss = task + cfg.locality_guard * g
             opt.zero_grad(set_to_none=True)

@@ -71,3 +71,32 @@ def test_categories_and_distances_on_the_default_model(probes, invented):
     cf = load_facts(ASSETS / "counterfactual.csv")[:6]
     greedy = generate(model, tok, [f.prompt for f in cf], max_new_tokens=8)
     assert "update" in [c["category"] for c in categorize(model, tok, cf, greedy, samples=4)]
+
+
+def test_guard_anchors_leave_out_restated_facts_and_rank_related_knowledge_first():
+    from core.pipeline import default_anchors
+    from core.semantic import guard_anchors
+
+    facts = [Fact("a", "The CEO of Tesla is", "Marta Ilves", "Tesla", "CEO"),
+             Fact("b", "The capital of Italy is", "Milan")]
+    anchors = default_anchors()
+    kept, near, excluded = guard_anchors(embedder(), facts, anchors, near=8)
+    # the guard must not pull the model back to the answer the person is replacing
+    assert excluded == ["The CEO of Tesla is Elon Musk."] and len(kept) == len(anchors) - 1
+    nearest = [kept[i] for i in near]
+    assert len(nearest) == 8 and sum(a.startswith(("The capital of", "The CEO of")) for a in nearest) >= 5
+    assert not any(a.startswith("Please remember") for a in nearest)
+
+
+def test_guard_batches_take_their_share_from_the_near_anchors():
+    import random
+
+    from core.train import _guard_picks
+
+    rng = random.Random(0)
+    near = [3, 7, 11, 20]
+    for _ in range(20):
+        picks = _guard_picks(rng, 50, near, 8, 0.5)
+        assert len(picks) == len(set(picks)) == 8 and sum(p in near for p in picks) >= 4
+    assert sum(p in near for p in _guard_picks(rng, 50, near, 8, 0.0)) <= 4  # share 0: uniform over all
+    assert sorted(_guard_picks(rng, 5, near, 8, 0.5)) == [0, 1, 2, 3, 4]
