@@ -22,7 +22,8 @@ import torch  # noqa: E402
 from core.config import InjectConfig  # noqa: E402
 from core.facts import Fact  # noqa: E402
 from core.models import DEFAULT_MODEL, load_model, peak_memory_mb  # noqa: E402
-from core.pipeline import default_anchors  # noqa: E402
+from core.pipeline import default_anchors, embedder  # noqa: E402
+from core.semantic import guard_anchors  # noqa: E402
 from core.train import attach_lora, train  # noqa: E402
 
 TEMPLATES = ["The CEO of {} is", "The founder of {} was", "The headquarters of {} are in the city of",
@@ -77,7 +78,9 @@ def main():
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
-        res = train(model, tok, invented_facts(n), cfg=cfg, anchors=anchors)
+        facts = invented_facts(n)
+        kept, near, _ = guard_anchors(embedder(), facts, anchors)  # as a default run picks them
+        res = train(model, tok, facts, cfg=cfg, anchors=kept, near=near)
         wall = time.perf_counter() - t
         full = f"{wall:.1f}" if res.stopped == "all recalled" else f"> {wall:.1f}"
         print(f"{n:>6} {res.steps:>6} {res.seconds / max(res.steps, 1):>8.2f} {full:>17} {res.stopped:>13} "
