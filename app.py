@@ -94,7 +94,8 @@ PLOT_CAPTIONS = {"interference": "Interference: how a step on one fact moves the
                  "drift": "Drift: semantic distance of each fact during training",
                  "recall": "Target log-probability before and after, fact by fact",
                  "learning_curves": "Learning curves: loss, recall and per-fact loss",
-                 "layers": "Layer selection: where along the layers the answers form, and the layers trained"}
+                 "layers": "Layer selection: where along the layers the answers form, and the layers trained",
+                 "merge": "Data orders: recall of the facts seen first vs last in each order, per run and merged"}
 # "Where to train" choices (label, value); "custom" takes the list typed next to it.
 LAYER_CHOICES = [("all layers", "all"), ("auto: semantic layer selection", "auto"), ("custom list", "custom")]
 NO_EARLIER = ("none: start from the base model", "")
@@ -275,13 +276,18 @@ def choices_from_ticks(analysis, cfg, df) -> tuple[list[str], list[str]]:
 
 
 def curves(history):
-    """Loss and recall so far, as LinePlot frames; None (an empty plot) before the first step."""
-    if not history:
+    """Loss and recall so far, as LinePlot updates; None (an empty plot) until two steps make a line. The
+    x axis spans at least 10 steps: integer ticks, not 1, 1.5, 2 printed as 1, 2, 2."""
+    if len(history) < 2:
         return None, None
+    names = (("loss", "total, with the locality guard"), ("task", "facts only"))
+    if all(abs(h["loss"] - h["task"]) < 1e-6 for h in history):  # no guard: one line, not two on top of each other
+        names = (("task", "facts"),)
     loss = pd.DataFrame([{"step": h["step"], "value": float(h[k]), "series": name}
-                         for h in history for k, name in (("loss", "total"), ("task", "facts only"))])
+                         for h in history for k, name in names])
     recall = pd.DataFrame([{"step": h["step"], "recall": float(h["recall"])} for h in history])
-    return loss, recall
+    x_lim = [1, max(10, history[-1]["step"])]
+    return gr.LinePlot(loss, x_lim=x_lim), gr.LinePlot(recall, x_lim=x_lim)
 
 
 def span(layers) -> str:
@@ -315,7 +321,7 @@ def setup_md(report: dict) -> list[str]:
         by_order = m.get("by_run_order") or []
         for r in merge["runs"]:
             el = by_order[r["run"]] if r["run"] < len(by_order) else {}
-            lines.append(f"| run {r['run'] + 1} | {r['steps']} | {pct(r['recall'])} | {pct(r['early_recall'])} "
+            lines.append(f"| run {r['run']} | {r['steps']} | {pct(r['recall'])} | {pct(r['early_recall'])} "
                          f"| {pct(r['late_recall'])} | {pct(el.get('early_recall'))} | {pct(el.get('late_recall'))} |")
         lines += [f"| **merged** | | **{pct(m['recall'])}** | | | | |", "",
                   f"The merged adapter has rank {merge['svd_rank']} (relative error of that truncation: "
@@ -331,6 +337,13 @@ def setup_md(report: dict) -> list[str]:
                 earlier["recall_after"] < earlier["recall_before"]:
             lines.append("⚠️ Learning the new facts overwrote some of the earlier ones.\n")
     return lines
+
+
+def done_message(report: dict) -> str:
+    s = report["summary"]
+    how = f"Stopped by you after {s['steps']} steps" if s["stopped"] == "cancelled" else f"Done, {s['steps']} steps"
+    return (f"{how}: recall {pct(s['recall_before'])} → {pct(s['recall_after'])}, locality "
+            f"{pct(s['locality_before'])} → {pct(s['locality_after'])}. Details on 4 · Results")
 
 
 def results_view(report: dict, run_dir: Path):
@@ -372,7 +385,11 @@ def results_view(report: dict, run_dir: Path):
             return ["background-color: #f1f1f1; color: #777"] * len(row)
         return [f"background-color: {'#d3f0dc' if row['after'] == '✓' else '#f9d6da'}"] * len(row)
 
-    gallery = [(str(run_dir / p), PLOT_CAPTIONS.get(Path(p).stem, Path(p).stem)) for p in report.get("plots", [])]
+    # Trained over K data orders, the distances are not tracked during training: the drift plot would
+    # show one dot per fact at step 0, so it is left out of the page (it stays in plots.zip).
+    tracked = any(len(t) > 1 for t in ((report.get("training") or {}).get("distance_trajectories") or {}).values())
+    gallery = [(str(run_dir / p), PLOT_CAPTIONS.get(Path(p).stem, Path(p).stem)) for p in report.get("plots", [])
+               if tracked or Path(p).stem != "drift"]
     return "\n".join(lines), df.style.apply(colour, axis=1), gallery, downloads(run_dir)
 
 
@@ -594,12 +611,13 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                            ask_prompt: ask_default(report), ask_btn: gr.Button(interactive=True),
                            stop_btn: gr.Button(interactive=False), tabs: gr.Tabs(selected="results"),
                            loss_plot: loss, recall_plot: recall, earlier_in: gr.Dropdown(choices=earlier_runs(sess)),
-                           train_status: status_html(stages, seen, "done", 1, f"Done: {message}",
+                           train_status: status_html(stages, seen, "done", 1, done_message(report),
                                                      time.perf_counter() - t0)}
                     return
             frac = {"train": 0.3 + 0.55 * min(1, (order + last_step / cfg.steps) / K), "after": 0.88,
                     "plots": 0.95}.get(current, 0.04 * len(set(seen)))
-            note = "<div class='note'>Stopping after this step…</div>" if stop.is_set() else ""
+            note = ("<div class='note'>Stopping after this step, then measuring what was learned…</div>"
+                    if stop.is_set() and current == "train" else "")
             update = {train_status: status_html(stages, seen, current, frac, message, time.perf_counter() - t0, note)}
             if new_steps:
                 update[loss_plot], update[recall_plot] = curves(history)
@@ -661,6 +679,10 @@ CSS = """
 #plots .thumbnail-lg > img { height: auto; }
 #downloads .label-clear-button { display: none; }  /* results are not the person's to remove */
 #plots .caption-label { position: static; max-width: 100%; border: none; white-space: normal; }
+/* plots differ in height (one row per fact in some): two stacked columns instead of a grid with gaps */
+#plots .grid-container { display: block; column-count: 2; column-gap: var(--spacing-lg); }
+#plots .gallery-item { break-inside: avoid; margin-bottom: var(--spacing-lg); }
+@media (max-width: 900px) { #plots .grid-container { column-count: 1; } }
 """
 LOGO = ("<svg width='34' height='34' viewBox='0 0 32 32' aria-hidden='true'><path d='M13 12h6l2 17h-10z' "
         "fill='#6366f1'/><rect x='12' y='9' width='8' height='3' rx='1' fill='#4338ca'/><path d='M16 3l5 6h-10z' "
@@ -737,8 +759,8 @@ with gr.Blocks(title="Beacon") as demo:
                 with gr.Row():
                     layers_in = gr.Radio(LAYER_CHOICES, value="custom" if custom_default else DEFAULTS.layers,
                                          label="Where to train", elem_id="layers-in",
-                                         info="auto: the layers where the answers form, found by a logit-lens "
-                                              "pass over the facts; the others stay frozen")
+                                         info="auto: the layers where the answers form, from a logit-lens pass "
+                                              "over the facts; custom: your list. The other layers stay frozen.")
                     n_default = layer_count(DEFAULTS.model)
                     layers_custom = gr.Textbox(DEFAULTS.layers if custom_default else "", label="Layers to train",
                                                placeholder="e.g. 20-29 or 0,5,10", visible=custom_default,
@@ -749,7 +771,7 @@ with gr.Blocks(title="Beacon") as demo:
                                           info="1 = off. K > 1 trains K adapters, each on its own order of the "
                                                "facts, and merges them: about K times the training time",
                                           elem_id="orders-in")
-                    merge_in = gr.Radio(["select", "average"], value=DEFAULTS.merge, label="Merge rule",
+                    merge_in = gr.Radio(["select", "average"], value=DEFAULTS.merge, label="Merge rule (when K > 1)",
                                         interactive=DEFAULTS.orders > 1, elem_id="merge-in",
                                         info="select: each weight from one randomly chosen run; average: the mean")
                 earlier_in = gr.Dropdown([NO_EARLIER], value="", label="Continue from an earlier run",
@@ -764,18 +786,18 @@ with gr.Blocks(title="Beacon") as demo:
                                    elem_id="train-status")
             with gr.Row():
                 loss_plot = gr.LinePlot(None, x="step", y="value", color="series", label="Loss", show_label=True,
-                                        x_title="step", y_title="loss", color_title=" ", height=260,
+                                        x_title="step", y_title="loss", color_title=" ", x_axis_format="d",
                                         elem_id="loss-plot")
                 recall_plot = gr.LinePlot(None, x="step", y="recall", label="Recall during training (teacher-forced)",
                                           show_label=True, x_title="step", y_title="facts recalled", y_lim=[0, 1],
-                                          y_axis_format=".0%", height=260, elem_id="recall-plot")
+                                          x_axis_format="d", y_axis_format=".0%", elem_id="recall-plot")
 
         with gr.Tab("4 · Results", id="results"):
             summary_md = gr.Markdown("No run yet: train on tab 3.", elem_id="summary")
             results_table = gr.Dataframe(pd.DataFrame(columns=RESULT_COLUMNS), interactive=False, wrap=True,
                                          max_height=560, label="Fact by fact (green: recalled after training; red: "
                                                                "not; grey: not trained)", elem_id="results-table",
-                                         column_widths=["70px", "26%", "12%", "16%", "70px", "70px", "20%", "100px"])
+                                         column_widths=["70px", "25%", "12%", "15%", "70px", "70px", "20%", "120px"])
             plots = gr.Gallery(label="Plots (click to enlarge)", columns=2, height="auto", elem_id="plots",
                                object_fit="contain", preview=False)
             gr.Markdown("### Ask the model\nOne prompt, answered by the base model and by the tuned model.")

@@ -22,8 +22,8 @@ VARIANTS = {
     "+semantic weights": {**OFF, "weighting": "semantic"},
     "+locality guard": {**OFF, "locality_guard": None},     # None: the user's (default) guard weight
     "full method": {"filter": True, "weighting": "semantic", "locality_guard": None, "layers": "all", "orders": 1},
-    "full (guard on random anchors)": {"filter": True, "weighting": "semantic", "locality_guard": None,
-                                       "guard_near": 0.0, "layers": "all", "orders": 1},
+    "full + near guard anchors": {"filter": True, "weighting": "semantic", "locality_guard": None,
+                                  "guard_near": 0.5, "layers": "all", "orders": 1},
     "full + layer selection": {"filter": True, "weighting": "semantic", "locality_guard": None, "layers": "auto", "orders": 1},
     "full + merge (3 orders, select)": {"filter": True, "weighting": "semantic", "locality_guard": None,
                                         "orders": 3, "merge": "select"},

@@ -20,7 +20,7 @@ class InjectConfig:
     batch_size: int = 32
     seed: int = 0
     locality_guard: float = 5.0         # weight of KL(base || tuned) on anchor text; 0 = off
-    guard_near: float = 0.5             # share of each guard batch taken from the anchors nearest the facts
+    guard_near: float = 0.0             # share of each guard batch taken from the anchors nearest the facts
     early_stop: bool = True
     # the semantic method
     filter: bool = True                 # detrimental-data filter on semantic distance

@@ -34,7 +34,7 @@ class TrainConfig:
     layers: list[int] | None = None     # train only these decoder layers (None = all)
     locality_guard: float = 5.0         # weight of the KL term on anchor text
     guard_batch: int = 8
-    guard_near: float = 0.5             # share of each guard batch drawn from the anchors nearest the facts
+    guard_near: float = 0.0             # share of each guard batch drawn from the anchors nearest the facts
     early_stop: bool = True
 
     def to_dict(self):

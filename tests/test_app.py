@@ -240,6 +240,11 @@ def test_advanced_auto_layers_and_two_merged_orders(server, tmp_path):
     assert chosen and chosen == list(range(chosen[0], 30)), "auto trains a top block of the 30 layers"
     assert "Layers: auto" in summary and (f"{chosen[0]}–29" if len(chosen) > 2 else str(chosen[0])) in summary
     assert any(g["caption"].startswith("Layer selection") for g in out["gallery"])
+    assert any(g["caption"].startswith("Data orders") for g in out["gallery"])
+    assert not any(g["caption"].startswith("Drift") for g in out["gallery"])  # not tracked over K orders
+    # the live loss curve counts steps on across the orders (each order's own count starts at 1 again)
+    steps = [row[0] for row in out["loss"]["value"]["data"] if row[2].startswith("facts")]
+    assert steps == list(range(1, report["summary"]["steps"] + 1))
 
     merge = report["merge"]
     assert merge["orders"] == 2 and merge["how"] == "select" and [r["run"] for r in merge["runs"]] == [0, 1]
@@ -249,7 +254,7 @@ def test_advanced_auto_layers_and_two_merged_orders(server, tmp_path):
     assert "2 data orders, merged by *select*" in summary
     assert f"| **merged** | | **{merge['merged']['recall']:.0%}** |" in summary
     for r in merge["runs"]:
-        assert f"| run {r['run'] + 1} | {r['steps']} | {r['recall']:.0%} | {r['early_recall']:.0%} |" in summary
+        assert f"| run {r['run']} | {r['steps']} | {r['recall']:.0%} | {r['early_recall']:.0%} |" in summary
 
 
 def test_continue_from_an_earlier_run_reports_its_facts(server, tmp_path):
@@ -260,9 +265,15 @@ def test_continue_from_an_earlier_run_reports_its_facts(server, tmp_path):
     url, runs = server
     client = Client(url, verbose=False, download_files=str(tmp_path / "one"))
     table = upload_facts(client, tmp_path / "first.csv", FOUR[:FOUR.index("a3")])
-    first = train_result(client.submit(table, *settings(steps=20, guard=0.0).values(), api_name="/train"))
+    first = train_result(client.submit(table, *settings(steps=20).values(), api_name="/train"))
     earlier = next(runs.glob("*/*/uploaded-first.csv")).parent
     assert first["report"]["summary"]["recall_after"] > 0, "the first run learned nothing to lose"
+    # the finished run is now a choice of "Continue from", labelled with what it did
+    choices = {value: label for label, value in first["earlier"]["choices"]}
+    assert set(choices) == {"", earlier.name} and "2 facts" in choices[earlier.name]
+    with pytest.raises(Exception) as err:  # its adapter has its own layers: another choice is refused
+        client.predict(table, *settings(earlier=earlier.name, layers="auto").values(), api_name="/train")
+    assert "Continue from" in str(err.value) and "all layers" in str(err.value)
 
     n_runs = len(list(runs.glob("*/*/config.json")))
     other = Client(url, verbose=False)  # another session: the folder name is not one of its runs

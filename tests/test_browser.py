@@ -53,6 +53,16 @@ def test_sample_check_train_and_results_in_the_browser(page):
     page.wait_for_selector("text=✓ kept by you")
 
     page.get_by_role("button", name="Next: train").click()
+    # Advanced: a custom layer list outside the model is refused with a message naming it, nothing runs
+    page.get_by_text("Advanced:").click()
+    page.get_by_label("custom list").check()
+    page.locator("#layers-custom textarea, #layers-custom input").first.fill("20-35")
+    page.locator("#train-btn").click()
+    page.wait_for_selector("text=indices in 0..29, got '20-35'", timeout=30_000)
+    status = page.locator("#train-status").inner_text()
+    assert "Trains on the facts table" in status and "▶" not in status  # nothing started
+    page.get_by_label("all layers").check()
+    page.locator("#layers-custom").wait_for(state="hidden")
     page.locator("#train-btn").click()
     page.wait_for_selector("#train-status >> text=▶", timeout=60_000)  # live stage checklist
     page.wait_for_selector("#results-table [role=row] >> nth=1", timeout=300_000)  # moves to 4 · Results
