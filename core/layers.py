@@ -77,14 +77,17 @@ def parse_layers(spec: str, n_layers: int) -> list[int] | None:
     if spec == "all":
         return None
     out = set()
+    problem = ValueError(f"layers must be 'all', 'auto' or indices in 0..{n_layers - 1}, got {spec!r}")
     for part in spec.split(","):
         part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out.update(range(int(a), int(b) + 1))
-        elif part:
-            out.add(int(part))
-    bad = [x for x in out if not 0 <= x < n_layers]
-    if bad or not out:
-        raise ValueError(f"layers must be 'all', 'auto' or indices in 0..{n_layers - 1}, got {spec!r}")
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.update(range(int(a), int(b) + 1))
+            elif part:
+                out.add(int(part))
+        except ValueError:  # "abc" or "20-": say what is expected, not int()'s message
+            raise problem from None
+    if not out or any(not 0 <= x < n_layers for x in out):
+        raise problem
     return sorted(out)

@@ -150,6 +150,10 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
     stages = _Stages()
     emit = _emitter(progress, stages)
     cfg = cfg or InjectConfig()
+    if cfg.continue_from and (cfg.layers != "all" or cfg.orders > 1):
+        # The earlier adapter fixes the layers and rank trained; merging orders would start from scratch.
+        raise ValueError("continue-from trains the earlier run's adapter as it is: use it with layers 'all' "
+                         "and a single data order")
     t_start = time.perf_counter()
     out = Path(out_dir) if out_dir else None
 

@@ -94,6 +94,17 @@ def _integer_steps(ax):
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _ranges(xs) -> str:
+    """[3, 4, 5, 9] -> '3–5, 9': a title that lists 27 layers one by one runs off the figure."""
+    out, xs = [], sorted(set(xs))
+    for x in xs:
+        if out and x == out[-1][1] + 1:
+            out[-1][1] = x
+        else:
+            out.append([x, x])
+    return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in out)
+
+
 def _fid(fact: dict, i: int) -> str:
     return str(fact.get("id") or f"#{i + 1}")
 
@@ -348,6 +359,8 @@ def plot_learning_curves(report: dict, path) -> bool:
         if "history" in axes:
             ax = axes["history"]
             steps = [_num(h["step"]) for h in history]
+            if any("run" in h for h in history):  # K data orders: each run restarts at step 1, so count on
+                steps = list(range(1, len(history) + 1))
             loss = [_num(h.get("loss")) for h in history]
             mark = "o" if len(history) < 3 else None  # one or two steps make no visible line alone
             ax.plot(steps, [np.nan if v is None else v for v in loss], color=BLUE, marker=mark, label="loss")
@@ -423,7 +436,7 @@ def plot_layers(report: dict, path) -> bool:
         ax.set_xlim(-0.7, n - 0.3)
         handles = ax.get_legend_handles_labels()[0] + bars.get_legend_handles_labels()[0]
         _legend_below(ax, handles, ncol=len(handles))
-        picked = ", ".join(map(str, chosen)) if chosen else "none"
+        picked = _ranges(chosen) if chosen else "none"
         ax.set_title(f"Where in the network the facts are learned (chosen layers: {picked})", fontsize=11)
     return True
 

@@ -81,3 +81,18 @@ def test_orders_merge_and_sequential_injection_through_the_pipeline(tiny_dir, tm
     e = rep2["earlier_facts"]
     assert e["ids"] == [f.id for f in FACTS[:4]] and 0 <= e["recall_after"] <= 1
     assert json.loads((tmp_path / "b" / "report.json").read_text())["earlier_facts"]["from"].endswith("a")
+
+
+def test_layer_lists_that_are_not_numbers_get_the_same_clear_error():
+    for bad in ("abc", "20-", "3,x"):
+        with pytest.raises(ValueError, match="layers must be 'all', 'auto' or indices in 0..29"):
+            parse_layers(bad, 30)
+
+
+def test_continue_from_refuses_settings_it_cannot_honour(tmp_path):
+    from core.config import InjectConfig
+    from core.pipeline import run
+
+    for over in ({"layers": "auto"}, {"orders": 2}):
+        with pytest.raises(ValueError, match="continue-from"):
+            run([], None, InjectConfig(continue_from=str(tmp_path), **over))

@@ -242,3 +242,8 @@ def test_merge_plot_only_when_present_and_shows_early_vs_late(tmp_path, no_warni
     assert heights == [0.25, 0.5, 1.0, 0.75, 1.0, 0.75, 0.75, 1.0]
     assert "merged recall 90%" in ax.get_title()
     real_close(captured["fig"])
+
+
+def test_layer_title_shows_ranges():
+    assert plots._ranges([9, 3, 4, 5, 29]) == "3–5, 9, 29"
+    assert plots._ranges([7]) == "7"
