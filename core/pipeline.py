@@ -213,9 +213,11 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
              **rec, ids=[f.id for f in kept_facts])
 
     # The guard's anchors: those that restate a kept fact are left out, the nearest come first.
-    anchors, near, excluded = semantic.guard_anchors(embedder(), kept_facts, default_anchors())
-    guard_info = {"anchors": len(anchors), "near": [anchors[i] for i in near], "excluded": excluded,
-                  "near_share": cfg.guard_near} if cfg.locality_guard > 0 else None
+    anchors, near, guard_info = [], [], None
+    if cfg.locality_guard > 0:  # no guard, no anchors to embed
+        anchors, near, excluded = semantic.guard_anchors(embedder(), kept_facts, default_anchors())
+        guard_info = {"anchors": len(anchors), "near": [anchors[i] for i in near], "excluded": excluded,
+                      "near_share": cfg.guard_near}
 
     emit("train", f"training LoRA (rank {cfg.rank}) on {len(kept_facts)} facts"
                   + (f", layers {layers[0]}-{layers[-1]}" if layers else ""))

@@ -447,7 +447,7 @@ def plot_merge(report: dict, path) -> bool:
     """Recall of the facts seen first and last in each run's order, per run and after merging."""
     merge = _section(report, "merge")
     runs = [r for r in _list(merge.get("runs")) if isinstance(r, dict)]
-    merged = merge.get("merged") if isinstance(merge.get("merged"), dict) else {}
+    merged = _section(merge, "merged")
     by_order = [r for r in _list(merged.get("by_run_order")) if isinstance(r, dict)]
     if not runs:
         return False
