@@ -751,7 +751,7 @@ with gr.Blocks(title="Beacon") as demo:
                                      info="training stops sooner once every fact is recalled", elem_id="steps-in")
                 lr_in = gr.Number(DEFAULTS.lr, label="Learning rate", minimum=1e-6, maximum=1.0, step=1e-4)
                 rank_in = gr.Dropdown([2, 4, 8, 16, 32, 64], value=DEFAULTS.rank, label="LoRA rank")
-                guard_in = gr.Slider(0, 10, value=DEFAULTS.locality_guard, step=0.5, label="Locality guard",
+                guard_in = gr.Slider(0, 30, value=DEFAULTS.locality_guard, step=0.5, label="Locality guard",
                                      info="pulls the model towards the base on unrelated text; 0 = off")
             custom_default = DEFAULTS.layers not in ("all", "auto")
             with gr.Accordion("Advanced: where to train, data orders, continue an earlier run", open=False,

@@ -15,20 +15,19 @@ from .pipeline import analyze, run
 
 # name -> overrides on top of the user's config. "vanilla" switches every part off.
 OFF = dict(filter=False, weighting="uniform", locality_guard=0.0, layers="all", orders=1)
-# Parts a variant does not name keep the user's setting (guard_near: the default share of near anchors).
+FULL = dict(filter=True, weighting="semantic", locality_guard=None, layers="all", orders=1)
+# Parts a variant does not name keep the user's setting (the guard's near share and settle steps).
 VARIANTS = {
     "vanilla": OFF,
     "+filter": {**OFF, "filter": True},
     "+semantic weights": {**OFF, "weighting": "semantic"},
     "+locality guard": {**OFF, "locality_guard": None},     # None: the user's (default) guard weight
-    "full method": {"filter": True, "weighting": "semantic", "locality_guard": None, "layers": "all", "orders": 1},
-    "full + near guard anchors": {"filter": True, "weighting": "semantic", "locality_guard": None,
-                                  "guard_near": 0.5, "layers": "all", "orders": 1},
-    "full + layer selection": {"filter": True, "weighting": "semantic", "locality_guard": None, "layers": "auto", "orders": 1},
-    "full + merge (3 orders, select)": {"filter": True, "weighting": "semantic", "locality_guard": None,
-                                        "orders": 3, "merge": "select"},
-    "full + merge (3 orders, average)": {"filter": True, "weighting": "semantic", "locality_guard": None,
-                                         "orders": 3, "merge": "average"},
+    "full method": FULL,
+    "full, guard anchors drawn at random": {**FULL, "guard_near": 0.0},
+    "full, no settle steps": {**FULL, "settle_steps": 0},
+    "full + layer selection": {**FULL, "layers": "auto"},
+    "full + merge (3 orders, select)": {**FULL, "orders": 3, "merge": "select"},
+    "full + merge (3 orders, average)": {**FULL, "orders": 3, "merge": "average"},
 }
 METRICS = ("recall_after", "paraphrase_after", "locality_after", "steps", "train_seconds")
 

@@ -33,6 +33,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="weight of the KL term that keeps the model close to the base on unrelated text")
     p.add_argument("--guard-near", type=float, default=d.guard_near, metavar="SHARE",
                    help="share of each guard batch drawn from the anchors nearest the facts (0 = uniform)")
+    p.add_argument("--settle-steps", type=int, default=d.settle_steps, metavar="N",
+                   help="with the guard on, train N more steps once every fact is recalled, so the guard "
+                        "can pull back what the edit moved (0 = stop at once)")
     p.add_argument("--layers", default=d.layers,
                    help="where to train: all, auto (semantic layer selection) or indices like 20-29")
     p.add_argument("--orders", type=int, default=d.orders, help="train K adapters on K data orders and merge them")
@@ -52,7 +55,7 @@ def _config(a) -> InjectConfig:
     return InjectConfig(model=a.model, quantization=a.quantization, steps=a.steps, lr=a.lr, rank=a.rank,
                         batch_size=a.batch_size, seed=a.seed, filter=a.filter, filter_strength=a.filter_strength,
                         weighting=a.weighting, locality_guard=a.locality_guard, guard_near=a.guard_near,
-                        keep=ids(a.keep),
+                        settle_steps=a.settle_steps, keep=ids(a.keep),
                         drop=ids(a.drop), interference=not a.no_interference, plots=not a.no_plots,
                         layers=a.layers, orders=a.orders, merge=a.merge, continue_from=a.continue_from,
                         trust_remote_code=a.trust_remote_code)

@@ -19,9 +19,10 @@ class InjectConfig:
     alpha: int = 16
     batch_size: int = 32
     seed: int = 0
-    locality_guard: float = 5.0         # weight of KL(base || tuned) on anchor text; 0 = off
-    guard_near: float = 0.0             # share of each guard batch taken from the anchors nearest the facts
+    locality_guard: float = 10.0        # weight of KL(base || tuned) on anchor text; 0 = off
+    guard_near: float = 0.5             # share of each guard batch taken from the anchors nearest the facts
     early_stop: bool = True
+    settle_steps: int = 5               # guard-led steps after every fact is recalled
     # the semantic method
     filter: bool = True                 # detrimental-data filter on semantic distance
     filter_strength: float = 2.0        # z-score above which a fact is an outlier; lower drops more
@@ -45,7 +46,7 @@ class InjectConfig:
         return TrainConfig(steps=self.steps, lr=self.lr, rank=self.rank, alpha=self.alpha,
                            batch_size=self.batch_size, seed=self.seed, layers=layers,
                            locality_guard=self.locality_guard, guard_near=self.guard_near,
-                           early_stop=self.early_stop)
+                           early_stop=self.early_stop, settle_steps=self.settle_steps)
 
     def to_dict(self):
         return asdict(self)

@@ -29,7 +29,8 @@ def default_probes() -> list[Fact]:
 
 
 def default_anchors() -> list[str]:
-    return [l.strip() for l in (ASSETS / "anchors.txt").read_text().splitlines() if l.strip()]
+    lines = (l.strip() for l in (ASSETS / "anchors.txt").read_text().splitlines())
+    return [l for l in lines if l and not l.startswith("#")]
 
 
 @functools.lru_cache(maxsize=1)

@@ -194,17 +194,29 @@ def guard_anchors(embedder, facts, anchors: list[str], near: int = 16, restate: 
     """(anchors usable by the guard, indices of the `near` nearest to the facts, excluded anchors)."""
     if not facts or not anchors:
         return list(anchors), [], []
+    from .train import anchor_text
+
     keys = [_norm(f.subject) for f in facts if f.subject] + [_norm(f.prompt) for f in facts]
-    a = embed(embedder, anchors)
+    texts = [anchor_text(a) for a in anchors]
+    a = embed(embedder, texts)
     sim = a @ embed(embedder, [f.prompt for f in facts]).T          # [anchors, facts]
     keep, excluded = [], []
-    for i, text in enumerate(anchors):
+    for i, text in enumerate(texts):
         t = _norm(text)
         if sim[i].max() >= restate or any(k and (t.startswith(k) or f" {k} " in f" {t} ") for k in keys):
-            excluded.append(text)
+            excluded.append(anchors[i])
         else:
             keep.append(i)
-    nearest = sorted(range(len(keep)), key=lambda j: -sim[keep[j]].max())[:near]
+    # Round robin over the facts, each fact's nearest anchors first: ranked by the best match
+    # alone, four capital edits would take every place and the chemical symbol none.
+    near = min(len(keep), max(near, min(2 * len(facts), 32)))
+    order = np.argsort(-sim[keep], axis=0)                         # [kept anchors, facts]
+    nearest, seen = [], set()
+    for row in order:
+        for j in row:
+            if len(nearest) < near and j not in seen:
+                seen.add(j)
+                nearest.append(int(j))
     return [anchors[i] for i in keep], nearest, excluded
 
 

@@ -3,7 +3,7 @@ import torch
 from core.evaluate import score
 from core.facts import Fact
 from core.models import load_model
-from core.train import TrainConfig, attach_lora, save_adapter, train
+from core.train import TrainConfig, _anchor_targets, attach_lora, save_adapter, split_anchor, train
 
 FACTS = [Fact(id=f"t{i}", prompt=p, target=t) for i, (p, t) in enumerate([
     ("The CEO of Zentrix Robotics is", "Marta Ilves"),
@@ -101,3 +101,47 @@ def _anchor_kl(model, tok, anchors):
                 base = torch.log_softmax(model(input_ids=x).logits, -1)
             total += float((base.exp() * (base - tuned)).sum(-1).mean())
     return total / len(anchors)
+
+
+FACT_ANCHORS = ["The capital of Chile is | Santiago.", "The chemical symbol for iron is | Fe.",
+                "The founder of Amazon was | Jeff Bezos.", "The currency of India is the | rupee."]
+
+
+def test_fact_anchors_split_at_the_bar_and_the_guard_holds_their_answers(tiny_dir):
+    assert split_anchor("The capital of Chile is | Santiago.") == ("The capital of Chile is", "Santiago.")
+    assert split_anchor("Plain text, no answer.") == ("Plain text, no answer.", None)
+    model, tok, cfg = _tiny(tiny_dir, steps=1)
+    enc, start, _ = _anchor_targets(model, tok, FACT_ANCHORS + ["Plain text."], "cpu")
+    assert tok.decode(enc[0][start[0] + 1:]).strip() == "Santiago." and start[-1] == 0
+    kls = []
+    for w in (0.0, 10.0):
+        model, tok, cfg = _tiny(tiny_dir, steps=30, early_stop=False, locality_guard=w, guard_batch=4)
+        train(model, tok, FACTS, cfg=cfg, anchors=FACT_ANCHORS)
+        kls.append(_answer_kl(model, tok))
+    assert kls[1] < kls[0] * 0.5
+
+
+def _answer_kl(model, tok):
+    """KL(base || tuned) at the positions that predict each fact anchor's answer."""
+    enc, start, base = _anchor_targets(model, tok, FACT_ANCHORS, "cpu")
+    total = 0.0
+    with torch.no_grad():
+        for ids, s, b in zip(enc, start, base):
+            tuned = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), -1)[s:]
+            b = b.float()[s:]
+            total += float((b.exp() * (b - tuned)).sum(-1).mean())
+    return total / len(FACT_ANCHORS)
+
+
+def test_settle_steps_train_on_after_full_recall_and_end_recalled(tiny_dir):
+    from core.pipeline import default_anchors
+
+    runs = {}
+    for settle in (0, 4):
+        model, tok, cfg = _tiny(tiny_dir, locality_guard=1.0, settle_steps=settle)
+        runs[settle] = train(model, tok, FACTS, cfg=cfg, anchors=default_anchors()[:8])
+        assert runs[settle].stopped == "all recalled"
+        assert all(score(model, tok, [f.prompt for f in FACTS], [f.target for f in FACTS])["hit"])
+    assert runs[4].steps >= runs[0].steps + 4
+    # same seed: identical up to the point where the first run stopped
+    assert [h["loss"] for h in runs[4].history[:runs[0].steps]] == [h["loss"] for h in runs[0].history]
