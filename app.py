@@ -752,7 +752,7 @@ with gr.Blocks(title="Beacon") as demo:
                 lr_in = gr.Number(DEFAULTS.lr, label="Learning rate", minimum=1e-6, maximum=1.0, step=1e-4)
                 rank_in = gr.Dropdown([2, 4, 8, 16, 32, 64], value=DEFAULTS.rank, label="LoRA rank")
                 guard_in = gr.Slider(0, 30, value=DEFAULTS.locality_guard, step=0.5, label="Locality guard",
-                                     info="pulls the model towards the base on unrelated text; 0 = off")
+                                     info="pulls the model towards the base on unrelated text and on known facts near yours; 0 = off")
             custom_default = DEFAULTS.layers not in ("all", "auto")
             with gr.Accordion("Advanced: where to train, data orders, continue an earlier run", open=False,
                               elem_id="advanced"):

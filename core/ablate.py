@@ -23,11 +23,11 @@ VARIANTS = {
     "+semantic weights": {**OFF, "weighting": "semantic"},
     "+locality guard": {**OFF, "locality_guard": None},     # None: the user's (default) guard weight
     "full method": FULL,
-    "full, guard anchors drawn at random": {**FULL, "guard_near": 0.0},
-    "full, no settle steps": {**FULL, "settle_steps": 0},
+    "full: random guard anchors": {**FULL, "guard_near": 0.0},
+    "full + 5 settle steps": {**FULL, "settle_steps": 5},
     "full + layer selection": {**FULL, "layers": "auto"},
-    "full + merge (3 orders, select)": {**FULL, "orders": 3, "merge": "select"},
-    "full + merge (3 orders, average)": {**FULL, "orders": 3, "merge": "average"},
+    "full + merge of 3 orders (select)": {**FULL, "orders": 3, "merge": "select"},
+    "full + merge of 3 orders (average)": {**FULL, "orders": 3, "merge": "average"},
 }
 METRICS = ("recall_after", "paraphrase_after", "locality_after", "steps", "train_seconds")
 

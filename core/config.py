@@ -22,7 +22,7 @@ class InjectConfig:
     locality_guard: float = 10.0        # weight of KL(base || tuned) on anchor text; 0 = off
     guard_near: float = 0.5             # share of each guard batch taken from the anchors nearest the facts
     early_stop: bool = True
-    settle_steps: int = 5               # guard-led steps after every fact is recalled
+    settle_steps: int = 0               # more steps after every fact is recalled (0: stop; see README)
     # the semantic method
     filter: bool = True                 # detrimental-data filter on semantic distance
     filter_strength: float = 2.0        # z-score above which a fact is an outlier; lower drops more

@@ -210,7 +210,8 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
             trajectories[kept_facts[i].id].append([step, round(x, 4)])
 
     def on_step(rec):
-        emit("train", f"step {rec['step']}/{cfg.steps}  loss {rec['loss']:.3f}  recall {rec['recall']:.0%}",
+        settle = "  (every fact recalled: settle steps, the guard pulls back what moved)" if rec["settling"] else ""
+        emit("train", f"step {rec['step']}/{cfg.steps}  loss {rec['loss']:.3f}  recall {rec['recall']:.0%}{settle}",
              **rec, ids=[f.id for f in kept_facts])
 
     # The guard's anchors: those that restate a kept fact are left out, the nearest come first.
