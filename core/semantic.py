@@ -19,8 +19,9 @@ What is computed here, since the paper's full text is not available to us:
   different targets. Exact duplicates (same prompt and target) are merged first.
 * Guard anchors: the locality guard protects unrelated text, but what an edit breaks first is
   knowledge close to it (teaching "the capital of Italy is Milan" also moves other capitals).
-  Anchors are ranked by sentence-embedding cosine to the nearest kept fact, and half of each
-  guard batch comes from the nearest ones. An anchor that restates a fact's prompt or subject is
+  Each fact ranks the anchors by sentence-embedding cosine to its prompt; the near set takes
+  each fact's best in turn (round robin, two per fact, 16 to 32), and half of each guard batch
+  comes from it. An anchor that restates a fact's prompt or subject is
   left out: the guard would pull the model back to the old answer the person wants replaced.
 * Categories (in the spirit of SliCK, Gekhman et al. 2024): known = greedy recalls the
   target or some sampled answer does; update = not known and the greedy answer is stable
