@@ -34,8 +34,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guard-near", type=float, default=d.guard_near, metavar="SHARE",
                    help="share of each guard batch drawn from the anchors nearest the facts (0 = uniform)")
     p.add_argument("--settle-steps", type=int, default=d.settle_steps, metavar="N",
-                   help="with the guard on, train N more steps once every fact is recalled, so the guard "
-                        "can pull back what the edit moved (0 = stop at once)")
+                   help="with the guard on, train N more steps once every fact is recalled (0 = stop at once; "
+                        "measured on the samples it lowers locality, see README)")
     p.add_argument("--layers", default=d.layers,
                    help="where to train: all, auto (semantic layer selection) or indices like 20-29")
     p.add_argument("--orders", type=int, default=d.orders, help="train K adapters on K data orders and merge them")

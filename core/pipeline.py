@@ -210,7 +210,7 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
             trajectories[kept_facts[i].id].append([step, round(x, 4)])
 
     def on_step(rec):
-        settle = "  (every fact recalled: settle steps, the guard pulls back what moved)" if rec["settling"] else ""
+        settle = "  (every fact recalled: settle step)" if rec["settling"] else ""
         emit("train", f"step {rec['step']}/{cfg.steps}  loss {rec['loss']:.3f}  recall {rec['recall']:.0%}{settle}",
              **rec, ids=[f.id for f in kept_facts])
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .evaluate import encode_pair, generate, normalise, recalls
+from .train import anchor_text
 
 CROWD_COSINE = 0.95
 
@@ -192,11 +193,10 @@ def semantic_distances(model, tok, facts) -> list[float]:
 # ---------------------------------------------------------------- guard anchors
 
 def guard_anchors(embedder, facts, anchors: list[str], near: int = 16, restate: float = 0.9):
-    """(anchors usable by the guard, indices of the `near` nearest to the facts, excluded anchors)."""
+    """(anchors usable by the guard, indices of the nearest to the facts: at least `near`, two per
+    fact up to 32; excluded anchors)."""
     if not facts or not anchors:
         return list(anchors), [], []
-    from .train import anchor_text
-
     keys = [_norm(f.subject) for f in facts if f.subject] + [_norm(f.prompt) for f in facts]
     texts = [anchor_text(a) for a in anchors]
     a = embed(embedder, texts)
@@ -210,15 +210,15 @@ def guard_anchors(embedder, facts, anchors: list[str], near: int = 16, restate: 
             keep.append(i)
     # Round robin over the facts, each fact's nearest anchors first: ranked by the best match
     # alone, four capital edits would take every place and the chemical symbol none.
-    near = min(len(keep), max(near, min(2 * len(facts), 32)))
-    order = np.argsort(-sim[keep], axis=0)                         # [kept anchors, facts]
-    nearest, seen = [], set()
-    for row in order:
-        for j in row:
-            if len(nearest) < near and j not in seen:
-                seen.add(j)
-                nearest.append(int(j))
-    return [anchors[i] for i in keep], nearest, excluded
+    count = min(len(keep), max(near, min(2 * len(facts), 32)))
+    nearest = []
+    for row in np.argsort(-sim[keep], axis=0):                     # rank r: each fact's r-th nearest
+        for j in map(int, row):
+            if j not in nearest:
+                nearest.append(j)
+        if len(nearest) >= count:
+            break
+    return [anchors[i] for i in keep], nearest[:count], excluded
 
 
 # ---------------------------------------------------------------- filter and weights

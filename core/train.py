@@ -169,9 +169,9 @@ def _all_hits(model, tok, pairs, device, batch_size) -> list[bool]:
     return hits
 
 
-def _confirm(result, model, tok, pairs, device, steps_per_epoch) -> bool:
+def _confirm(result, model, tok, pairs, device, batch_size) -> bool:
     """Teacher-forced check of every fact on the current weights; True if all pass."""
-    result.recalled = _all_hits(model, tok, pairs, device, math.ceil(len(pairs) / steps_per_epoch))
+    result.recalled = _all_hits(model, tok, pairs, device, batch_size)
     return all(result.recalled)
 
 
@@ -206,9 +206,11 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     # Equal-sized batches: 35 facts at batch size 32 make 18 + 17, not 32 + 3, whose
     # alternating step sizes made the loss see-saw.
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    batches = _batches(n, math.ceil(n / steps_per_epoch), rng, order)
+    batch_size = math.ceil(n / steps_per_epoch)
+    batches = _batches(n, batch_size, rng, order)
     t0 = time.perf_counter()
-    settle_until, settled = None, False
+    settle_left = cfg.settle_steps if guard else 0   # settle steps are taken once, the first time all are recalled
+    settle_until = None
     model.train()
     try:
         for step in range(1, cfg.steps + 1):
@@ -252,15 +254,15 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
             if settle_until is not None:
                 if step >= settle_until:
                     settle_until = None
-                    if _confirm(result, model, tok, pairs, device, steps_per_epoch):
+                    if _confirm(result, model, tok, pairs, device, batch_size):
                         result.stopped = "all recalled"
                         break
             elif cfg.early_stop and all(result.recalled) and step >= steps_per_epoch:
-                if _confirm(result, model, tok, pairs, device, steps_per_epoch):
-                    if not (cfg.settle_steps and guard and not settled):
+                if _confirm(result, model, tok, pairs, device, batch_size):
+                    if not settle_left:
                         result.stopped = "all recalled"
                         break
-                    settle_until, settled = step + cfg.settle_steps, True
+                    settle_until, settle_left = step + settle_left, 0
     finally:
         model.eval()
         result.seconds = round(time.perf_counter() - t0, 2)
