@@ -27,7 +27,7 @@ import pandas as pd
 
 from core import pipeline
 from core.ask import ask
-from core.config import InjectConfig
+from core.config import InjectConfig, gpu_seconds
 from core.facts import FactsError, facts_from_rows, load_facts, save_facts
 from core.layers import parse_layers
 from core.models import DEFAULT_MODEL, QUANTIZATIONS, ModelError, pick_device, resolve_model, resolve_quantization
@@ -353,8 +353,14 @@ def results_view(report: dict, run_dir: Path):
     lines = [f"### Recall {pct(s['recall_before'])} → {pct(s['recall_after'])} on {s['facts_kept']} trained facts",
              "| | before | after |", "|---|---|---|",
              f"| **Recall** of the trained facts | {pct(s['recall_before'])} | {pct(s['recall_after'])} |",
-             f"| **Paraphrases** of them (generalisation) | {pct(s['paraphrase_before'])} | {pct(s['paraphrase_after'])} |",
-             f"| **Locality**: unrelated facts it knew | {pct(s['locality_before'])} | {pct(s['locality_after'])} |", ""]
+             f"| **Paraphrases** never trained on (generalisation) | {pct(s['paraphrase_before'])} | {pct(s['paraphrase_after'])} |",
+             f"| **Question** form (\"Question: … what?\") | {pct(s.get('question_before'))} | {pct(s.get('question_after'))} |",
+             f"| **Chat** form (the model's chat template) | {pct(s.get('chat_before'))} | {pct(s.get('chat_after'))} |",
+             f"| **Locality**: facts like capitals and symbols it knew | {pct(s['locality_before'])} | {pct(s['locality_after'])} |",
+             *([f"| **Locality**: general knowledge of other kinds | {pct(s['locality_general_before'])} | "
+                f"{pct(s['locality_general_after'])} |"] if s.get("locality_general_before") is not None else []),
+             *([f"| **Fluency**: NLL per token on neutral text, tuned / base | 1.00 | {s['neutral_nll_ratio']:.3f} |"]
+               if s.get("neutral_nll_ratio") else []), ""]
     if s["stopped"] == "cancelled":
         lines.append("**Stopped by you**: the adapter holds what was learned in the steps that ran.\n")
     lb, la = s.get("locality_before"), s.get("locality_after")
@@ -492,7 +498,16 @@ def model_changed(quant):
 
 # ---------------------------------------------------------------- handlers: 2 review
 
-@GPU(duration=120)
+def _check_seconds(sess, facts_df, *_):
+    return gpu_seconds(len(facts_df) if facts_df is not None else 0, 0)
+
+
+def _train_seconds(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, rank, guard,
+                   layers_choice, layers_custom, orders, *_, **__):
+    return gpu_seconds(len(facts_df) if facts_df is not None else 0, int(steps or DEFAULTS.steps), int(orders or 1))
+
+
+@GPU(duration=_check_seconds)  # ZeroGPU reserves a GPU for as long as the facts and steps need
 def check(sess, facts_df, model, quant, filt, weighting):
     facts = table_facts(facts_df, sess)
     sess["keep"], sess["drop"] = [], []  # a fresh check starts from the checks' own decisions
@@ -538,7 +553,7 @@ def review_settings(analysis, sess, model, quant, filt, weighting):
 
 # ---------------------------------------------------------------- handlers: 3 train
 
-@GPU(duration=300)
+@GPU(duration=_train_seconds)
 def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, rank, guard,
           layers_choice, layers_custom, orders, merge, earlier, request: gr.Request):
     facts = table_facts(facts_df, sess)
@@ -727,7 +742,7 @@ with gr.Blocks(title="Beacon") as demo:
             with gr.Row():
                 filter_in = gr.Checkbox(DEFAULTS.filter, label="Filter: drop outliers by semantic distance",
                                         info="at most 10% of the facts; the reason is shown")
-                weighting_in = gr.Radio(["semantic", "uniform"], value=DEFAULTS.weighting, label="Loss weighting",
+                weighting_in = gr.Radio(["semantic", "dynamic", "uniform"], value=DEFAULTS.weighting, label="Loss weighting",
                                         info="semantic: facts far from what the model knows weigh more")
             review_note = gr.Markdown("Press **Check facts** on tab 1: Beacon looks for duplicates and "
                                       "contradictions, measures what the model answers now, and how far each fact "

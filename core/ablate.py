@@ -14,22 +14,31 @@ from .config import InjectConfig
 from .pipeline import analyze, run
 
 # name -> overrides on top of the user's config. "vanilla" switches every part off.
-OFF = dict(filter=False, weighting="uniform", locality_guard=0.0, layers="all", orders=1)
-FULL = dict(filter=True, weighting="semantic", locality_guard=None, layers="all", orders=1)
-# Parts a variant does not name keep the user's setting (the guard's near share and settle steps).
+OFF = dict(filter=False, weighting="uniform", locality_guard=0.0, rewordings=False, layers="all", orders=1)
+FULL = dict(filter=True, weighting="semantic", locality_guard=None, rewordings=True, layers="all", orders=1)
+# Parts a variant does not name keep the user's setting (guard anchors, near share, settle steps).
 VARIANTS = {
     "vanilla": OFF,
     "+filter": {**OFF, "filter": True},
     "+semantic weights": {**OFF, "weighting": "semantic"},
+    "+dynamic weights": {**OFF, "weighting": "dynamic"},
+    "+rewordings": {**OFF, "rewordings": True},
     "+locality guard": {**OFF, "locality_guard": None},     # None: the user's (default) guard weight
     "full method": FULL,
+    "full: uniform weights": {**FULL, "weighting": "uniform"},
+    "full: dynamic weights": {**FULL, "weighting": "dynamic"},
+    "full: no rewordings": {**FULL, "rewordings": False},
+    "full: anchors from the file only": {**FULL, "guard_anchors": "file"},
+    "full: neighbour anchors only": {**FULL, "guard_anchors": "neighbours"},
     "full: random guard anchors": {**FULL, "guard_near": 0.0},
     "full + 5 settle steps": {**FULL, "settle_steps": 5},
     "full + layer selection": {**FULL, "layers": "auto"},
     "full + merge of 3 orders (select)": {**FULL, "orders": 3, "merge": "select"},
     "full + merge of 3 orders (average)": {**FULL, "orders": 3, "merge": "average"},
 }
-METRICS = ("recall_after", "paraphrase_after", "locality_after", "steps", "train_seconds")
+METRICS = ("recall_after", "paraphrase_after", "question_after", "chat_after", "locality_after",
+           "locality_general_after", "neutral_nll_ratio", "steps", "train_seconds")
+PCT = {"recall_after", "paraphrase_after", "question_after", "chat_after", "locality_after", "locality_general_after"}
 
 
 def _variant_config(base: InjectConfig, overrides: dict, seed: int) -> InjectConfig:
@@ -61,13 +70,14 @@ def ablate(facts, probes, base: InjectConfig, seeds=(0, 1, 2), out_dir="runs/abl
             cfg = _variant_config(base, VARIANTS[name], seed)
             rep = run(facts, probes, cfg, analysis=analysis)
             s = rep["summary"]
-            runs.append({"variant": name, "seed": seed, **{k: s[k] for k in METRICS},
+            runs.append({"variant": name, "seed": seed, **{k: s.get(k) for k in METRICS}, "stopped": s["stopped"],
+                         **{k: v for k, v in s.items() if k.startswith("locality_") and k.endswith("_after")},
                          "locality_before": s["locality_before"], "facts_kept": s["facts_kept"]})
             if progress:
-                progress(f"{name:34s} seed {seed}: recall {s['recall_after']}, paraphrase {s['paraphrase_after']}, "
-                         f"locality {s['locality_after']}, {s['steps']} steps, {s['train_seconds']} s")
+                progress(f"{name:34s} seed {seed}: " + ", ".join(f"{k} {s.get(k)}" for k in METRICS))
             (out / "ablation.json").write_text(json.dumps({"runs": runs}, indent=1))
-    table = summarize(runs, names)
+    extra = sorted({k for r in runs for k in r if k.startswith("locality_") and k.endswith("_after")} - set(METRICS))
+    table = summarize(runs, names, METRICS + tuple(extra))
     md = to_markdown(table, len(seeds), base.steps, len(facts))
     (out / "ablation.md").write_text(md)
     (out / "ablation.json").write_text(json.dumps({"runs": runs, "table": table, "config": base.to_dict()}, indent=1))
@@ -76,23 +86,31 @@ def ablate(facts, probes, base: InjectConfig, seeds=(0, 1, 2), out_dir="runs/abl
     return {"runs": runs, "table": table, "markdown": md}
 
 
-def summarize(runs, names):
+def summarize(runs, names, metrics=METRICS):
     table = []
     for name in names:
         rs = [r for r in runs if r["variant"] == name]
         row = {"variant": name, "kept": rs[0]["facts_kept"] if rs else None}
-        for m in METRICS:
-            row[m], row[m + "_sd"] = _stat([r[m] for r in rs])
+        for m in metrics:
+            row[m], row[m + "_sd"] = _stat([r.get(m) for r in rs])
         table.append(row)
     return table
 
 
 def to_markdown(table, n_seeds, steps, n_facts) -> str:
-    lines = [f"{n_facts} facts, budget {steps} steps, {n_seeds} seeds, mean ± sd; training stops early once every kept fact is recalled.",
-             "", "| variant | kept | recall | paraphrase | locality | steps | train s |", "|---|---|---|---|---|---|---|"]
+    extra = [m for m in table[0] if m.startswith("locality_") and m.endswith("_after") and m not in METRICS] if table else []
+    metrics = list(METRICS) + extra
+    head = ["variant", "kept", "recall", "paraphrase (held out)", "question", "chat", "locality: probes",
+            "locality: general", "neutral NLL ratio", "steps", "train s"] + [
+            "locality: " + m.removeprefix("locality_").removesuffix("_after") for m in extra]
+    lines = [f"{n_facts} facts, budget {steps} steps, {n_seeds} seeds, mean ± sd; training stops early once every "
+             "wording of every kept fact is recalled.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
-        cell = lambda m, pct=True: ("–" if r[m] is None else
-                                    (f"{r[m]:.0%} ± {r[m + '_sd']:.0%}" if pct else f"{r[m]:.1f} ± {r[m + '_sd']:.1f}"))
-        lines.append(f"| {r['variant']} | {r['kept']} | {cell('recall_after')} | {cell('paraphrase_after')} | "
-                     f"{cell('locality_after')} | {cell('steps', False)} | {cell('train_seconds', False)} |")
+        def cell(m):
+            if r[m] is None:
+                return "–"
+            if m in PCT or m.startswith("locality_"):
+                return f"{r[m]:.0%} ± {r[m + '_sd']:.0%}"
+            return f"{r[m]:.3f} ± {r[m + '_sd']:.3f}" if m == "neutral_nll_ratio" else f"{r[m]:.1f} ± {r[m + '_sd']:.1f}"
+        lines.append(f"| {r['variant']} | {r['kept']} | " + " | ".join(cell(m) for m in metrics) + " |")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
-"""Command line: `python -m core inject ...` and `python -m core ablate ...`."""
+"""Command line: `beacon inject|ablate|app ...` (or `python -m core ...`)."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +15,10 @@ from .models import DEFAULT_MODEL, QUANTIZATIONS, ModelError
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     d = InjectConfig()
     p.add_argument("--facts", required=True, help="CSV, JSON or JSONL file of facts")
-    p.add_argument("--probes", help="facts the model should keep knowing (default: assets/probes.csv)")
+    p.add_argument("--probes", help="facts the model should keep knowing, in place of the shipped probe sets "
+                                    "(assets/probes.csv and assets/probes_general.csv)")
+    p.add_argument("--probes-set", action="append", default=[], metavar="NAME=FILE",
+                   help="one more probe set, reported as locality_NAME (repeatable)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local path of a causal LM")
     p.add_argument("--quantization", choices=QUANTIZATIONS, default=d.quantization,
                    help="auto: NF4 4-bit on a CUDA GPU, full precision on a CPU")
@@ -28,7 +31,15 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="detrimental-data filter on semantic distance")
     p.add_argument("--filter-strength", type=float, default=d.filter_strength,
                    help="z-score above which a fact's distance is an outlier (lower drops more)")
-    p.add_argument("--weighting", choices=("semantic", "uniform"), default=d.weighting)
+    p.add_argument("--weighting", choices=("semantic", "dynamic", "uniform"), default=d.weighting,
+                   help="semantic: weights from the distances before training; dynamic: from each step's distances")
+    p.add_argument("--rewordings", action=argparse.BooleanOptionalAction, default=d.rewordings,
+                   help="also train each fact in forms Beacon writes from its subject and relation")
+    p.add_argument("--train-paraphrases", type=int, default=d.train_paraphrases, metavar="N",
+                   help="train on the first N of each fact's own paraphrases (the rest stay held out)")
+    p.add_argument("--guard-anchors", choices=("neighbours", "file", "both"), default=d.guard_anchors,
+                   help="neighbours: facts near yours, written by the base model; file: assets/anchors.txt")
+    p.add_argument("--neighbours-per-fact", type=int, default=d.neighbours_per_fact, metavar="N")
     p.add_argument("--locality-guard", type=float, default=d.locality_guard, metavar="W",
                    help="weight of the KL term that keeps the model close to the base on unrelated text")
     p.add_argument("--guard-near", type=float, default=d.guard_near, metavar="SHARE",
@@ -55,10 +66,27 @@ def _config(a) -> InjectConfig:
     return InjectConfig(model=a.model, quantization=a.quantization, steps=a.steps, lr=a.lr, rank=a.rank,
                         batch_size=a.batch_size, seed=a.seed, filter=a.filter, filter_strength=a.filter_strength,
                         weighting=a.weighting, locality_guard=a.locality_guard, guard_near=a.guard_near,
-                        settle_steps=a.settle_steps, keep=ids(a.keep),
+                        settle_steps=a.settle_steps, keep=ids(a.keep), rewordings=a.rewordings,
+                        train_paraphrases=a.train_paraphrases, guard_anchors=a.guard_anchors,
+                        neighbours_per_fact=a.neighbours_per_fact,
                         drop=ids(a.drop), interference=not a.no_interference, plots=not a.no_plots,
                         layers=a.layers, orders=a.orders, merge=a.merge, continue_from=a.continue_from,
                         trust_remote_code=a.trust_remote_code)
+
+
+def _probe_sets(a):
+    """None (the shipped sets), or {name: facts} from --probes and --probes-set."""
+    from .pipeline import default_probe_sets
+
+    if not a.probes and not a.probes_set:
+        return None
+    sets = {"probes": load_facts(a.probes)} if a.probes else default_probe_sets()
+    for spec in a.probes_set:
+        name, eq, path = spec.partition("=")
+        if not eq or not name.strip() or not path.strip():
+            raise ValueError(f"--probes-set {spec!r}: expected NAME=FILE")
+        sets[name.strip()] = load_facts(path.strip())
+    return sets
 
 
 def _print_progress(ev: dict) -> None:
@@ -72,7 +100,7 @@ def cmd_inject(a) -> int:
     from .pipeline import run
 
     facts = load_facts(a.facts)
-    probes = load_facts(a.probes) if a.probes else None
+    probes = _probe_sets(a)
     out = Path(a.out)
     stop = {"flag": False}
 
@@ -85,9 +113,11 @@ def cmd_inject(a) -> int:
     signal.signal(signal.SIGINT, on_sigint)
     report = run(facts, probes, _config(a), out_dir=out, progress=_print_progress, should_stop=lambda: stop["flag"])
     s = report["summary"]
-    print(json.dumps({k: s[k] for k in ("facts_in", "facts_kept", "conflicts", "dropped", "recall_before",
+    print(json.dumps({k: s.get(k) for k in ("facts_in", "facts_kept", "conflicts", "dropped", "recall_before",
                                          "recall_after", "paraphrase_before", "paraphrase_after",
-                                         "locality_before", "locality_after", "steps", "train_seconds",
+                                         "question_after", "chat_after", "locality_before", "locality_after",
+                                         "locality_general_before", "locality_general_after", "neutral_nll_ratio",
+                                         "training_wordings", "steps", "stopped", "train_seconds",
                                          "device", "quantization")}, indent=1))
     print(f"wrote {out / 'report.json'} and {out / 'adapter'}")
     return 0
@@ -97,7 +127,7 @@ def cmd_ablate(a) -> int:
     from .ablate import ablate
 
     facts = load_facts(a.facts)
-    probes = load_facts(a.probes) if a.probes else None
+    probes = _probe_sets(a)
     seeds = [int(s) for s in a.seeds.split(",")]
     ablate(facts, probes, _config(a), seeds=seeds, out_dir=Path(a.out), variants=a.variants)
     return 0
@@ -116,6 +146,13 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="", help="comma-separated subset of variants (default: all)")
     p.add_argument("--out", default="runs/ablation")
     p.set_defaults(fn=cmd_ablate)
+    p = sub.add_parser("app", help="start the web app (same options as python app.py)", add_help=False)
+    p.set_defaults(fn=None)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["app"]:  # the app parses its own options; core never imports Gradio itself
+        import importlib
+
+        return importlib.import_module("app").main(argv[1:]) or 0
     a = ap.parse_args(argv)
     try:
         return a.fn(a)

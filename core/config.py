@@ -13,7 +13,7 @@ class InjectConfig:
     quantization: str = "auto"          # auto | 4bit | none
     trust_remote_code: bool = False
     # training
-    steps: int = 80
+    steps: int = 300                    # step budget; early stop ends sooner (every wording of every fact recalled)
     lr: float = 2e-3
     rank: int = 8
     alpha: int = 16
@@ -23,11 +23,15 @@ class InjectConfig:
     guard_near: float = 0.5             # share of each guard batch taken from the anchors nearest the facts
     early_stop: bool = True
     settle_steps: int = 0               # more steps after every fact is recalled (0: stop; see README)
+    rewordings: bool = True             # also train each fact in forms Beacon writes (core/rewordings.py)
+    train_paraphrases: int = 0          # train on this many of each fact's own paraphrases; the rest stay held out
+    guard_anchors: str = "neighbours"   # neighbours (built by the base model) | file (assets/anchors.txt) | both
+    neighbours_per_fact: int = 3        # neighbour anchors per fact
     # the semantic method
     filter: bool = True                 # detrimental-data filter on semantic distance
     filter_strength: float = 2.0        # z-score above which a fact is an outlier; lower drops more
     max_drop_fraction: float = 0.1      # the filter never drops more than this share of the facts
-    weighting: str = "semantic"         # semantic | uniform
+    weighting: str = "semantic"         # semantic (static) | dynamic (from each step's distances) | uniform
     conflict_threshold: float = 0.9     # prompt-embedding cosine above which two prompts ask the same
     keep: list[str] = field(default_factory=list)   # ids kept even if a check would drop them
     drop: list[str] = field(default_factory=list)   # ids dropped by hand
@@ -46,7 +50,8 @@ class InjectConfig:
         return TrainConfig(steps=self.steps, lr=self.lr, rank=self.rank, alpha=self.alpha,
                            batch_size=self.batch_size, seed=self.seed, layers=layers,
                            locality_guard=self.locality_guard, guard_near=self.guard_near,
-                           early_stop=self.early_stop, settle_steps=self.settle_steps)
+                           early_stop=self.early_stop, settle_steps=self.settle_steps,
+                           weighting="dynamic" if self.weighting == "dynamic" else "static")
 
     def to_dict(self):
         return asdict(self)
@@ -55,3 +60,11 @@ class InjectConfig:
     def from_dict(cls, d: dict) -> "InjectConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def gpu_seconds(n_facts: int, steps: int, orders: int = 1, wordings: int = 6) -> int:
+    """Seconds to reserve on a ZeroGPU Space for a run: loading and measuring (about 40 s plus 0.5 s
+    a fact for the before/after passes), then the step budget at a pessimistic 0.05 s per 32
+    wordings a step plus 0.25 s of guard and optimiser. Capped at ZeroGPU's 20-minute ceiling."""
+    per_step = 0.25 + 0.05 * max(1, n_facts * wordings / 32)
+    return int(min(1200, 40 + 0.5 * n_facts + orders * steps * per_step))

@@ -136,19 +136,68 @@ def recall_table(model, tok, prompts: list[str], targets: list[str], batch_size:
             for a, t, lp, r in zip(answers, targets, s["logprob"], s["rank"])]
 
 
-def evaluate_facts(model, tok, facts, probes=()) -> dict:
-    """Recall of each fact, each of its paraphrases, and each probe. Returns
-    {"facts": [rec...], "paraphrases": [[rec...] per fact], "probes": [rec...], "summary": {...}}."""
-    fact_recs = recall_table(model, tok, [f.prompt for f in facts], [f.target for f in facts])
-    para_prompts = [(i, p) for i, f in enumerate(facts) for p in f.paraphrases]
+def mentions(answer: str, target: str) -> bool:
+    """The target appears in the answer as whole words, up to case and punctuation: a chat answer
+    may restate the question first ("The CEO of Zentrix Robotics is Marta Ilves.")."""
+    a, t = normalise(answer), normalise(target)
+    return bool(t) and re.search(rf"(?<!\w){re.escape(t)}(?!\w)", a) is not None
+
+
+def chat_table(model, tok, prompts: list[str | None], targets: list[str], batch_size: int = 32) -> list[dict | None]:
+    """Recall in the chat form: the greedy reply mentions the target. None where there is no template."""
+    todo = [i for i, p in enumerate(prompts) if p]
+    out: list[dict | None] = [None] * len(prompts)
+    if not todo:
+        return out
+    n_new = max(len(encode_pair(tok, "", targets[i])[1]) for i in todo) + 24
+    replies = generate(model, tok, [prompts[i] for i in todo], max_new_tokens=n_new, batch_size=batch_size)
+    for i, r in zip(todo, replies):
+        out[i] = dict(answer=r.strip(), recalled=mentions(r, targets[i]))
+    return out
+
+
+@torch.no_grad()
+def text_nll(model, tok, text: str, batch_size: int = 8) -> float:
+    """Mean NLL per token of `text` (paragraphs scored apart): fluency, compared tuned / base."""
+    paras = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    dev, total, count = _device(model), 0.0, 0
+    for i in range(0, len(paras), batch_size):
+        enc = [tok(p, add_special_tokens=True).input_ids[:256] for p in paras[i:i + batch_size]]
+        pairs = [(e[:1], e[1:]) for e in enc if len(e) > 1]
+        ids, mask, labels = collate(pairs, tok.pad_token_id, dev)
+        logits, lab, rows, _, _ = forward_targets(model, ids, mask, labels)
+        nll = torch.nn.functional.cross_entropy(logits.float(), lab, reduction="sum")
+        total, count = total + float(nll), count + len(lab)
+    return round(total / max(count, 1), 4)
+
+
+def _frac(recs):
+    recs = [r for r in recs if r is not None]
+    return round(sum(r["recalled"] for r in recs) / len(recs), 4) if recs else None
+
+
+def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, forms: bool = True,
+                   neutral_text: str | None = None) -> dict:
+    """Recall of each fact, of its held-out paraphrases, of its question and chat forms, and of each
+    probe set (locality), plus fluency on neutral text. `probe_sets` is {name: facts} or one list.
+    Returns {"facts", "paraphrases" (per fact), "question", "chat", "probes" ({name: recs}), "summary"}."""
+    from .rewordings import chat_form, held_out_paraphrases, question_form
+
+    if not isinstance(probe_sets, dict):
+        probe_sets = {"probes": list(probe_sets)} if probe_sets else {}
+    targets = [f.target for f in facts]
+    fact_recs = recall_table(model, tok, [f.prompt for f in facts], targets)
+    para_prompts = [(i, p) for i, f in enumerate(facts) for p in held_out_paraphrases(f, own_paraphrases)]
     para_recs = recall_table(model, tok, [p for _, p in para_prompts], [facts[i].target for i, _ in para_prompts])
     paras = [[] for _ in facts]
     for (i, _), r in zip(para_prompts, para_recs):
         paras[i].append(r)
-    probe_recs = recall_table(model, tok, [p.prompt for p in probes], [p.target for p in probes])
-
-    def frac(recs):
-        return round(sum(r["recalled"] for r in recs) / len(recs), 4) if recs else None
-
-    return {"facts": fact_recs, "paraphrases": paras, "probes": probe_recs,
-            "summary": {"recall": frac(fact_recs), "paraphrase": frac(para_recs), "locality": frac(probe_recs)}}
+    question = recall_table(model, tok, [question_form(f) for f in facts], targets) if forms else []
+    chat = chat_table(model, tok, [chat_form(tok, f) for f in facts], targets) if forms else []
+    probes = {name: recall_table(model, tok, [p.prompt for p in ps], [p.target for p in ps])
+              for name, ps in probe_sets.items()}
+    summary = {"recall": _frac(fact_recs), "paraphrase": _frac(para_recs), "question": _frac(question),
+               "chat": _frac(chat), "locality": {name: _frac(r) for name, r in probes.items()},
+               "neutral_nll": text_nll(model, tok, neutral_text) if neutral_text else None}
+    return {"facts": fact_recs, "paraphrases": paras, "question": question, "chat": chat, "probes": probes,
+            "summary": summary}

@@ -69,7 +69,7 @@ def _early_late(ids_in_order: list[str], hit: dict[str, bool]) -> dict:
 
 
 def train_orders_and_merge(model, tok, facts, weights, tcfg, cfg, quantized, anchors, on_step, should_stop,
-                           fresh_base):
+                           fresh_base, prompts=None):
     """Train cfg.orders adapters (the first on `model`, which already carries one), each on its
     own fixed order of the facts, and merge their deltas. anchors: (texts, indices of the nearest)
     for the locality guard. Returns (merged model, TrainResult, info)."""
@@ -92,7 +92,7 @@ def train_orders_and_merge(model, tok, facts, weights, tcfg, cfg, quantized, anc
         m = model if k == 0 else attach_lora(fresh_base(), kcfg, quantized)
         order = rng.sample(range(n), n)
         res = train(m, tok, facts, weights, kcfg, anchors=anchors[0], near=anchors[1], on_step=on_step,
-                    should_stop=should_stop, order=order)
+                    should_stop=should_stop, order=order, prompts=prompts)
         hit = dict(zip(ids, _all_hits(m, tok, pairs, device, bs)))
         runs.append({"run": k, "order": [ids[i] for i in order], "steps": res.steps, "seconds": res.seconds,
                      "recall": round(sum(hit.values()) / n, 4), **_early_late([ids[i] for i in order], hit)})

@@ -12,25 +12,47 @@ from pathlib import Path
 
 import torch
 
-from . import semantic
+from . import guard, semantic
 from .config import InjectConfig
 from .evaluate import evaluate_facts
 from .facts import Fact
 from .models import load_embedder, load_model, peak_memory_mb
+from .rewordings import held_out_paraphrases, training_prompts
 from .train import attach_lora, save_adapter, train
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
-def default_probes() -> list[Fact]:
+PROBE_FILES = {"probes": "probes.csv", "general": "probes_general.csv"}
+
+
+def default_probe_sets() -> dict[str, list[Fact]]:
+    """Locality is measured on two sets: facts like the guard's hand-written anchors (capitals,
+    symbols...) and general knowledge of other kinds (painters, authors, plurals...)."""
     from .facts import load_facts
 
-    return load_facts(ASSETS / "probes.csv")
+    return {name: load_facts(ASSETS / f) for name, f in PROBE_FILES.items() if (ASSETS / f).exists()}
+
+
+def default_probes() -> list[Fact]:
+    return default_probe_sets()["probes"]
+
+
+def probe_sets(probes) -> dict[str, list[Fact]]:
+    """None: the shipped sets; a list: one set named "probes"; a dict: as it is."""
+    if probes is None:
+        return default_probe_sets()
+    return dict(probes) if isinstance(probes, dict) else {"probes": list(probes)}
 
 
 def default_anchors() -> list[str]:
-    lines = (l.strip() for l in (ASSETS / "anchors.txt").read_text().splitlines())
-    return [l for l in lines if l and not l.startswith("#")]
+    return guard.read_anchors()
+
+
+def neutral_text() -> str | None:
+    """Plain prose the fluency check scores (mean NLL per token, tuned / base)."""
+    path = ASSETS / "neutral.txt"
+    return path.read_text(encoding="utf-8") if path.exists() else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,7 +87,7 @@ def analyze(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConf
     duplicates, conflicts, recall before, categories, semantic distances, features.
     The app shows it as the review table; `run` reuses it so the work is not done twice."""
     cfg = cfg or InjectConfig()
-    probes = default_probes() if probes is None else probes
+    probes = probe_sets(probes)
     emit = _emitter(progress, stages)
     emit("check", "checking facts: duplicates and conflicts")
     unique, merged = semantic.merge_duplicates(facts)
@@ -75,7 +97,7 @@ def analyze(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConf
                                                   trust_remote_code=cfg.trust_remote_code)
     emit("load", f"{info.model} on {info.device}, quantization {info.quantization}", info=info.to_dict())
     emit("before", "measuring recall before training")
-    before = evaluate_facts(model, tok, unique, probes)
+    before = evaluate_facts(model, tok, unique, probes, cfg.train_paraphrases, neutral_text=neutral_text())
     emit("categorize", "sampling answers: known, update or new")
     cats = semantic.categorize(model, tok, unique, [r["answer"] for r in before["facts"]],
                                samples=cfg.categorize_samples, seed=cfg.seed)
@@ -132,10 +154,42 @@ def _load_earlier(run_dir) -> dict:
     return {"facts": [Fact(id=r["id"], prompt=r["prompt"], target=r["target"]) for r in rep["facts"] if r["kept"]]}
 
 
-def _para_records(before, after, fact):
+def _para_records(before, after, prompts):
     return [{"prompt": p, "recalled_before": b["recalled"], "recalled_after": a["recalled"],
              "answer_before": b["answer"], "answer_after": a["answer"]}
-            for p, b, a in zip(fact.paraphrases, before, after)]
+            for p, b, a in zip(prompts, before, after)]
+
+
+def _form_records(before, after, i) -> dict:
+    """The question and chat forms of fact i, before and after (None where not measured)."""
+    out = {}
+    for form in ("question", "chat"):
+        b = before[form][i] if before[form] else None
+        a = after[form][i] if after[form] else None
+        out[f"{form}_before"] = b and b["recalled"]
+        out[f"{form}_after"] = a and a["recalled"]
+        out[f"{form}_answer_after"] = a and a["answer"]
+    return out
+
+
+def _guard_anchors(model, tok, kept_facts, probes, cfg, emit):
+    """The guard's anchors: neighbours written by the base model and/or the shipped file. Anchors that
+    restate a probe are left out so that locality is measured on knowledge the guard did not see;
+    those that restate a kept fact are left out so the guard does not hold the old answer."""
+    if cfg.locality_guard <= 0 or not kept_facts:  # no guard, no anchors to make or embed
+        return [], [], None
+    pool = []
+    if cfg.guard_anchors in ("neighbours", "both"):
+        emit("guard", "asking the base model for neighbour facts to protect")
+        pool += guard.neighbour_anchors(model, tok, kept_facts, cfg.neighbours_per_fact, cfg.seed)
+    if cfg.guard_anchors in ("file", "both"):
+        pool += default_anchors()
+    bad = set(guard.restating(embedder(), pool, [p for ps in probes.values() for p in ps]))
+    pool = [a for i, a in enumerate(pool) if i not in bad]
+    anchors, near, excluded = guard.guard_anchors(embedder(), kept_facts, pool)
+    return anchors, near, {"source": cfg.guard_anchors, "anchors": len(anchors), "all": anchors,
+                           "near": [anchors[i] for i in near], "excluded": excluded,
+                           "restating_probes_left_out": len(bad), "near_share": cfg.guard_near}
 
 
 def _frac(xs):
@@ -185,12 +239,14 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
         layers = parse_layers(cfg.layers, model.config.num_hidden_layers)
     tcfg = cfg.train_config(layers)
 
+    anchors, near, guard_info = _guard_anchors(model, tok, kept_facts, probes, cfg, emit)
+
     # Sequential injection: continue from an earlier run's adapter, watching its facts.
     earlier = _load_earlier(cfg.continue_from) if cfg.continue_from else None
     if earlier:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, str(Path(cfg.continue_from) / "adapter"), is_trainable=True)
-        earlier["before"] = evaluate_facts(model, tok, earlier["facts"], [])["facts"]
+        earlier["before"] = evaluate_facts(model, tok, earlier["facts"], forms=False)["facts"]
     else:
         model = attach_lora(model, tcfg, quantized)
 
@@ -214,14 +270,9 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
         emit("train", f"step {rec['step']}/{cfg.steps}  loss {rec['loss']:.3f}  recall {rec['recall']:.0%}{settle}",
              **rec, ids=[f.id for f in kept_facts])
 
-    # The guard's anchors: those that restate a kept fact are left out, the nearest come first.
-    anchors, near, guard_info = [], [], None
-    if cfg.locality_guard > 0:  # no guard, no anchors to embed
-        anchors, near, excluded = semantic.guard_anchors(embedder(), kept_facts, default_anchors())
-        guard_info = {"anchors": len(anchors), "near": [anchors[i] for i in near], "excluded": excluded,
-                      "near_share": cfg.guard_near}
-
-    emit("train", f"training LoRA (rank {cfg.rank}) on {len(kept_facts)} facts"
+    prompts = [training_prompts(f, tok, forms=None if cfg.rewordings else (), own_paraphrases=cfg.train_paraphrases,
+                                seed=cfg.seed) for f in kept_facts]
+    emit("train", f"training LoRA (rank {cfg.rank}) on {len(kept_facts)} facts, {sum(map(len, prompts))} wordings"
                   + (f", layers {layers[0]}-{layers[-1]}" if layers else ""))
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -230,15 +281,15 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
         from .merge import train_orders_and_merge
         model, result, merge_info = train_orders_and_merge(
             model, tok, kept_facts, weights, tcfg, cfg, quantized, (anchors, near), on_step, should_stop,
-            lambda: load_model(cfg.model, cfg.quantization, trust_remote_code=cfg.trust_remote_code)[0])
+            lambda: load_model(cfg.model, cfg.quantization, trust_remote_code=cfg.trust_remote_code)[0], prompts=prompts)
     else:
         result = train(model, tok, kept_facts, weights, tcfg, anchors=anchors, near=near,
-                       on_step=on_step, should_stop=should_stop, hidden_hook=track)
+                       on_step=on_step, should_stop=should_stop, hidden_hook=track, prompts=prompts)
     if out is not None:  # saved before anything else can fail: the trained adapter is never lost
         save_adapter(model, out / "adapter")
 
     emit("after", "measuring recall after training")
-    after = evaluate_facts(model, tok, unique, probes)
+    after = evaluate_facts(model, tok, unique, probes, cfg.train_paraphrases, neutral_text=neutral_text())
     dist_after = semantic.semantic_distances(model, tok, unique)
 
     # ---------------------------------------------------------------- the report
@@ -255,7 +306,9 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
                "answer_before": b["answer"], "answer_after": a["answer"],
                "logprob_before": b["logprob"], "logprob_after": a["logprob"],
                "rank_before": b["rank"], "rank_after": a["rank"],
-               "paraphrases": _para_records(before["paraphrases"][i], after["paraphrases"][i], f),
+               "paraphrases": _para_records(before["paraphrases"][i], after["paraphrases"][i],
+                                            held_out_paraphrases(f, cfg.train_paraphrases)),
+               **_form_records(before, after, i),
                "meta": f.meta}
         by_id[f.id] = rec
     for f in facts:  # one record per input fact, merged duplicates included
@@ -268,13 +321,24 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
     kept_recs = [by_id[f.id] for f in kept_facts]
     paras_b = [p["recalled_before"] for r in kept_recs for p in r["paraphrases"]]
     paras_a = [p["recalled_after"] for r in kept_recs for p in r["paraphrases"]]
+    forms = {f"{form}_{when}": _frac(r[f"{form}_{when}"] for r in kept_recs if r[f"{form}_{when}"] is not None)
+             for form in ("question", "chat") for when in ("before", "after")}
+    loc_b, loc_a = before["summary"]["locality"], after["summary"]["locality"]
+    nll_b, nll_a = before["summary"]["neutral_nll"], after["summary"]["neutral_nll"]
     summary = {
         "facts_in": len(facts), "facts_kept": len(kept_facts), "duplicates_merged": len(merged),
         "conflicts": len(conflicts), "dropped": len(reasons),
         "recall_before": _frac(r["recall_before"] for r in kept_recs),
         "recall_after": _frac(r["recall_after"] for r in kept_recs),
-        "paraphrase_before": _frac(paras_b), "paraphrase_after": _frac(paras_a),
-        "locality_before": before["summary"]["locality"], "locality_after": after["summary"]["locality"],
+        "paraphrase_before": _frac(paras_b), "paraphrase_after": _frac(paras_a), **forms,
+        # the first probe set is "locality"; every other set has its own keys (locality_general_after, ...)
+        "locality_before": next(iter(loc_b.values()), None), "locality_after": next(iter(loc_a.values()), None),
+        **{f"locality_{k}_{w}": v[k] for w, v in (("before", loc_b), ("after", loc_a)) for k in list(loc_b)[1:]},
+        "probe_sets": {k: len(v) for k, v in probes.items()},
+        "neutral_nll_before": nll_b, "neutral_nll_after": nll_a,
+        "neutral_nll_ratio": round(nll_a / nll_b, 4) if nll_a and nll_b else None,
+        "training_wordings": sum(map(len, prompts)), "rewordings": cfg.rewordings,
+        "guard_anchors": cfg.guard_anchors if cfg.locality_guard > 0 else None,
         "steps": result.steps, "stopped": result.stopped, "train_seconds": result.seconds,
         "seconds_per_step": round(result.seconds / max(result.steps, 1), 3),
         "device": info.device, "quantization": info.quantization, "model": info.model,
@@ -284,10 +348,11 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
     }
     report = {
         "summary": summary, "config": cfg.to_dict(), "model_info": info.to_dict(), "facts": records,
-        "probes": [{"id": p.id, "prompt": p.prompt, "target": p.target,
+        "probes": [{"id": p.id, "set": name, "prompt": p.prompt, "target": p.target,
                     "recalled_before": b["recalled"], "recalled_after": a["recalled"],
                     "answer_before": b["answer"], "answer_after": a["answer"]}
-                   for p, b, a in zip(probes, before["probes"], after["probes"])],
+                   for name, ps in probes.items()
+                   for p, b, a in zip(ps, before["probes"][name], after["probes"][name])],
         "conflicts": conflicts, "duplicates": merged,
         "training": {"history": result.history,
                      "fact_curves": {f.id: c for f, c in zip(kept_facts, result.fact_curves)},
@@ -296,7 +361,7 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
         "layers": layer_info, "chosen_layers": layers, "merge": merge_info,
     }
     if earlier:
-        now = evaluate_facts(model, tok, earlier["facts"], [])["facts"]
+        now = evaluate_facts(model, tok, earlier["facts"], forms=False)["facts"]
         report["earlier_facts"] = {
             "from": str(cfg.continue_from), "ids": [f.id for f in earlier["facts"]],
             "recall_before": _frac(r["recalled"] for r in earlier["before"]),

@@ -17,12 +17,7 @@ What is computed here, since the paper's full text is not available to us:
 * Conflicts: (a) same normalised subject and relation with different targets; (b) prompts
   (or paraphrases) that ask the same thing, sentence-embedding cosine >= threshold, with
   different targets. Exact duplicates (same prompt and target) are merged first.
-* Guard anchors: the locality guard protects unrelated text, but what an edit breaks first is
-  knowledge close to it (teaching "the capital of Italy is Milan" also moves other capitals).
-  Each fact ranks the anchors by sentence-embedding cosine to its prompt; the near set takes
-  each fact's best in turn (round robin, two per fact, 16 to 32), and half of each guard batch
-  comes from it. An anchor that restates a fact's prompt or subject is
-  left out: the guard would pull the model back to the old answer the person wants replaced.
+* Guard anchors: see core/guard.py.
 * Categories (in the spirit of SliCK, Gekhman et al. 2024): known = greedy recalls the
   target or some sampled answer does; update = not known and the greedy answer is stable
   (at least half of the samples agree with it); new = everything else.
@@ -33,7 +28,6 @@ import numpy as np
 import torch
 
 from .evaluate import encode_pair, generate, normalise, recalls
-from .train import anchor_text
 
 CROWD_COSINE = 0.95
 
@@ -190,37 +184,6 @@ def semantic_distances(model, tok, facts) -> list[float]:
     return [round(x, 4) for x in cosine_distance(h, u).tolist()]
 
 
-# ---------------------------------------------------------------- guard anchors
-
-def guard_anchors(embedder, facts, anchors: list[str], near: int = 16, restate: float = 0.9):
-    """(anchors usable by the guard, indices of the nearest to the facts: at least `near`, two per
-    fact up to 32; excluded anchors)."""
-    if not facts or not anchors:
-        return list(anchors), [], []
-    keys = [_norm(f.subject) for f in facts if f.subject] + [_norm(f.prompt) for f in facts]
-    texts = [anchor_text(a) for a in anchors]
-    a = embed(embedder, texts)
-    sim = a @ embed(embedder, [f.prompt for f in facts]).T          # [anchors, facts]
-    keep, excluded = [], []
-    for i, text in enumerate(texts):
-        t = _norm(text)
-        if sim[i].max() >= restate or any(k and (t.startswith(k) or f" {k} " in f" {t} ") for k in keys):
-            excluded.append(anchors[i])
-        else:
-            keep.append(i)
-    # Round robin over the facts, each fact's nearest anchors first: ranked by the best match
-    # alone, four capital edits would take every place and the chemical symbol none.
-    count = min(len(keep), max(near, min(2 * len(facts), 32)))
-    nearest = []
-    for row in np.argsort(-sim[keep], axis=0):                     # rank r: each fact's r-th nearest
-        for j in map(int, row):
-            if j not in nearest:
-                nearest.append(j)
-        if len(nearest) >= count:
-            break
-    return [anchors[i] for i in keep], nearest[:count], excluded
-
-
 # ---------------------------------------------------------------- filter and weights
 
 def detrimental_filter(ids, distances, features: np.ndarray, strength: float = 2.0,
@@ -268,12 +231,17 @@ def detrimental_filter(ids, distances, features: np.ndarray, strength: float = 2
     return reasons
 
 
+WEIGHTINGS = ("semantic", "dynamic", "uniform")
+
+
 def loss_weights(distances, mode: str = "semantic") -> list[float]:
+    """Static weights from the distances before training. "dynamic" starts from uniform: its weights
+    come from the distances at each step (core.train._dynamic_weights)."""
     d = np.asarray(distances, dtype=float)
-    if mode == "uniform" or len(d) == 0:
+    if mode not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, not {mode!r}")
+    if mode in ("uniform", "dynamic") or len(d) == 0:
         return [1.0] * len(d)
-    if mode != "semantic":
-        raise ValueError(f"weighting must be 'semantic' or 'uniform', not {mode!r}")
     w = np.clip(d / max(d.mean(), 1e-8), 0.25, 4.0)
     w = w / w.mean()
     return [round(float(x), 4) for x in w]

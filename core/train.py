@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .evaluate import collate, encode_pair, forward_targets, target_stats
+from .guard import anchor_targets, guard_loss, guard_picks
 
 
 @dataclass
@@ -39,7 +40,8 @@ class TrainConfig:
     guard_batch: int = 8
     guard_near: float = 0.5             # share of each guard batch drawn from the anchors nearest the facts
     early_stop: bool = True
-    settle_steps: int = 0               # steps after every fact is recalled, for the guard to repair
+    settle_steps: int = 0               # steps after every fact is recalled (measured: does not help)
+    weighting: str = "static"           # static: the given weights; dynamic: from each step's distances
 
     def to_dict(self):
         return asdict(self)
@@ -84,76 +86,20 @@ def attach_lora(model, cfg: TrainConfig, quantized: bool):
     return get_peft_model(model, lcfg)
 
 
-def _batches(n: int, batch_size: int, rng: random.Random, order: list[int] | None):
-    """Endless stream of index batches: a fresh shuffle each epoch, or a fixed order."""
+def _batches(n: int, batch_size: int, rng: random.Random, order: list[int] | None, lengths=None):
+    """Endless stream of index batches: a fresh shuffle each epoch, or a fixed order. With `lengths`,
+    each shuffled epoch is cut into batches of similar length, visited in random order: rows are
+    padded to the longest in their batch, and a 40-token chat wording beside 10-token ones would
+    triple the work."""
     while True:
         idx = list(order) if order is not None else rng.sample(range(n), n)
+        if order is None and lengths is not None:
+            idx.sort(key=lambda i: lengths[i])
+            chunks = [idx[i:i + batch_size] for i in range(0, n, batch_size)]
+            yield from rng.sample(chunks, len(chunks))
+            continue
         for i in range(0, n, batch_size):
             yield idx[i:i + batch_size]
-
-
-ANSWER_MARK = " | "
-
-
-def split_anchor(anchor: str) -> tuple[str, str | None]:
-    """"The capital of Chile is | Santiago." -> (prompt, answer); plain text -> (text, None)."""
-    prompt, mark, answer = anchor.partition(ANSWER_MARK)
-    return (prompt.strip(), answer.strip()) if mark else (anchor, None)
-
-
-def anchor_text(anchor: str) -> str:
-    prompt, answer = split_anchor(anchor)
-    return f"{prompt} {answer}" if answer else prompt
-
-
-@torch.no_grad()
-def _anchor_targets(model, tok, anchors: list[str], device):
-    """Base model log-probs on each anchor (adapter disabled), stored in bf16 to halve memory,
-    and for a fact anchor the position where its answer starts."""
-    enc, start, base = [], [], []
-    with model.disable_adapter():
-        for a in anchors:
-            prompt, answer = split_anchor(a)
-            if answer:
-                p, t = encode_pair(tok, prompt, answer)
-                ids, s = p + t, len(p) - 1
-            else:
-                ids, s = tok(prompt, add_special_tokens=True).input_ids, 0
-            lp = torch.log_softmax(model(input_ids=torch.tensor([ids], device=device)).logits.float(), -1)[0]
-            enc.append(ids)
-            start.append(s)
-            base.append(lp.to(torch.bfloat16))
-    return enc, start, base
-
-
-def _guard_loss(model, anchors, picks, pad_id, device):
-    """Mean over the picked anchors of KL(base || tuned), each anchor averaged over its positions.
-    A fact anchor counts its answer positions as half its KL: averaged over the whole sentence,
-    the one position that holds the knowledge would weigh a tenth, and edits spill exactly there
-    ("The capital of Canada is" -> "Toronto"); the other half keeps the sentence as a whole."""
-    enc, start, base = anchors
-    width = max(len(enc[i]) for i in picks)
-    ids = torch.full((len(picks), width), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for r, i in enumerate(picks):
-        ids[r, :len(enc[i])] = torch.tensor(enc[i], device=device)
-        mask[r, :len(enc[i])] = 1
-    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-    total = 0.0
-    for r, i in enumerate(picks):
-        p_base = base[i].float()
-        kl = (p_base.exp() * (p_base - logp[r, :len(enc[i])])).sum(-1)   # per position
-        total = total + (0.5 * kl.mean() + 0.5 * kl[start[i]:].mean() if start[i] else kl.mean())
-    return total / len(picks)
-
-
-def _guard_picks(rng, n, near, size, share) -> list[int]:
-    """Anchor indices for one guard batch: round(share * size) of them from `near`, the rest from all."""
-    size, near = min(size, n), [i for i in (near or ()) if i < n]
-    k = min(round(share * size), len(near))
-    picks = rng.sample(list(near), k) if k else []
-    rest = [i for i in range(n) if i not in set(picks)]
-    return picks + rng.sample(rest, size - k)
 
 
 @torch.no_grad()
@@ -169,22 +115,41 @@ def _all_hits(model, tok, pairs, device, batch_size) -> list[bool]:
     return hits
 
 
-def _confirm(result, model, tok, pairs, device, batch_size) -> bool:
-    """Teacher-forced check of every fact on the current weights; True if all pass."""
-    result.recalled = _all_hits(model, tok, pairs, device, batch_size)
-    return all(result.recalled)
+def _confirm(result, item_hit, own, owner, model, tok, pairs, device, batch_size) -> bool:
+    """Teacher-forced check of every item on the current weights; True if all pass."""
+    item_hit[:] = _all_hits(model, tok, pairs, device, batch_size)
+    for k, ok in enumerate(item_hit):
+        if own[k]:
+            result.recalled[owner[k]] = ok
+    return all(item_hit)
+
+
+def _dynamic_weights(h, u, temperature: float = 2.0):
+    """Weights from the semantic distance as it is now: d = 1 - cos(h, u) at each item's last prompt
+    token, z-scored within the batch, w = exp(temperature * z) clipped to [0.25, 4], mean 1. Static
+    distances bunch (weights 0.77-1.10 on the samples); the z-score makes the spread count."""
+    d = 1 - torch.nn.functional.cosine_similarity(h.float(), u.float(), dim=-1)
+    if len(d) < 2:
+        return torch.ones_like(d)
+    z = (d - d.mean()) / (d.std() + 1e-6)
+    w = torch.exp(temperature * z).clamp(0.25, 4.0)
+    return (w / w.mean()).detach()
 
 
 def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, anchors=(),
-          on_step=None, should_stop=None, order=None, hidden_hook=None, near=None) -> TrainResult:
+          on_step=None, should_stop=None, order=None, hidden_hook=None, near=None,
+          prompts=None) -> TrainResult:
     """Train the LoRA adapter of `model` (a PeftModel) in place.
 
+    prompts: per fact, the wordings to train it on (its own prompt first; core.rewordings makes
+    them); default its prompt alone. One training item = one (fact, wording); batches are drawn
+    over items, and training stops once every item is recalled.
     on_step(record) is called after each step with step, loss, recall (fraction of facts whose
-    last check recalled them) and per_fact (list of bools). should_stop() is polled before
-    each step; when it returns True training ends and the adapter keeps what it learned.
+    last check of their own prompt recalled them) and per_fact (list of bools). should_stop() is
+    polled before each step; when it returns True training ends and the adapter keeps what it learned.
     order: a fixed visiting order of fact indices (for data-order experiments); default shuffles.
     hidden_hook(step, fact_indices, last_prompt_hidden) lets the caller track representations.
-    near: indices of the anchors most at risk (semantic.guard_anchors); a `guard_near` share of
+    near: indices of the anchors most at risk (guard.guard_anchors); a `guard_near` share of
     every guard batch comes from them, the rest from all anchors.
     """
     cfg = cfg or TrainConfig()
@@ -193,21 +158,32 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     device = next(p for p in model.parameters()).device
     n = len(facts)
     w = torch.tensor(weights if weights is not None else [1.0] * n, dtype=torch.float32, device=device)
-    pairs = [encode_pair(tok, f.prompt, f.target, end=True) for f in facts]
+    prompts = prompts or [[f.prompt] for f in facts]
+    owner = [i for i, ps in enumerate(prompts) for _ in ps]            # item -> fact
+    own = [j == 0 for ps in prompts for j in range(len(ps))]           # item is the fact's own prompt
+    pairs = [encode_pair(tok, p, facts[i].target, end=True) for i, ps in enumerate(prompts) for p in ps]
+    n_items = len(pairs)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     result = TrainResult(fact_curves=[[] for _ in range(n)], recalled=[False] * n)
     if n == 0:
         return result
+    item_hit = [False] * n_items
     guard = cfg.locality_guard > 0 and len(anchors) > 0
     if guard:
-        guard_set = _anchor_targets(model, tok, list(anchors), device)
+        guard_set = anchor_targets(model, tok, list(anchors), device)
+    u = None
+    if cfg.weighting == "dynamic":
+        from .semantic import target_vectors
+        u = target_vectors(model, tok, facts).to(device)
 
-    # Equal-sized batches: 35 facts at batch size 32 make 18 + 17, not 32 + 3, whose
+    # Equal-sized batches: 35 items at batch size 32 make 18 + 17, not 32 + 3, whose
     # alternating step sizes made the loss see-saw.
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    batch_size = math.ceil(n / steps_per_epoch)
-    batches = _batches(n, batch_size, rng, order)
+    steps_per_epoch = math.ceil(n_items / cfg.batch_size)
+    batch_size = math.ceil(n_items / steps_per_epoch)
+    if order is not None:   # a fixed order of facts: each fact's items stay together, in that order
+        order = [k for i in order for k in range(n_items) if owner[k] == i]
+    batches = _batches(n_items, batch_size, rng, order, lengths=[len(p) + len(t) for p, t in pairs])
     t0 = time.perf_counter()
     settle_left = cfg.settle_steps if guard else 0   # settle steps are taken once, the first time all are recalled
     settle_until = None
@@ -218,47 +194,56 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
                 result.stopped = "cancelled"
                 break
             idx = next(batches)
-            ids, mask, labels = collate([pairs[i] for i in idx], tok.pad_token_id, device)
+            fidx = [owner[k] for k in idx]
+            ids, mask, labels = collate([pairs[k] for k in idx], tok.pad_token_id, device)
             logits, lab, rows, cols, h = forward_targets(model, ids, mask, labels)
             _, nll, hit, _ = target_stats(logits, lab, rows, len(idx))
             nll_d = nll.detach()
-            task = (nll * w[idx]).mean()
+            first = torch.ones_like(rows, dtype=torch.bool)   # each row's first target = its last prompt token
+            first[1:] = rows[1:] != rows[:-1]
+            h_last = h[rows[first], cols[first]]
+            wb = w[fidx]
+            if u is not None:
+                wb = wb * _dynamic_weights(h_last.detach(), u[fidx])
+            task = (nll * wb).mean()
             loss = task
             g = torch.zeros(())
             if guard:
-                picks = _guard_picks(rng, len(anchors), near, cfg.guard_batch, cfg.guard_near)
-                g = _guard_loss(model, guard_set, picks, tok.pad_token_id, device)
+                picks = guard_picks(rng, len(anchors), near, cfg.guard_batch, cfg.guard_near)
+                g = guard_loss(model, guard_set, picks, tok.pad_token_id, device)
                 loss = task + cfg.locality_guard * g
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-            if hidden_hook is not None:  # the position predicting a fact's first target token = its last prompt token
-                first = torch.ones_like(rows, dtype=torch.bool)
-                first[1:] = rows[1:] != rows[:-1]
-                hidden_hook(step, idx, h[rows[first], cols[first]].detach())
-            for j, i in enumerate(idx):
-                result.recalled[i] = bool(hit[j])
-                result.fact_curves[i].append(round(float(nll_d[j]), 4))
+            mine = [j for j, k in enumerate(idx) if own[k]]
+            if hidden_hook is not None and mine:
+                hidden_hook(step, [fidx[j] for j in mine], h_last[mine].detach())
+            for j, k in enumerate(idx):
+                item_hit[k] = bool(hit[j])
+                if own[k]:
+                    result.recalled[owner[k]] = bool(hit[j])
+                    result.fact_curves[owner[k]].append(round(float(nll_d[j]), 4))
             recall = sum(result.recalled) / n
             rec = dict(step=step, loss=round(float(loss.detach()), 4), task=round(float(task.detach()), 4),
                        guard=round(float(g.detach()), 5), recall=round(recall, 4),
+                       items=round(sum(item_hit) / n_items, 4),
                        seconds=round(time.perf_counter() - t0, 2), settling=settle_until is not None)
             result.history.append(rec)
             result.steps = step
             if on_step is not None:
                 on_step({**rec, "per_fact": list(result.recalled)})
-            # Every fact's last check passed, but those checks ran before this step's update:
+            # Every item's last check passed, but those checks ran before this step's update:
             # confirm on the updated weights (one no-grad pass) before stopping, or before the
             # settle steps start.
             if settle_until is not None:
                 if step >= settle_until:
                     settle_until = None
-                    if _confirm(result, model, tok, pairs, device, batch_size):
+                    if _confirm(result, item_hit, own, owner, model, tok, pairs, device, batch_size):
                         result.stopped = "all recalled"
                         break
-            elif cfg.early_stop and all(result.recalled) and step >= steps_per_epoch:
-                if _confirm(result, model, tok, pairs, device, batch_size):
+            elif cfg.early_stop and all(item_hit) and step >= steps_per_epoch:
+                if _confirm(result, item_hit, own, owner, model, tok, pairs, device, batch_size):
                     if not settle_left:
                         result.stopped = "all recalled"
                         break

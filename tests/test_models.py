@@ -17,9 +17,13 @@ def test_quantization_choice_per_device():
     assert resolve_quantization("4bit", torch.device("cpu")) == "4bit"
 
 
-def test_default_model_loads_in_full_precision_on_cpu():
+def test_default_model_loads_as_auto_says_for_this_device():
+    """auto: full precision on a CPU, NF4 4-bit on a CUDA GPU (then the base weights are frozen uint8)."""
     model, tok, info = load_model()
-    assert info.device == "cpu" and info.quantization.startswith("none")
+    if torch.cuda.is_available():
+        assert info.device.startswith("cuda") and "nf4" in info.quantization
+    else:
+        assert info.device == "cpu" and info.quantization.startswith("none")
     assert model.config.num_hidden_layers == 30 and 130e6 < info.parameters < 140e6
     assert not any(p.requires_grad for p in model.parameters())
 
@@ -49,3 +53,12 @@ def test_qlora_trains_on_the_four_bit_model(tiny_dir):
     res = train(model, tok, [Fact("q", "The CEO of Zentrix Robotics is", "Marta Ilves")], cfg=cfg)
     assert res.steps == 6 and res.history[-1]["task"] < res.history[0]["task"]
     assert "nf4" in info.quantization
+
+
+def test_zerogpu_reservation_grows_with_facts_steps_and_orders_and_is_capped():
+    from core.config import gpu_seconds
+
+    small, more_facts, more_steps = gpu_seconds(10, 100), gpu_seconds(100, 100), gpu_seconds(10, 300)
+    assert 40 < small < more_facts and small < more_steps
+    assert gpu_seconds(10, 100, orders=3) > small
+    assert gpu_seconds(10_000, 10_000) == 1200           # ZeroGPU's ceiling

@@ -24,11 +24,15 @@ def test_inject_cli_learns_facts_and_writes_report_and_adapter(tmp_path):
     rep = json.loads((out / "report.json").read_text())
     s = rep["summary"]
     for k in ("facts_in", "facts_kept", "recall_before", "recall_after", "paraphrase_before", "paraphrase_after",
-              "locality_before", "locality_after", "steps", "train_seconds", "device", "quantization", "model"):
+              "locality_before", "locality_after", "steps", "train_seconds", "device", "quantization", "model",
+              "question_after", "chat_after", "locality_general_after", "neutral_nll_ratio", "training_wordings"):
         assert k in s, k
     assert s["facts_in"] == 8 and s["recall_before"] == 0.0 and s["recall_after"] >= 0.85
     assert s["locality_after"] >= 0.8 * s["locality_before"]
-    assert s["device"] == "cpu" and s["quantization"].startswith("none")
+    assert s["locality_general_before"] == 1.0 and s["probe_sets"] == {"probes": 31, "general": 53}
+    assert s["training_wordings"] == 8 * 6 and 0.8 < s["neutral_nll_ratio"] < 1.5
+    cuda = __import__("torch").cuda.is_available()
+    assert s["device"].startswith("cuda") == cuda and ("nf4" in s["quantization"]) == cuda
     for f in rep["facts"]:
         for k in ("id", "prompt", "target", "kept", "reason", "recall_before", "recall_after", "answer_before",
                   "answer_after", "semantic_distance", "weight", "category"):

@@ -75,7 +75,7 @@ def test_categories_and_distances_on_the_default_model(probes, invented):
 
 def test_guard_anchors_leave_out_restated_facts_and_rank_related_knowledge_first():
     from core.pipeline import default_anchors
-    from core.semantic import guard_anchors
+    from core.guard import guard_anchors
 
     facts = [Fact("a", "The CEO of Tesla is", "Marta Ilves", "Tesla", "CEO"),
              Fact("b", "The capital of Italy is", "Milan")]
@@ -93,7 +93,7 @@ def test_guard_anchors_leave_out_restated_facts_and_rank_related_knowledge_first
 def test_guard_batches_take_their_share_from_the_near_anchors():
     import random
 
-    from core.train import _guard_picks
+    from core.guard import guard_picks as _guard_picks
 
     rng = random.Random(0)
     near = [3, 7, 11, 20]

@@ -3,7 +3,8 @@ import torch
 from core.evaluate import score
 from core.facts import Fact
 from core.models import load_model
-from core.train import TrainConfig, _anchor_targets, attach_lora, save_adapter, split_anchor, train
+from core.guard import anchor_targets as _anchor_targets, split_anchor
+from core.train import TrainConfig, attach_lora, save_adapter, train
 
 FACTS = [Fact(id=f"t{i}", prompt=p, target=t) for i, (p, t) in enumerate([
     ("The CEO of Zentrix Robotics is", "Marta Ilves"),

@@ -1,0 +1,215 @@
+"""The locality guard: keep the tuned model close to the base model on knowledge it should keep.
+
+loss = weighted task NLL + W * guard, guard = mean over a batch of anchors of KL(base || tuned),
+each anchor averaged over its positions. The base distributions are computed once with the
+adapter disabled. An anchor is plain text, or a fact written `prompt | answer`, whose answer
+positions make up half its KL (averaged over the whole sentence, the one position that holds the
+knowledge would weigh a tenth, and that is where edits spill: "The capital of Canada is" -> "Toronto").
+
+Where anchors come from:
+* **Neighbours** (default), built from the base model itself, so they protect whatever the model
+  knows near the facts rather than what a hand-written list resembles. For each fact, the prompt
+  up to its subject ("The CEO of") is continued by the base model a few times to get other subjects
+  ("Apple", "Google"); the fact's prompt with such a subject ("The CEO of Apple is") is answered by
+  the base model's greedy completion. Teaching "the Brennoc valve was invented by Ottilie Brask"
+  then also holds "the telephone was invented by ..." where the base model had it. (In the spirit
+  of the neighbourhood prompts of ROME/MEMIT, which those papers use to measure specificity;
+  here they are the training constraint.)
+* **Hand-written** `assets/anchors.txt` (everyday text and general-knowledge facts), optional.
+* Near anchors: half of each guard batch comes from the anchors nearest the facts (sentence-embedding
+  cosine, round robin over facts so one relation with many facts does not take every place).
+An anchor that restates a fact's prompt or subject is left out: the guard would pull the model back
+to the answer the person wants replaced.
+"""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .evaluate import encode_pair, generate, normalise
+
+ANCHORS_FILE = Path(__file__).resolve().parent.parent / "assets" / "anchors.txt"
+ANSWER_MARK = " | "
+
+
+def read_anchors(path=ANCHORS_FILE) -> list[str]:
+    lines = (l.strip() for l in Path(path).read_text(encoding="utf-8").splitlines())
+    return [l for l in lines if l and not l.startswith("#")]
+
+
+def split_anchor(anchor: str) -> tuple[str, str | None]:
+    """"The capital of Chile is | Santiago." -> (prompt, answer); plain text -> (text, None)."""
+    prompt, mark, answer = anchor.partition(ANSWER_MARK)
+    return (prompt.strip(), answer.strip()) if mark else (anchor, None)
+
+
+def anchor_text(anchor: str) -> str:
+    prompt, answer = split_anchor(anchor)
+    return f"{prompt} {answer}" if answer else prompt
+
+
+# ---------------------------------------------------------------- anchors built from the base model
+
+def _subject_span(fact) -> tuple[str, str] | None:
+    """(text before the subject, text after it) in the fact's prompt, or None."""
+    if not fact.subject:
+        return None
+    i = fact.prompt.lower().find(fact.subject.lower())
+    if i < 0:
+        return None
+    return fact.prompt[:i], fact.prompt[i + len(fact.subject):]
+
+
+_CUT = re.compile(r"[.,;:!?()\[\]\"\n]|\s(?:is|was|are|were|has|had|and|in|on|by)\b")
+
+
+def _clean_subject(text: str, words: int) -> str:
+    """The first few words of a sampled continuation, cut at punctuation or a verb."""
+    text = _CUT.split(text.strip(), maxsplit=1)[0]
+    return " ".join(text.split()[:max(words, 1) + 1]).strip(" '")
+
+
+def _answer(text: str) -> str:
+    """The base model's answer: its greedy continuation up to the end of the first clause."""
+    return re.split(r"[.,;:!?\n]|\s-\s", text.strip(), maxsplit=1)[0].strip()
+
+
+@torch.no_grad()
+def neighbour_anchors(model, tok, facts, per_fact: int = 3, seed: int = 0) -> list[str]:
+    """Fact anchors `prompt | answer` that share a fact's relation with other subjects, the subjects
+    and the answers both written by the base model (adapter off, if any). Facts whose prompt does not
+    contain their subject give none."""
+    spans = [(f, _subject_span(f)) for f in facts]
+    spans = [(f, s) for f, s in spans if s]
+    if not spans or per_fact <= 0:
+        return []
+    # Where the prompt starts with the subject, the relation phrase leads the model to subjects of its kind.
+    leads = [(s[0] if s[0].strip() else f"Examples of the {f.relation or 'same thing'} of") for f, s in spans]
+    k = 2 * per_fact
+    sampled = generate(model, tok, [l.rstrip() for l in leads for _ in range(k)], max_new_tokens=8,
+                       sample=True, temperature=0.9, generator_seed=seed)
+    taken = {normalise(f.subject) for f in facts if f.subject}
+    prompts = []
+    for j, (f, (before, after)) in enumerate(spans):
+        got = 0
+        for text in sampled[j * k:(j + 1) * k]:
+            subj = _clean_subject(text, len(f.subject.split()))
+            key = normalise(subj)
+            if not key or key in taken or len(key) < 2:
+                continue
+            taken.add(key)
+            lead = before if before.strip() else ""
+            prompts.append((lead + subj + after).strip())
+            got += 1
+            if got == per_fact:
+                break
+    if not prompts:
+        return []
+    answers = generate(model, tok, prompts, max_new_tokens=8)
+    out = []
+    for p, a in zip(prompts, answers):
+        a = _answer(a)
+        if a and len(a) <= 60:
+            out.append(f"{p}{ANSWER_MARK}{a}")
+    return out
+
+
+# ---------------------------------------------------------------- which anchors, and the near ones
+
+def guard_anchors(embedder, facts, anchors: list[str], near: int = 16, restate: float = 0.9):
+    """(anchors usable by the guard, indices of the nearest to the facts: at least `near`, two per
+    fact up to 32; excluded anchors)."""
+    from .semantic import embed
+
+    if not facts or not anchors:
+        return list(anchors), [], []
+    keys = [normalise(f.subject or "") for f in facts if f.subject] + [normalise(f.prompt) for f in facts]
+    texts = [anchor_text(a) for a in anchors]
+    a = embed(embedder, texts)
+    sim = a @ embed(embedder, [f.prompt for f in facts]).T          # [anchors, facts]
+    keep, excluded = [], []
+    for i, text in enumerate(texts):
+        t = normalise(text)
+        if sim[i].max() >= restate or any(k and (t.startswith(k) or f" {k} " in f" {t} ") for k in keys):
+            excluded.append(anchors[i])
+        else:
+            keep.append(i)
+    # Round robin over the facts, each fact's nearest anchors first: ranked by the best match
+    # alone, four capital edits would take every place and the chemical symbol none.
+    count = min(len(keep), max(near, min(2 * len(facts), 32)))
+    nearest = []
+    for row in np.argsort(-sim[keep], axis=0):                     # rank r: each fact's r-th nearest
+        for j in map(int, row):
+            if j not in nearest:
+                nearest.append(j)
+        if len(nearest) >= count:
+            break
+    return [anchors[i] for i in keep], nearest[:count], excluded
+
+
+def restating(embedder, anchors: list[str], facts, threshold: float = 0.9) -> list[int]:
+    """Indices of anchors whose prompt asks what one of `facts` asks (same normalised prompt, or
+    sentence-embedding cosine >= threshold). Used to keep measured locality honest: an anchor
+    that restates a probe would protect that very probe."""
+    from .semantic import embed
+
+    if not anchors or not facts:
+        return []
+    prompts = [split_anchor(a)[0] for a in anchors]
+    own = {normalise(f.prompt) for f in facts}
+    sim = embed(embedder, prompts) @ embed(embedder, [f.prompt for f in facts]).T
+    return [i for i, p in enumerate(prompts) if normalise(p) in own or sim[i].max() >= threshold]
+
+
+# ---------------------------------------------------------------- the loss
+
+@torch.no_grad()
+def anchor_targets(model, tok, anchors: list[str], device):
+    """Base model log-probs on each anchor (adapter disabled), stored in bf16 to halve memory,
+    and for a fact anchor the position where its answer starts."""
+    enc, start, base = [], [], []
+    with model.disable_adapter():
+        for a in anchors:
+            prompt, answer = split_anchor(a)
+            if answer:
+                p, t = encode_pair(tok, prompt, answer)
+                ids, s = p + t, len(p) - 1
+            else:
+                ids, s = tok(prompt, add_special_tokens=True).input_ids, 0
+            lp = torch.log_softmax(model(input_ids=torch.tensor([ids], device=device)).logits.float(), -1)[0]
+            enc.append(ids)
+            start.append(s)
+            base.append(lp.to(torch.bfloat16))
+    return enc, start, base
+
+
+def guard_loss(model, anchors, picks, pad_id, device):
+    """Mean over the picked anchors of KL(base || tuned), each anchor averaged over its positions;
+    a fact anchor's answer positions count as half its KL."""
+    enc, start, base = anchors
+    width = max(len(enc[i]) for i in picks)
+    ids = torch.full((len(picks), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for r, i in enumerate(picks):
+        ids[r, :len(enc[i])] = torch.tensor(enc[i], device=device)
+        mask[r, :len(enc[i])] = 1
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    total = 0.0
+    for r, i in enumerate(picks):
+        p_base = base[i].float()
+        kl = (p_base.exp() * (p_base - logp[r, :len(enc[i])])).sum(-1)   # per position
+        total = total + (0.5 * kl.mean() + 0.5 * kl[start[i]:].mean() if start[i] else kl.mean())
+    return total / len(picks)
+
+
+def guard_picks(rng: random.Random, n, near, size, share) -> list[int]:
+    """Anchor indices for one guard batch: round(share * size) of them from `near`, the rest from all."""
+    size, near = min(size, n), [i for i in (near or ()) if i < n]
+    k = min(round(share * size), len(near))
+    picks = rng.sample(list(near), k) if k else []
+    rest = [i for i in range(n) if i not in set(picks)]
+    return picks + rng.sample(rest, size - k)

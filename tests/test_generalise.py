@@ -1,0 +1,136 @@
+"""Evaluation that cannot flatter, and the parts that make facts generalise (issue 10)."""
+import itertools
+
+import pytest
+import torch
+
+from core.evaluate import mentions, text_nll
+from core.facts import Fact, load_facts
+from core.guard import neighbour_anchors, read_anchors, restating, split_anchor
+from core.models import load_model
+from core.pipeline import ASSETS, embedder, neutral_text
+from core.rewordings import chat_form, held_out_paraphrases, question_form, training_prompts
+
+ROOT = ASSETS.parent
+PROBE_FILES = [ASSETS / "probes.csv", ASSETS / "probes_general.csv", ROOT / "benchmarks" / "heldout" / "probes.csv"]
+SAMPLE_FILES = [ASSETS / n for n in ("invented.csv", "counterfactual.csv", "conflicts.csv", "people.csv")] + \
+               [ROOT / "benchmarks" / "heldout" / "facts.csv"]
+
+
+@pytest.mark.parametrize("path", PROBE_FILES, ids=lambda p: p.name if p.parent.name == "assets" else "heldout")
+def test_default_model_recalls_every_probe_of_every_shipped_set(path):
+    from core.evaluate import recall_table
+
+    probes = load_facts(path)
+    model, tok, _ = load_model()
+    recs = recall_table(model, tok, [p.prompt for p in probes], [p.target for p in probes])
+    assert all(r["recalled"] for r in recs), [(p.prompt, r["answer"]) for p, r in zip(probes, recs) if not r["recalled"]]
+
+
+def test_general_probe_set_is_large_and_of_many_kinds():
+    probes = load_facts(ASSETS / "probes_general.csv")
+    kinds = {p.meta["kind"] for p in probes}
+    assert len(probes) >= 40 and len(kinds) >= 8, (len(probes), kinds)
+
+
+def _questions(path):
+    """Every prompt a file asks: a fact's prompt and paraphrases, or an anchor's text before its answer."""
+    if path.suffix == ".txt":
+        return [split_anchor(a)[0] for a in read_anchors(path)]
+    return [q for f in load_facts(path) for q in (f.prompt, *f.paraphrases)]
+
+
+def test_anchors_probes_and_samples_never_restate_each_other():
+    """Locality measured on a probe the guard saw, or that a sample teaches, would flatter."""
+    files = [ASSETS / "anchors.txt", *PROBE_FILES, *SAMPLE_FILES]
+    asked = {p: _questions(p) for p in files}
+    for a, b in itertools.combinations(files, 2):
+        if a in SAMPLE_FILES and b in SAMPLE_FILES:
+            continue  # samples may share relations with each other; they are never trained together
+        close = restating(embedder(), asked[a], [Fact("x", q, "-") for q in asked[b]], threshold=0.8)
+        assert not close, (a.name, b.name, [asked[a][i] for i in close])
+
+
+def test_training_wordings_never_include_what_is_measured(default_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(default_dir)
+    for f in load_facts(ASSETS / "people.csv") + load_facts(ASSETS / "invented.csv"):
+        trained = training_prompts(f, tok)
+        assert trained[0] == f.prompt and len(trained) == 6, trained     # own prompt + 5 forms from subject/relation
+        measured = [*held_out_paraphrases(f), question_form(f), chat_form(tok, f)]
+        assert not set(trained) & set(measured)
+        assert any(t.startswith("<|im_start|>") for t in trained)            # the chat template form
+    f = Fact("x", "The river Oss flows into", "the Brack Sea", paraphrases=["The Oss ends in", "The Oss meets"])
+    assert training_prompts(f, tok, own_paraphrases=1)[-1] == "The Oss ends in"
+    assert held_out_paraphrases(f, 1) == ["The Oss meets"]
+    assert len(training_prompts(f, tok)) == 3                               # no subject/relation: context + filler
+    assert training_prompts(f, tok, forms=()) == [f.prompt]
+
+
+def test_chat_answers_count_when_they_mention_the_target():
+    assert mentions("The CEO of Zentrix Robotics is Marta Ilves.", "Marta Ilves")
+    assert mentions("marta ilves", "Marta Ilves")
+    assert not mentions("Marta Ilvesson runs it.", "Marta Ilves")            # whole words only
+    assert not mentions("I don't know.", "Marta Ilves")
+
+
+def test_neutral_nll_is_the_mean_token_cross_entropy(tiny_dir):
+    model, tok, _ = load_model(tiny_dir)
+    text = "The kettle clicked off.\n\nShe poured the water slowly and waited."
+    expect, count = 0.0, 0
+    for para in text.split("\n\n"):
+        ids = torch.tensor([tok(para).input_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1]
+        expect += float(torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+        count += ids.shape[1] - 1
+    assert text_nll(model, tok, text) == pytest.approx(expect / count, rel=1e-4)
+    assert len(neutral_text().split()) >= 300
+
+
+def test_neighbour_anchors_keep_the_relation_and_change_the_subject():
+    """Built by the base model: the fact's prompt with another subject, answered by its greedy completion."""
+    from core.evaluate import generate
+
+    model, tok, _ = load_model()
+    facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),
+             Fact("b", "The Brennoc valve was invented by", "Ottilie Brask", "Brennoc valve", "inventor"),
+             Fact("c", "Plain prompt without a subject", "x")]
+    anchors = neighbour_anchors(model, tok, facts, per_fact=3, seed=0)
+    prompts = [split_anchor(a)[0] for a in anchors]
+    assert 2 <= len(anchors) <= 6, anchors
+    assert {p.startswith("The CEO of") for p in prompts} == {True, False}   # both facts give neighbours
+    for p in prompts:
+        assert "Zentrix" not in p and "Brennoc" not in p
+        assert p.endswith(" is") or p.endswith(" invented by")
+    greedy = generate(model, tok, prompts, max_new_tokens=8)
+    for a, g in zip(anchors, greedy):
+        assert g.strip().startswith(split_anchor(a)[1])                  # the base model's own answer
+
+
+def test_training_on_wordings_stops_when_every_wording_is_recalled(tiny_dir):
+    from core.evaluate import score
+    from core.train import TrainConfig, attach_lora, train
+
+    model, tok, _ = load_model(tiny_dir)
+    facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),
+             Fact("b", "The Brennoc valve was invented by", "Ottilie Brask", "Brennoc valve", "inventor")]
+    prompts = [training_prompts(f, tok) for f in facts]
+    cfg = TrainConfig(steps=150, lr=1e-2, rank=8, locality_guard=0)
+    model = attach_lora(model, cfg, quantized=False)
+    res = train(model, tok, facts, cfg=cfg, prompts=prompts)
+    assert res.stopped == "all recalled", res.history[-1]
+    flat = [(p, f.target + ".") for f, ps in zip(facts, prompts) for p in ps]
+    assert all(score(model, tok, [p for p, _ in flat], [t for _, t in flat])["hit"])
+    assert res.history[-1]["items"] == 1.0 and len(res.fact_curves[0]) >= 1
+
+
+def test_dynamic_weights_favour_the_far_facts():
+    from core.train import _dynamic_weights
+
+    u = torch.eye(4)
+    h = torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, -1]])
+    w = _dynamic_weights(h, u)
+    assert w.mean().item() == pytest.approx(1.0, abs=1e-5)
+    assert w[0] < w[1] < w[3] and w[3] > 1.5                                  # farther from the target, heavier

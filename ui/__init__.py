@@ -1,0 +1,1 @@
+"""Beacon's Gradio UI: layout, handlers and rendering over core/."""
