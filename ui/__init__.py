@@ -1,1 +1,0 @@
-"""Beacon's Gradio UI: layout, handlers and rendering over core/."""
