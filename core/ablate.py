@@ -30,6 +30,9 @@ VARIANTS = {
     "full: no rewordings": {**FULL, "rewordings": False},
     "full: anchors from the file only": {**FULL, "guard_anchors": "file"},
     "full: neighbour anchors only": {**FULL, "guard_anchors": "neighbours"},
+    "full: sampled text anchors only": {**FULL, "guard_anchors": "sampled"},
+    "full + file anchors": {**FULL, "guard_anchors": "neighbours,sampled,file"},
+    "full: LoRA on MLP only": {**FULL, "lora_modules": "mlp"},
     "full: random guard anchors": {**FULL, "guard_near": 0.0},
     "full + 5 settle steps": {**FULL, "settle_steps": 5},
     "full + layer selection": {**FULL, "layers": "auto"},
@@ -70,6 +73,8 @@ def ablate(facts, probes, base: InjectConfig, seeds=(0, 1, 2), out_dir="runs/abl
             cfg = _variant_config(base, VARIANTS[name], seed)
             rep = run(facts, probes, cfg, analysis=analysis)
             s = rep["summary"]
+            clean = {k: v for k, v in rep.items() if not k.startswith("_")}
+            (out / f"{name.replace(' ', '_').replace(':', '').replace('/', '')}-seed{seed}.json").write_text(json.dumps(clean))
             runs.append({"variant": name, "seed": seed, **{k: s.get(k) for k in METRICS}, "stopped": s["stopped"],
                          **{k: v for k, v in s.items() if k.startswith("locality_") and k.endswith("_after")},
                          "locality_before": s["locality_before"], "facts_kept": s["facts_kept"]})

@@ -37,8 +37,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="also train each fact in forms Beacon writes from its subject and relation")
     p.add_argument("--train-paraphrases", type=int, default=d.train_paraphrases, metavar="N",
                    help="train on the first N of each fact's own paraphrases (the rest stay held out)")
-    p.add_argument("--guard-anchors", choices=("neighbours", "file", "both"), default=d.guard_anchors,
-                   help="neighbours: facts near yours, written by the base model; file: assets/anchors.txt")
+    p.add_argument("--guard-anchors", default=d.guard_anchors, metavar="SOURCES",
+                   help="comma-separated: neighbours (facts near yours, written by the base model), sampled (the "
+                        "base model's own text), file (assets/anchors.txt)")
+    p.add_argument("--lora-modules", choices=("all-linear", "mlp"), default=d.lora_modules)
     p.add_argument("--neighbours-per-fact", type=int, default=d.neighbours_per_fact, metavar="N")
     p.add_argument("--locality-guard", type=float, default=d.locality_guard, metavar="W",
                    help="weight of the KL term that keeps the model close to the base on unrelated text")
@@ -68,7 +70,7 @@ def _config(a) -> InjectConfig:
                         weighting=a.weighting, locality_guard=a.locality_guard, guard_near=a.guard_near,
                         settle_steps=a.settle_steps, keep=ids(a.keep), rewordings=a.rewordings,
                         train_paraphrases=a.train_paraphrases, guard_anchors=a.guard_anchors,
-                        neighbours_per_fact=a.neighbours_per_fact,
+                        neighbours_per_fact=a.neighbours_per_fact, lora_modules=a.lora_modules,
                         drop=ids(a.drop), interference=not a.no_interference, plots=not a.no_plots,
                         layers=a.layers, orders=a.orders, merge=a.merge, continue_from=a.continue_from,
                         trust_remote_code=a.trust_remote_code)

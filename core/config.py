@@ -7,6 +7,9 @@ from .models import DEFAULT_MODEL
 from .train import TrainConfig
 
 
+MLP_MODULES = ["gate_proj", "up_proj", "down_proj", "fc1", "fc2", "c_fc", "mlp.c_proj"]
+
+
 @dataclass
 class InjectConfig:
     model: str = DEFAULT_MODEL
@@ -25,8 +28,10 @@ class InjectConfig:
     settle_steps: int = 0               # more steps after every fact is recalled (0: stop; see README)
     rewordings: bool = True             # also train each fact in forms Beacon writes (core/rewordings.py)
     train_paraphrases: int = 0          # train on this many of each fact's own paraphrases; the rest stay held out
-    guard_anchors: str = "neighbours"   # neighbours (built by the base model) | file (assets/anchors.txt) | both
-    neighbours_per_fact: int = 3        # neighbour anchors per fact
+    guard_anchors: str = "neighbours,sampled"  # any of neighbours, sampled (both written by the base model), file (assets/anchors.txt)
+    neighbours_per_fact: int = 5        # neighbour anchors per fact
+    sampled_anchors: int = 40           # texts the base model writes for the guard
+    lora_modules: str = "all-linear"    # all-linear | mlp (gate/up/down projections only)
     # the semantic method
     filter: bool = True                 # detrimental-data filter on semantic distance
     filter_strength: float = 2.0        # z-score above which a fact is an outlier; lower drops more
@@ -51,7 +56,8 @@ class InjectConfig:
                            batch_size=self.batch_size, seed=self.seed, layers=layers,
                            locality_guard=self.locality_guard, guard_near=self.guard_near,
                            early_stop=self.early_stop, settle_steps=self.settle_steps,
-                           weighting="dynamic" if self.weighting == "dynamic" else "static")
+                           weighting="dynamic" if self.weighting == "dynamic" else "static",
+                           target_modules=MLP_MODULES if self.lora_modules == "mlp" else "all-linear")
 
     def to_dict(self):
         return asdict(self)

@@ -48,7 +48,8 @@ def _device(model):
 
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_size: int = 32,
-             sample: bool = False, temperature: float = 0.7, generator_seed: int | None = None) -> list[str]:
+             sample: bool = False, temperature: float = 0.7, generator_seed: int | None = None,
+             top_p: float = 1.0) -> list[str]:
     """Batched greedy (or sampled) completions, left-padded."""
     dev, out = _device(model), []
     pad = tok.pad_token_id
@@ -59,7 +60,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_siz
         width = max(map(len, ids))
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=dev)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=dev)
-        kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if sample else dict(do_sample=False)
+        kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p) if sample else dict(do_sample=False)
         gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                              pad_token_id=pad, **kw)
         out += tok.batch_decode(gen[:, width:], skip_special_tokens=True)

@@ -64,7 +64,7 @@ def _subject_span(fact) -> tuple[str, str] | None:
     return fact.prompt[:i], fact.prompt[i + len(fact.subject):]
 
 
-_CUT = re.compile(r"[.,;:!?()\[\]\"\n]|\s(?:is|was|are|were|has|had|and|in|on|by)\b")
+_CUT = re.compile(r"[.,;:!?()\[\]\"\n’']|(?:^|\s)(?:is|was|are|were|has|had|will|who|that|and|in|on|by|to)\b")
 
 
 def _clean_subject(text: str, words: int) -> str:
@@ -79,31 +79,35 @@ def _answer(text: str) -> str:
 
 
 @torch.no_grad()
-def neighbour_anchors(model, tok, facts, per_fact: int = 3, seed: int = 0) -> list[str]:
+def neighbour_anchors(model, tok, facts, per_fact: int = 5, seed: int = 0) -> list[str]:
     """Fact anchors `prompt | answer` that share a fact's relation with other subjects, the subjects
     and the answers both written by the base model (adapter off, if any). Facts whose prompt does not
-    contain their subject give none."""
+    contain their subject after a lead of two words or more give none."""
     spans = [(f, _subject_span(f)) for f in facts]
     spans = [(f, s) for f, s in spans if s]
     if not spans or per_fact <= 0:
         return []
     # Where the prompt starts with the subject, the relation phrase leads the model to subjects of its kind.
-    leads = [(s[0] if s[0].strip() else f"Examples of the {f.relation or 'same thing'} of") for f, s in spans]
+    # A lead of one word ("The" for "The Mona Lisa was painted by") or none gives junk subjects: skip those.
+    spans = [(f, s) for f, s in spans if len(s[0].split()) >= 2]
+    if not spans:
+        return []
+    leads = [s[0] for f, s in spans]
     k = 2 * per_fact
+    # Nucleus sampling: the full distribution's tail gives junk subjects ("The -space-space- was painted by").
     sampled = generate(model, tok, [l.rstrip() for l in leads for _ in range(k)], max_new_tokens=8,
-                       sample=True, temperature=0.9, generator_seed=seed)
+                       sample=True, temperature=0.9, top_p=0.9, generator_seed=seed)
     taken = {normalise(f.subject) for f in facts if f.subject}
     prompts = []
     for j, (f, (before, after)) in enumerate(spans):
         got = 0
         for text in sampled[j * k:(j + 1) * k]:
-            subj = _clean_subject(text, len(f.subject.split()))
+            subj = _clean_subject(text, len(f.subject.split()) + 1)
             key = normalise(subj)
             if not key or key in taken or len(key) < 2:
                 continue
             taken.add(key)
-            lead = before if before.strip() else ""
-            prompts.append((lead + subj + after).strip())
+            prompts.append((before + subj + after).strip())
             got += 1
             if got == per_fact:
                 break
@@ -115,6 +119,37 @@ def neighbour_anchors(model, tok, facts, per_fact: int = 3, seed: int = 0) -> li
         a = _answer(a)
         if a and len(a) <= 60:
             out.append(f"{p}{ANSWER_MARK}{a}")
+    return out
+
+
+# Requests with no topic: an instruct model answers them with whatever it tends to say and know. From
+# a bare one-word opener ("The") this model, with no BOS token, writes junk ("The-focused-Echo...").
+REQUESTS = ("Write a few sentences about anything you like.", "Tell me something interesting.",
+            "Share a fact you know well.", "Explain something to a curious child.", "Describe a place.",
+            "Tell me about a famous person.", "Write a short paragraph about history.",
+            "What is something everyone should know?")
+OPENERS = ("Once", "In the", "Many people", "One of the", "There are", "Most")
+
+
+@torch.no_grad()
+def sampled_anchors(model, tok, n: int = 40, tokens: int = 40, seed: int = 0) -> list[str]:
+    """Plain-text anchors the base model writes itself (nucleus sampling, T = 0.8, top-p 0.9), its
+    replies to topic-free requests through its chat template (short openers without one): the guard
+    then holds the model's distribution on its own kind of text, whatever knowledge it draws on."""
+    from .rewordings import chat_prompt
+
+    if n <= 0:
+        return []
+    chat = chat_prompt(tok, REQUESTS[0]) is not None
+    leads = [chat_prompt(tok, REQUESTS[i % len(REQUESTS)]) if chat else OPENERS[i % len(OPENERS)] for i in range(n)]
+    texts = generate(model, tok, leads, max_new_tokens=tokens, sample=True, temperature=0.8, top_p=0.9,
+                     generator_seed=seed + 1)
+    out = []
+    for lead, t in zip(leads, texts):
+        t = " ".join((t if chat else f"{lead} {t}").split())
+        t = t[:t.rfind(".") + 1] if "." in t[20:] else t     # end at a sentence's end where there is one
+        if len(t.split()) >= 6:
+            out.append(t)
     return out
 
 

@@ -172,17 +172,32 @@ def _form_records(before, after, i) -> dict:
     return out
 
 
+GUARD_SOURCES = ("neighbours", "sampled", "file")
+
+
+def guard_sources(spec: str) -> list[str]:
+    """"neighbours,sampled" -> ["neighbours", "sampled"]; an unknown source is an error that names it."""
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    bad = [x for x in names if x not in GUARD_SOURCES]
+    if bad or not names:
+        raise ValueError(f"guard anchors {spec!r}: expected a comma-separated list of {', '.join(GUARD_SOURCES)}")
+    return names
+
+
 def _guard_anchors(model, tok, kept_facts, probes, cfg, emit):
     """The guard's anchors: neighbours written by the base model and/or the shipped file. Anchors that
     restate a probe are left out so that locality is measured on knowledge the guard did not see;
     those that restate a kept fact are left out so the guard does not hold the old answer."""
     if cfg.locality_guard <= 0 or not kept_facts:  # no guard, no anchors to make or embed
         return [], [], None
-    pool = []
-    if cfg.guard_anchors in ("neighbours", "both"):
+    pool, sources = [], guard_sources(cfg.guard_anchors)
+    if "neighbours" in sources:
         emit("guard", "asking the base model for neighbour facts to protect")
         pool += guard.neighbour_anchors(model, tok, kept_facts, cfg.neighbours_per_fact, cfg.seed)
-    if cfg.guard_anchors in ("file", "both"):
+    if "sampled" in sources:
+        emit("guard", "sampling the base model's own text to protect")
+        pool += guard.sampled_anchors(model, tok, cfg.sampled_anchors, seed=cfg.seed)
+    if "file" in sources:
         pool += default_anchors()
     bad = set(guard.restating(embedder(), pool, [p for ps in probes.values() for p in ps]))
     pool = [a for i, a in enumerate(pool) if i not in bad]

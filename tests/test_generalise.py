@@ -134,3 +134,16 @@ def test_dynamic_weights_favour_the_far_facts():
     w = _dynamic_weights(h, u)
     assert w.mean().item() == pytest.approx(1.0, abs=1e-5)
     assert w[0] < w[1] < w[3] and w[3] > 1.5                                  # farther from the target, heavier
+
+
+def test_sampled_anchors_are_the_base_models_own_text(tiny_dir):
+    from core.guard import sampled_anchors
+    from core.pipeline import guard_sources
+
+    model, tok, _ = load_model(tiny_dir)
+    texts = sampled_anchors(model, tok, n=6, tokens=12, seed=0)
+    assert 0 < len(texts) <= 6 and all(len(t.split()) >= 6 and "<|im_" not in t for t in texts)
+    assert texts == sampled_anchors(model, tok, n=6, tokens=12, seed=0)          # seeded
+    assert guard_sources("neighbours, file") == ["neighbours", "file"]
+    with pytest.raises(ValueError, match="nieghbours"):
+        guard_sources("nieghbours")
