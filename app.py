@@ -133,7 +133,7 @@ def table_facts(df, sess):
 
 
 def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=None, guard=None,
-                layers=None, orders=None, merge=None, continue_from=None) -> InjectConfig:
+                layers=None, orders=None, merge=None, continue_from=None, rewordings=None, anchors=None) -> InjectConfig:
     """The run's settings from the widgets; None keeps the default. layers: the spec from `layers_spec`;
     continue_from: a run folder from `earlier_run_dir` ("" = none)."""
     d = DEFAULTS.to_dict()
@@ -145,6 +145,12 @@ def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=N
             d[k] = cast(v)
     if continue_from is not None:
         d["continue_from"] = str(continue_from) or None
+    if rewordings is not None:
+        d["rewordings"] = bool(rewordings)
+    if anchors is not None:
+        if not anchors and d["locality_guard"] > 0:
+            raise gr.Error("Choose at least one thing for the guard to protect, or set the locality guard to 0.")
+        d["guard_anchors"] = ",".join(anchors) or d["guard_anchors"]
     return InjectConfig.from_dict(d)
 
 
@@ -555,7 +561,8 @@ def review_settings(analysis, sess, model, quant, filt, weighting):
 
 @GPU(duration=_train_seconds)
 def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, rank, guard,
-          layers_choice, layers_custom, orders, merge, earlier, request: gr.Request):
+          layers_choice, layers_custom, orders, merge, earlier, rewordings=None, anchors=None,
+          request: gr.Request = None):
     facts = table_facts(facts_df, sess)
     layers = layers_spec(layers_choice, layers_custom, model)
     continue_from = earlier_run_dir(sess, earlier, model)
@@ -563,7 +570,7 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
         raise gr.Error("Continue from trains the earlier run's adapter further, on its own layers and rank: set "
                        "Where to train to all layers and Data orders to 1, or Continue from to none.")
     cfg = make_config(sess, model, quant, filt, weighting, steps, lr, rank, guard, layers, orders, merge,
-                      continue_from)
+                      continue_from, rewordings, anchors)
     stages = train_stages(cfg)
     K = cfg.orders if cfg.orders > 1 and not cfg.continue_from else 1
     run_dir = new_run_dir(sess)
@@ -789,6 +796,15 @@ with gr.Blocks(title="Beacon") as demo:
                     merge_in = gr.Radio(["select", "average"], value=DEFAULTS.merge, label="Merge rule (when K > 1)",
                                         interactive=DEFAULTS.orders > 1, elem_id="merge-in",
                                         info="select: each weight from one randomly chosen run; average: the mean")
+                with gr.Row():
+                    rewordings_in = gr.Checkbox(DEFAULTS.rewordings, label="Train rewordings too", elem_id="rewordings-in",
+                                                info="each fact also in forms Beacon writes (subject first, a question, "
+                                                     "the chat template...), so it is learned as knowledge, not one "
+                                                     "string; about 6x the wordings per step")
+                    anchors_in = gr.CheckboxGroup(list(pipeline.GUARD_SOURCES), value=pipeline.guard_sources(
+                        DEFAULTS.guard_anchors), label="What the guard protects", elem_id="anchors-in",
+                        info="neighbours: facts near yours that the base model knows, written by it; sampled: the "
+                             "base model's own text; file: Beacon's hand-written anchors.txt")
                 earlier_in = gr.Dropdown([NO_EARLIER], value="", label="Continue from an earlier run",
                                          elem_id="earlier-in",
                                          info="Trains these facts on top of one of your finished runs in this "
@@ -854,7 +870,7 @@ with gr.Blocks(title="Beacon") as demo:
                      queue=False)
     train_btn.click(train, [state, analysis_state, facts_table, model_in, quant_in, filter_in, weighting_in,
                             steps_in, lr_in, rank_in, guard_in, layers_in, layers_custom, orders_in, merge_in,
-                            earlier_in],
+                            earlier_in, rewordings_in, anchors_in],
                     [state, analysis_state, train_status, loss_plot, recall_plot, summary_md, results_table, plots,
                      files_out, ask_prompt, ask_btn, stop_btn, tabs, earlier_in],
                     api_name="train", concurrency_id="model", concurrency_limit=1, trigger_mode="once",

@@ -73,7 +73,8 @@ def server(tmp_path_factory):
 def settings(**over):
     """/train's inputs after the facts table, in order (the Advanced ones last)."""
     s = dict(model=MODEL, quant="auto", filt=True, weighting="semantic", steps=SMALL["steps"], lr=0.002, rank=8,
-             guard=SMALL["locality_guard"], layers="all", layers_custom="", orders=1, merge="select", earlier="")
+             guard=SMALL["locality_guard"], layers="all", layers_custom="", orders=1, merge="select", earlier="",
+             rewordings=True, anchors=["neighbours", "sampled"])
     s.update(over)
     return s
 
