@@ -28,6 +28,7 @@ VARIANTS = {
     "full: uniform weights": {**FULL, "weighting": "uniform"},
     "full: dynamic weights": {**FULL, "weighting": "dynamic"},
     "full: no rewordings": {**FULL, "rewordings": False},
+    "full: no model-written rewordings": {**FULL, "model_rewordings": 0},
     "full: anchors from the file only": {**FULL, "guard_anchors": "file"},
     "full: neighbour anchors only": {**FULL, "guard_anchors": "neighbours"},
     "full: sampled text anchors only": {**FULL, "guard_anchors": "sampled"},

@@ -35,6 +35,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="semantic: weights from the distances before training; dynamic: from each step's distances")
     p.add_argument("--rewordings", action=argparse.BooleanOptionalAction, default=d.rewordings,
                    help="also train each fact in forms Beacon writes from its subject and relation")
+    p.add_argument("--model-rewordings", type=int, default=d.model_rewordings, metavar="N",
+                   help="rewordings per fact the base model writes itself (0 = none)")
     p.add_argument("--train-paraphrases", type=int, default=d.train_paraphrases, metavar="N",
                    help="train on the first N of each fact's own paraphrases (the rest stay held out)")
     p.add_argument("--guard-anchors", default=d.guard_anchors, metavar="SOURCES",
@@ -69,7 +71,7 @@ def _config(a) -> InjectConfig:
                         batch_size=a.batch_size, seed=a.seed, filter=a.filter, filter_strength=a.filter_strength,
                         weighting=a.weighting, locality_guard=a.locality_guard, guard_near=a.guard_near,
                         settle_steps=a.settle_steps, keep=ids(a.keep), rewordings=a.rewordings,
-                        train_paraphrases=a.train_paraphrases, guard_anchors=a.guard_anchors,
+                        train_paraphrases=a.train_paraphrases, model_rewordings=a.model_rewordings, guard_anchors=a.guard_anchors,
                         neighbours_per_fact=a.neighbours_per_fact, lora_modules=a.lora_modules,
                         drop=ids(a.drop), interference=not a.no_interference, plots=not a.no_plots,
                         layers=a.layers, orders=a.orders, merge=a.merge, continue_from=a.continue_from,

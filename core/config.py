@@ -27,6 +27,7 @@ class InjectConfig:
     early_stop: bool = True
     settle_steps: int = 0               # more steps after every fact is recalled (0: stop; see README)
     rewordings: bool = True             # also train each fact in forms Beacon writes (core/rewordings.py)
+    model_rewordings: int = 3           # rewordings per fact the base model writes itself (0 = none)
     train_paraphrases: int = 0          # train on this many of each fact's own paraphrases; the rest stay held out
     guard_anchors: str = "neighbours,sampled"  # any of neighbours, sampled (both written by the base model), file (assets/anchors.txt)
     neighbours_per_fact: int = 5        # neighbour anchors per fact

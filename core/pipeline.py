@@ -172,6 +172,31 @@ def _form_records(before, after, i) -> dict:
     return out
 
 
+def _model_rewordings(model, tok, kept_facts, cfg, emit) -> dict:
+    """Rewordings the base model writes for each kept fact, less any that is a near copy (cosine >= 0.9)
+    of one of the fact's held-out paraphrases: those measure generalisation and are never trained."""
+    none = {"prompts": [[] for _ in kept_facts], "left_out": 0}
+    if not (cfg.rewordings and cfg.model_rewordings > 0 and kept_facts):
+        return none
+    from .rewordings import model_rewordings
+    from .semantic import embed
+
+    emit("rewordings", "the base model rewrites each fact in its own words")
+    left_out = []
+
+    def avoid(i, prompts):
+        held = held_out_paraphrases(kept_facts[i], cfg.train_paraphrases)
+        if not held:
+            return []
+        sim = embed(embedder(), prompts) @ embed(embedder(), held).T
+        bad = [p for p, row in zip(prompts, sim) if row.max() >= 0.9]
+        left_out.extend(bad)
+        return bad
+
+    prompts = model_rewordings(model, tok, kept_facts, cfg.model_rewordings, cfg.seed, avoid)
+    return {"prompts": prompts, "left_out": len(left_out)}
+
+
 GUARD_SOURCES = ("neighbours", "sampled", "file")
 
 
@@ -255,6 +280,7 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
     tcfg = cfg.train_config(layers)
 
     anchors, near, guard_info = _guard_anchors(model, tok, kept_facts, probes, cfg, emit)
+    written = _model_rewordings(model, tok, kept_facts, cfg, emit)
 
     # Sequential injection: continue from an earlier run's adapter, watching its facts.
     earlier = _load_earlier(cfg.continue_from) if cfg.continue_from else None
@@ -286,7 +312,7 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
              **rec, ids=[f.id for f in kept_facts])
 
     prompts = [training_prompts(f, tok, forms=None if cfg.rewordings else (), own_paraphrases=cfg.train_paraphrases,
-                                seed=cfg.seed) for f in kept_facts]
+                                seed=cfg.seed) + extra for f, extra in zip(kept_facts, written["prompts"])]
     emit("train", f"training LoRA (rank {cfg.rank}) on {len(kept_facts)} facts, {sum(map(len, prompts))} wordings"
                   + (f", layers {layers[0]}-{layers[-1]}" if layers else ""))
     if torch.cuda.is_available():
@@ -353,6 +379,8 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
         "neutral_nll_before": nll_b, "neutral_nll_after": nll_a,
         "neutral_nll_ratio": round(nll_a / nll_b, 4) if nll_a and nll_b else None,
         "training_wordings": sum(map(len, prompts)), "rewordings": cfg.rewordings,
+        "model_rewordings": sum(map(len, written["prompts"])),
+        "model_rewordings_left_out": written["left_out"],
         "guard_anchors": cfg.guard_anchors if cfg.locality_guard > 0 else None,
         "steps": result.steps, "stopped": result.stopped, "train_seconds": result.seconds,
         "seconds_per_step": round(result.seconds / max(result.steps, 1), 3),
@@ -373,6 +401,7 @@ def run(facts: list[Fact], probes: list[Fact] | None = None, cfg: InjectConfig |
                      "fact_curves": {f.id: c for f, c in zip(kept_facts, result.fact_curves)},
                      "distance_trajectories": trajectories},
         "interference": inter, "guard": guard_info,
+        "training_prompts": {f.id: p for f, p in zip(kept_facts, prompts)},
         "layers": layer_info, "chosen_layers": layers, "merge": merge_info,
     }
     if earlier:

@@ -85,3 +85,49 @@ def question_form(fact) -> str:
 
 def chat_form(tok, fact) -> str | None:
     return chat_prompt(tok, f'Complete the sentence with the right answer: "{fact.prompt} ..."')
+
+
+# Two invented examples that lead with the subject and end on the answer, the way people reword.
+_FEW_SHOT = ("Sentence: The head chef of Lorimer Bistro is Anna Pell.\n"
+             "In other words: Lorimer Bistro's kitchen is run by its head chef, Anna Pell.\n\n"
+             "Sentence: The mayor of Dunmore is Carl Ovid.\n"
+             "In other words: Dunmore is governed by its mayor, Carl Ovid.\n\n"
+             "Sentence: {sentence}\nIn other words:")
+
+
+def model_rewordings(model, tok, facts, per_fact: int = 3, seed: int = 0, avoid=None) -> list[list[str]]:
+    """Rewordings the base model writes itself: it rewrites "prompt target." in other words (few-shot,
+    nucleus sampling), and each rewrite that names the subject before the target is cut just before
+    the target into a training prompt ("Zentrix Robotics is run by its chief executive,").
+    avoid(fact_index, prompts) -> the prompts to drop (the caller drops near copies of held-out
+    paraphrases, so that generalisation is still measured on wordings never trained)."""
+    import re
+
+    from .evaluate import generate, normalise
+
+    k = 2 * per_fact
+    queries = [_FEW_SHOT.format(sentence=f"{f.prompt} {f.target}.") for f in facts for _ in range(k)]
+    texts = generate(model, tok, queries, max_new_tokens=28, sample=True, temperature=0.8, top_p=0.9,
+                     generator_seed=seed + 2, batch_size=32)
+    out = []
+    for i, f in enumerate(facts):
+        got, seen = [], {normalise(f.prompt)}
+        for text in texts[i * k:(i + 1) * k]:
+            line = text.strip().split("\n")[0]
+            at = line.lower().find(f.target.lower())
+            if at <= 0:
+                continue
+            prompt = line[:at].rstrip()
+            if f.subject:
+                where = prompt.lower().find(f.subject.lower())
+                if where < 0 or len(prompt[where + len(f.subject):].split()) < 2:
+                    continue                              # about the subject, and more than "<subject> is"
+            if len(prompt.split()) < 3 or re.search(r"\w$", line[:at]) or normalise(prompt) in seen:
+                continue                                  # too short, cut inside a word, or a repeat
+            seen.add(normalise(prompt))
+            got.append(prompt)
+        if avoid is not None and got:
+            drop = set(avoid(i, got))
+            got = [p for p in got if p not in drop]
+        out.append(got[:per_fact])
+    return out

@@ -147,3 +147,21 @@ def test_sampled_anchors_are_the_base_models_own_text(tiny_dir):
     assert guard_sources("neighbours, file") == ["neighbours", "file"]
     with pytest.raises(ValueError, match="nieghbours"):
         guard_sources("nieghbours")
+
+
+def test_model_rewordings_name_the_subject_stop_before_the_target_and_drop_what_is_avoided():
+    from core.rewordings import model_rewordings
+
+    model, tok, _ = load_model()
+    facts = load_facts(ASSETS / "people.csv")[:4] + load_facts(ASSETS / "invented.csv")[:4]
+    got = model_rewordings(model, tok, facts, per_fact=3, seed=0)
+    assert len(got) == len(facts) and sum(map(len, got)) >= 4, got
+    for f, prompts in zip(facts, got):
+        assert len(prompts) <= 3
+        for p in prompts:
+            at = p.lower().find(f.subject.lower())
+            assert at >= 0 and len(p[at + len(f.subject):].split()) >= 2, p   # more than "<subject> is"
+            assert f.target.lower() not in p.lower() and p != f.prompt
+    some = next(i for i, p in enumerate(got) if p)
+    again = model_rewordings(model, tok, facts, per_fact=3, seed=0, avoid=lambda i, ps: ps if i == some else [])
+    assert again[some] == [] and again[:some] == got[:some]            # seeded, and the avoided ones dropped

@@ -30,7 +30,7 @@ def test_inject_cli_learns_facts_and_writes_report_and_adapter(tmp_path):
     assert s["facts_in"] == 8 and s["recall_before"] == 0.0 and s["recall_after"] >= 0.85
     assert s["locality_after"] >= 0.8 * s["locality_before"]
     assert s["locality_general_before"] == 1.0 and s["probe_sets"] == {"probes": 31, "general": 53}
-    assert s["training_wordings"] == 8 * 6 and 0.8 < s["neutral_nll_ratio"] < 1.5
+    assert 8 * 6 <= s["training_wordings"] <= 8 * 9 and 0.8 < s["neutral_nll_ratio"] < 1.5
     cuda = __import__("torch").cuda.is_available()
     assert s["device"].startswith("cuda") == cuda and ("nf4" in s["quantization"]) == cuda
     for f in rep["facts"]:
