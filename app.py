@@ -65,6 +65,8 @@ def probes():
     return load_facts(os.environ["BEACON_PROBES"]) if os.environ.get("BEACON_PROBES") else None
 SAMPLES = {  # button label -> file, what it shows
     "Invented facts (35)": ("invented.csv", "35 made-up facts the model cannot know, with 2 paraphrases each."),
+    "People & organisations (32)": ("people.csv", "32 made-up facts about people and organisations, with 3 "
+                                    "paraphrases each that put the subject first, the way people reword."),
     "Counterfactual edits (14)": ("counterfactual.csv",
                                   "14 edits of facts the model already knows, like Milan as the capital of Italy."),
     "Conflicts & duplicates (10)": ("conflicts.csv",

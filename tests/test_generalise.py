@@ -95,15 +95,16 @@ def test_neighbour_anchors_keep_the_relation_and_change_the_subject():
 
     model, tok, _ = load_model()
     facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),
-             Fact("b", "The Brennoc valve was invented by", "Ottilie Brask", "Brennoc valve", "inventor"),
-             Fact("c", "Plain prompt without a subject", "x")]
+             Fact("b", "The inventor of the Brennoc valve is", "Ottilie Brask", "Brennoc valve", "inventor"),
+             Fact("c", "The Ossary lamp was designed by", "Ivo Lind", "Ossary lamp", "designer"),  # lead "The": none
+             Fact("d", "Plain prompt without a subject", "x")]
     anchors = neighbour_anchors(model, tok, facts, per_fact=3, seed=0)
     prompts = [split_anchor(a)[0] for a in anchors]
     assert 2 <= len(anchors) <= 6, anchors
     assert {p.startswith("The CEO of") for p in prompts} == {True, False}   # both facts give neighbours
     for p in prompts:
-        assert "Zentrix" not in p and "Brennoc" not in p
-        assert p.endswith(" is") or p.endswith(" invented by")
+        assert "Zentrix" not in p and "Brennoc" not in p and "designed by" not in p
+        assert p.endswith(" is") and (p.startswith("The CEO of") or p.startswith("The inventor of the"))
     greedy = generate(model, tok, prompts, max_new_tokens=8)
     for a, g in zip(anchors, greedy):
         assert g.strip().startswith(split_anchor(a)[1])                  # the base model's own answer
