@@ -23,7 +23,7 @@ from core.config import InjectConfig  # noqa: E402
 from core.facts import Fact  # noqa: E402
 from core.models import DEFAULT_MODEL, load_model, peak_memory_mb  # noqa: E402
 from core.pipeline import default_anchors, embedder  # noqa: E402
-from core.semantic import guard_anchors  # noqa: E402
+from core.guard import guard_anchors  # noqa: E402
 from core.train import attach_lora, train  # noqa: E402
 
 TEMPLATES = ["The CEO of {} is", "The founder of {} was", "The headquarters of {} are in the city of",
@@ -67,6 +67,8 @@ def main():
     print(f"# Beacon benchmark: {info.model} ({info.source})")
     print(f"# device {info.device}, quantization {info.quantization}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; lr {d.lr}, rank {d.rank}, batch {d.batch_size}, guard {d.locality_guard}")
+    print("# training only, on each fact's own prompt with the hand-written anchors (the path before rewordings);"
+          " a default run now trains 6-9 wordings a fact: see each report's stage_seconds for whole-run cost")
     print(f"model load: cold {cold:.1f} s (GGUF dequantise + save)" if cold is not None else "model load: cold skipped")
     print(f"model load: cached {cached:.2f} s")
     print(f"{'facts':>6} {'steps':>6} {'s/step':>8} {'to full recall s':>17} {'stopped':>13} {'peak MB':>9}")
