@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SMALL = {"steps": 6, "categorize_samples": 2, "locality_guard": 0.0}
+SMALL = {"steps": 6, "categorize_samples": 2, "locality_guard": 0.0, "model_rewordings": 0}  # those have their own test
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
