@@ -1,0 +1,296 @@
+"""The app's handlers: plain functions of widget values, callable without a server.
+
+Each visitor's gr.State is a plain dict (`new_session`). Generators yield {output name: value}; the
+layout maps the names (CHECK_OUTPUTS, TRAIN_OUTPUTS) to its components. The analysis of a check and the
+report of a run come from core.pipeline here and nowhere else.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from core import pipeline
+from core.ask import ask
+from core.config import gpu_seconds
+from core.facts import FactsError, facts_from_rows, load_facts, save_facts
+from core.models import ModelError
+
+from . import settings
+from .jobs import ACTIVE, stream, wait_for_slot
+from .render import (CHECK_STAGES, REVIEW_COLUMNS, ask_default, curves, done_message, facts_frame, results_view,
+                     review_frame, status_html, train_stages)
+from .settings import (ASSETS, SAMPLES, default, device_note, earlier_run_dir, earlier_runs, layer_count, layers_spec,
+                       make_config, new_run_dir, probes, session_dir, value)
+
+try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated call runs
+    import spaces
+
+    GPU = spaces.GPU
+except ImportError:
+    def GPU(fn=None, **_):
+        return fn if fn is not None else (lambda f: f)
+
+ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
+# What `check` and `train` update, by name, in the order of their events' outputs (the API's order).
+CHECK_OUTPUTS = ("analysis_state", "review_table", "review_note", "state", "tabs", "check_status")
+TRAIN_OUTPUTS = ("state", "analysis_state", "train_status", "loss_plot", "recall_plot", "summary_md",
+                 "results_table", "plots", "files_out", "ask_prompt", "ask_btn", "stop_btn", "tabs", "earlier_in")
+
+
+def new_session() -> dict:
+    return {"id": uuid.uuid4().hex[:12], "meta": {}, "upload": None, "keep": [], "drop": [],
+            "run_dir": None, "report": None, "stop": None}
+
+
+def table_facts(df, sess):
+    """The facts in the table; the metadata of a loaded file is kept by id (the table has no column for it)."""
+    rows = [] if df is None else df.fillna("").to_dict("records")
+    try:
+        facts = facts_from_rows(rows, source="facts table")
+    except FactsError as e:
+        raise gr.Error(str(e)) from None
+    for f in facts:
+        f.meta = f.meta or dict(sess["meta"].get(f.id, {}))
+    return facts
+
+
+def downloads(run_dir: Path) -> list[str]:
+    files = []
+    for folder in ("adapter", "plots"):
+        if (run_dir / folder).is_dir():
+            files.append(shutil.make_archive(str(run_dir / folder), "zip", run_dir / folder))
+    return files + [str(run_dir / n) for n in ("report.json", "facts.json") if (run_dir / n).exists()]
+
+
+# ---------------------------------------------------------------- 1 facts
+
+def load_sample(label, sess):
+    name, about = SAMPLES[label]
+    facts = load_facts(ASSETS / name)
+    sess.update(meta={f.id: f.meta for f in facts}, upload=None)
+    return facts_frame(facts), sess, f"Loaded sample **{name}**: {about}"
+
+
+def upload(path, sess):
+    if not path:
+        return gr.skip(), sess, gr.skip()
+    src = Path(path)
+    # Copied into the session's folder at once: an upload is never lost, whatever fails later.
+    saved = session_dir(sess) / "uploads" / src.name
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, saved)
+    try:
+        facts = load_facts(saved)
+    except FactsError as e:
+        raise gr.Error(str(e)) from None
+    sess.update(meta={f.id: f.meta for f in facts}, upload=str(saved))
+    return facts_frame(facts), sess, f"Loaded **{src.name}**: {len(facts)} facts."
+
+
+def facts_changed():
+    # A check's results belong to the facts it saw: any edit makes them stale.
+    return None, pd.DataFrame(columns=REVIEW_COLUMNS), "The facts changed: press **Check facts** on tab 1 to review them."
+
+
+def model_changed(quant):
+    return (device_note(quant), None, pd.DataFrame(columns=REVIEW_COLUMNS),
+            "The model changed: press **Check facts** on tab 1 again.")
+
+
+# ---------------------------------------------------------------- 2 review
+
+def _check_seconds(sess, facts_df, *_):
+    return gpu_seconds(len(facts_df) if facts_df is not None else 0, 0)
+
+
+def _train_seconds(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, rank, guard,
+                   layers_choice, layers_custom, orders, *_, **__):
+    return gpu_seconds(len(facts_df) if facts_df is not None else 0, int(steps or default("steps")), int(orders or 1))
+
+
+@GPU(duration=_check_seconds)  # ZeroGPU reserves a GPU for as long as the facts and steps need
+def check(sess, facts_df, model, quant, filt, weighting):
+    facts = table_facts(facts_df, sess)
+    sess["keep"], sess["drop"] = [], []  # a fresh check starts from the checks' own decisions
+    cfg = make_config(sess, model, quant, filt, weighting)
+    t0, seen, current, message = time.perf_counter(), [], "check", "checking facts"
+    for _ in wait_for_slot():
+        yield {"check_status": status_html(CHECK_STAGES, [], None, 0, "waiting for another visitor's job to finish")}
+    for batch in stream(lambda progress: pipeline.analyze(facts, probes(), cfg, progress=progress), "beacon-check"):
+        for kind, payload in batch:
+            if kind == "progress":
+                seen.append(current)
+                current, message = payload["stage"], payload["message"]
+            elif kind == "error":
+                e = payload
+                raise gr.Error(str(e) if isinstance(e, (ModelError, FactsError, ValueError))
+                               else f"Checking the facts failed ({type(e).__name__}: {e}).")
+            else:
+                analysis = payload
+                if ZERO_GPU:  # a model on ZeroGPU's GPU cannot outlive this call; training reloads it
+                    analysis.pop("_bundle", None)
+                df, note = review_frame(analysis, cfg)
+                yield {"analysis_state": analysis, "review_table": df, "review_note": note, "state": sess,
+                       "tabs": gr.Tabs(selected="review"),
+                       "check_status": status_html(CHECK_STAGES, seen, "done", 1, f"Checked {len(facts)} facts: "
+                                                   "see 2 · Review", time.perf_counter() - t0)}
+                return
+        frac = len(set(seen)) / len(CHECK_STAGES)
+        yield {"check_status": status_html(CHECK_STAGES, seen, current, frac, message, time.perf_counter() - t0)}
+
+
+def choices_from_ticks(analysis, natural_cfg, df) -> tuple[list[str], list[str]]:
+    """keep/drop lists that turn the checks' own decisions (under natural_cfg: no keep, no drop) into the
+    ticked set."""
+    ticked = {str(r["id"]) for r in df.to_dict("records") if r.get("keep") in (True, "true", "True", 1)}
+    natural = {r["id"] for r in pipeline.review_rows(analysis, natural_cfg) if r["kept"]}
+    ids = {f.id for f in analysis["unique"]}
+    return sorted((ticked & ids) - natural), sorted(natural - ticked)
+
+
+def review_edit(analysis, df, sess, model, quant, filt, weighting):
+    if analysis is None:
+        return gr.skip(), "Press **Check facts** on tab 1 first.", sess
+    natural = make_config({**sess, "keep": [], "drop": []}, model, quant, filt, weighting)
+    sess["keep"], sess["drop"] = choices_from_ticks(analysis, natural, df)
+    return (*review_frame(analysis, make_config(sess, model, quant, filt, weighting)), sess)
+
+
+def review_settings(analysis, sess, model, quant, filt, weighting):
+    if analysis is None:
+        return gr.skip(), gr.skip()
+    return review_frame(analysis, make_config(sess, model, quant, filt, weighting))
+
+
+# ---------------------------------------------------------------- 3 train
+
+@GPU(duration=_train_seconds)
+def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, rank, guard,
+          layers_choice, layers_custom, orders, merge, earlier, rewordings=None, anchors=None,
+          request: gr.Request = None):
+    facts = table_facts(facts_df, sess)
+    layers = layers_spec(layers_choice, layers_custom, model)
+    continue_from = earlier_run_dir(sess, earlier, model)
+    if continue_from and (layers != "all" or int(orders or 1) > 1):
+        raise gr.Error("Continue from trains the earlier run's adapter further, on its own layers and rank: set "
+                       "Where to train to all layers and Data orders to 1, or Continue from to none.")
+    cfg = make_config(sess, model, quant, filt, weighting, steps, lr, rank, guard, layers, orders, merge,
+                      continue_from, rewordings, anchors)
+    stages = train_stages(cfg)
+    n_orders, budget = value(cfg, "orders"), value(cfg, "steps")
+    K = n_orders if n_orders > 1 and not value(cfg, "continue_from") else 1
+    run_dir = new_run_dir(sess)
+    # Written before anything can fail: the run folder always holds what the person brought.
+    save_facts(facts, run_dir / "facts.json")
+    if sess.get("upload") and Path(sess["upload"]).exists():
+        shutil.copyfile(sess["upload"], run_dir / f"uploaded-{Path(sess['upload']).name}")
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    stop = threading.Event()
+    sess.update(stop=stop, run_dir=str(run_dir), report=None)
+    key = getattr(request, "session_hash", None) or sess["id"]
+    ACTIVE[key] = stop
+    t0 = time.perf_counter()
+    # The analysis holds a model that training consumes: the state lets go of it now.
+    yield {"state": sess, "analysis_state": None, "loss_plot": None, "recall_plot": None,
+           "stop_btn": gr.Button(interactive=True),
+           "train_status": status_html(stages, [], None, 0, "starting")}
+
+    try:
+        for _ in wait_for_slot(stop):
+            yield {"train_status": status_html(stages, [], None, 0, "waiting for another visitor's job to finish")}
+        if stop.is_set():
+            yield {"train_status": status_html(stages, [], None, 0, "stopped before it started")}
+            return
+
+        def job(progress):
+            report = pipeline.run(facts, probes(), cfg, out_dir=run_dir, progress=progress, analysis=analysis,
+                                  # the STOP file also reaches a run in another process (ZeroGPU)
+                                  should_stop=lambda: stop.is_set() or (run_dir / "STOP").exists())
+            report.pop("_model", None)  # "Ask the model" loads the saved adapter through core.ask
+            return report
+
+        history, seen, current, message = [], [], "check", "starting"
+        order, last_step, offset = 0, 0, 0  # with K data orders, each order's steps count from 1 again
+        for batch in stream(job, f"beacon-train-{sess['id']}"):
+            new_steps = False
+            for kind, payload in batch:
+                if kind == "progress":
+                    if payload["stage"] != current:
+                        seen.append(current)
+                    current, message = payload["stage"], payload["message"]
+                    if "step" in payload:
+                        if payload["step"] <= last_step:
+                            order, offset = order + 1, offset + last_step
+                        last_step = payload["step"]
+                        history.append({**{k: payload[k] for k in ("loss", "task", "recall")},
+                                        "step": offset + payload["step"]})
+                        new_steps = True
+                        if K > 1:
+                            message = f"order {order + 1}/{K}: {message}"
+                elif kind == "error":
+                    saved = "the adapter saved so far and " if (run_dir / "adapter").exists() else ""
+                    raise gr.Error(f"{payload} (your facts, {saved}the settings are kept in {run_dir.name}).")
+                else:
+                    report = payload
+                    sess["report"] = report
+                    summary, table, gallery = results_view(report, run_dir, settings.RUNS.parent,
+                                                           layer_count(report["config"]["model"]))
+                    loss, recall = curves(history)
+                    yield {"state": sess, "summary_md": summary, "results_table": table, "plots": gallery,
+                           "files_out": downloads(run_dir), "ask_prompt": ask_default(report),
+                           "ask_btn": gr.Button(interactive=True), "stop_btn": gr.Button(interactive=False),
+                           "tabs": gr.Tabs(selected="results"), "loss_plot": loss, "recall_plot": recall,
+                           "earlier_in": gr.Dropdown(choices=earlier_runs(sess)),
+                           "train_status": status_html(stages, seen, "done", 1, done_message(report),
+                                                       time.perf_counter() - t0)}
+                    return
+            frac = {"train": 0.3 + 0.55 * min(1, (order + last_step / budget) / K), "after": 0.88,
+                    "plots": 0.95}.get(current, 0.04 * len(set(seen)))
+            note = ("<div class='note'>Stopping after this step, then measuring what was learned…</div>"
+                    if stop.is_set() and current == "train" else "")
+            update = {"train_status": status_html(stages, seen, current, frac, message, time.perf_counter() - t0, note)}
+            if new_steps:
+                update["loss_plot"], update["recall_plot"] = curves(history)
+            yield update
+    except GeneratorExit:  # the page went away (tab closed, cancelled): don't train on for nobody
+        stop.set()
+        raise
+    finally:
+        ACTIVE.pop(key, None)
+
+
+def stop_run(sess):
+    if sess.get("stop") is None or sess.get("report") is not None:
+        return gr.skip()
+    sess["stop"].set()
+    if sess.get("run_dir"):
+        (Path(sess["run_dir"]) / "STOP").touch()
+    return gr.Button(interactive=False)
+
+
+def on_unload(request: gr.Request):
+    stop = ACTIVE.get(getattr(request, "session_hash", None) or "")
+    if stop is not None:
+        stop.set()
+
+
+# ---------------------------------------------------------------- 4 results
+
+@GPU(duration=60)
+def ask_model(prompt, sess):
+    report, run_dir = sess.get("report"), sess.get("run_dir")
+    if not report or not run_dir:
+        raise gr.Error("Train first: there is no tuned model yet.")
+    try:
+        out = ask(prompt, Path(run_dir) / "adapter", report["config"]["model"], report["config"]["quantization"])
+    except (ValueError, ModelError) as e:
+        raise gr.Error(str(e)) from None
+    return out["base"], out["tuned"]

@@ -1,0 +1,257 @@
+"""The page: `build_demo()` makes the Blocks. All components first, tab by tab, then every event in one
+place, in the order a visitor meets them. Handlers (ui/handlers.py) yield updates by output name;
+`_by_name` turns those into Gradio's {component: value}."""
+from __future__ import annotations
+
+import functools
+
+import gradio as gr
+import pandas as pd
+
+from core import pipeline
+from core.models import DEFAULT_MODEL, QUANTIZATIONS
+
+from .handlers import (CHECK_OUTPUTS, TRAIN_OUTPUTS, ask_model, check, facts_changed, load_sample, model_changed,
+                       new_session, on_unload, review_edit, review_settings, stop_run, train, upload)
+from .render import FACT_COLUMNS, RESULT_COLUMNS, REVIEW_COLUMNS
+from .settings import LAYER_CHOICES, NO_EARLIER, SAMPLES, default, device_note, layer_count
+
+CSS = """
+.beacon-header h1 { display: flex; align-items: center; gap: .4em; margin-bottom: .2em; }
+.beacon-header p { max-width: 62em; }
+.beacon-status { font-size: .95em; padding: .3em 0; }
+.beacon-status .stages { color: var(--body-text-color); }
+.beacon-status .stages .done { color: #2e9e5b; }
+.beacon-status .stages span { color: var(--body-text-color-subdued); }
+.beacon-status .bar { height: 10px; border-radius: 5px; background: var(--neutral-200); margin: .5em 0; overflow: hidden; }
+.beacon-status .bar > div { height: 100%; background: var(--color-accent); transition: width .4s; }
+.beacon-status .msg { font-family: var(--font-mono); font-size: .9em; color: var(--body-text-color-subdued); }
+.beacon-status .note { margin-top: .3em; font-weight: 600; }
+.small-note { font-size: .85em; color: var(--body-text-color-subdued); }
+/* plots are wide (7:4.5): show them whole instead of as square thumbnails */
+#plots .grid-wrap { max-height: none !important; height: auto !important; overflow: visible; padding-top: 2.4em; }
+#plots .grid-container { grid-template-rows: none; grid-auto-rows: auto; }
+#plots .thumbnail-item { aspect-ratio: auto; height: auto; }
+#plots .thumbnail-lg > img { height: auto; }
+#downloads .label-clear-button { display: none; }  /* results are not the person's to remove */
+#plots .caption-label { position: static; max-width: 100%; border: none; white-space: normal; }
+/* plots differ in height (one row per fact in some): two stacked columns instead of a grid with gaps */
+#plots .grid-container { display: block; column-count: 2; column-gap: var(--spacing-lg); }
+#plots .gallery-item { break-inside: avoid; margin-bottom: var(--spacing-lg); }
+@media (max-width: 900px) { #plots .grid-container { column-count: 1; } }
+"""
+LOGO = ("<svg width='34' height='34' viewBox='0 0 32 32' aria-hidden='true'><path d='M13 12h6l2 17h-10z' "
+        "fill='#6366f1'/><rect x='12' y='9' width='8' height='3' rx='1' fill='#4338ca'/><path d='M16 3l5 6h-10z' "
+        "fill='#f59e0b'/><path d='M21 5l9-3v8zM11 5L2 2v8z' fill='#fcd34d' opacity='.7'/></svg>")
+
+
+def _by_name(fn, components: dict):
+    """fn yields {output name: value}; the event gets {component: value}. Closing this generator (the
+    page went away) closes fn's, so a run stops training for nobody."""
+    @functools.wraps(fn)  # keeps fn's signature: Gradio finds the gr.Request parameter through it
+    def run(*args, **kwargs):
+        updates = fn(*args, **kwargs)
+        try:
+            for update in updates:
+                yield {components[name]: value for name, value in update.items()}
+        finally:
+            updates.close()
+    return run
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="Beacon") as demo:
+        state = gr.State(new_session)
+        # The checked analysis holds a model: kept only between Check and Train, and not forever.
+        analysis_state = gr.State(None, time_to_live=1800)
+
+        gr.HTML(f"<div class='beacon-header'><h1>{LOGO} Beacon</h1><p>Teach a small language model new facts with "
+                "LoRA, and see honestly what that does: which facts it learns, which it only parrots, what else it "
+                "forgets.<br><b>1</b> bring facts → <b>2</b> review the checks → <b>3</b> train → <b>4</b> compare "
+                "before and after, ask the model, download the adapter.</p></div>", js_on_load=None)
+
+        with gr.Tabs(selected="facts") as tabs:
+            with gr.Tab("1 · Facts", id="facts"):
+                with gr.Row(equal_height=True):
+                    with gr.Column(scale=3):
+                        gr.Markdown("**Load a sample**, upload a file, or type and paste rows into the table below "
+                                    "(`prompt` and `target` are required; `|` separates paraphrases).")
+                        with gr.Row():
+                            sample_btns = [gr.Button(label, size="sm") for label in SAMPLES]
+                        facts_note = gr.Markdown("No facts yet.", elem_id="facts-note")
+                    with gr.Column(scale=2):
+                        file_in = gr.File(label="Upload facts: CSV, JSON or JSONL",
+                                          file_types=[".csv", ".json", ".jsonl"], height=150, elem_id="upload")
+                facts_table = gr.Dataframe(pd.DataFrame(columns=FACT_COLUMNS), headers=FACT_COLUMNS, datatype="str",
+                                           interactive=True, column_count=len(FACT_COLUMNS), wrap=True,
+                                           max_height=480, label="Facts (editable)", elem_id="facts-table",
+                                           column_widths=["8%", "30%", "14%", "13%", "10%", "25%"])
+                with gr.Row():
+                    model_in = gr.Dropdown([DEFAULT_MODEL], value=default("model"), allow_custom_value=True, scale=3,
+                                           label="Model", info="The default works offline. Or type any Hub id or "
+                                                               "local path of a causal language model.")
+                    quant_in = gr.Radio(list(QUANTIZATIONS), value=default("quantization"), label="Quantisation",
+                                        scale=2)
+                device_md = gr.Markdown(device_note(default("quantization")), elem_id="device")
+                check_btn = gr.Button("Check facts →", variant="primary")
+                check_status = gr.HTML("", elem_id="check-status")
+
+            with gr.Tab("2 · Review", id="review"):
+                with gr.Row():
+                    filter_in = gr.Checkbox(default("filter"), label="Filter: drop outliers by semantic distance",
+                                            info="at most 10% of the facts; the reason is shown")
+                    weighting_in = gr.Radio(["semantic", "dynamic", "uniform"], value=default("weighting"),
+                                            label="Loss weighting",
+                                            info="semantic: facts far from what the model knows weigh more")
+                review_note = gr.Markdown("Press **Check facts** on tab 1: Beacon looks for duplicates and "
+                                          "contradictions, measures what the model answers now, and how far each "
+                                          "fact is from what it knows.", elem_id="review-note")
+                review_table = gr.Dataframe(pd.DataFrame(columns=REVIEW_COLUMNS), headers=REVIEW_COLUMNS,
+                                            datatype=["bool", "str", "str", "str", "str", "str", "number", "str",
+                                                      "str"],
+                                            interactive=True, static_columns=list(range(1, len(REVIEW_COLUMNS))),
+                                            wrap=True, max_height=560,
+                                            label="Tick keep to train a fact, untick to drop it",
+                                            elem_id="review-table",
+                                            column_widths=["80px", "64px", "20%", "10%", "19%", "110px", "110px",
+                                                           "96px", "13%"])
+                gr.Markdown("*known*: the model already answers it · *update*: it confidently answers something "
+                            "else · *new*: no settled answer · *distance*: semantic distance between the prompt and "
+                            "the target inside the model (larger is harder) · *weight*: its share of the loss · "
+                            "*answer before*: the model's answer now (✓ = already right)", elem_classes="small-note")
+                to_train_btn = gr.Button("Next: train →", variant="primary")
+
+            with gr.Tab("3 · Train", id="train"):
+                with gr.Row():
+                    steps_in = gr.Slider(1, 300, value=default("steps"), step=1, label="Step budget",
+                                         info="training stops sooner once every fact is recalled", elem_id="steps-in")
+                    lr_in = gr.Number(default("lr"), label="Learning rate", minimum=1e-6, maximum=1.0, step=1e-4)
+                    rank_in = gr.Dropdown([2, 4, 8, 16, 32, 64], value=default("rank"), label="LoRA rank")
+                    guard_in = gr.Slider(0, 30, value=default("locality_guard"), step=0.5, label="Locality guard",
+                                         info="pulls the model towards the base on unrelated text and on known "
+                                              "facts near yours; 0 = off")
+                custom_default = default("layers") not in ("all", "auto")
+                with gr.Accordion("Advanced: where to train, data orders, continue an earlier run", open=False,
+                                  elem_id="advanced"):
+                    with gr.Row():
+                        layers_in = gr.Radio(LAYER_CHOICES, value="custom" if custom_default else default("layers"),
+                                             label="Where to train", elem_id="layers-in",
+                                             info="auto: the layers where the answers form, from a logit-lens pass "
+                                                  "over the facts; custom: your list. The other layers stay frozen.")
+                        n_default = layer_count(default("model"))
+                        layers_custom = gr.Textbox(default("layers") if custom_default else "",
+                                                   label="Layers to train", placeholder="e.g. 20-29 or 0,5,10",
+                                                   visible=custom_default,
+                                                   info=f"indices 0..{n_default - 1} for the default model"
+                                                   if n_default else "layer indices, from 0", elem_id="layers-custom")
+                    with gr.Row():
+                        orders_in = gr.Slider(1, 4, value=default("orders"), step=1, label="Data orders K",
+                                              info="1 = off. K > 1 trains K adapters, each on its own order of the "
+                                                   "facts, and merges them: about K times the training time",
+                                              elem_id="orders-in")
+                        merge_in = gr.Radio(["select", "average"], value=default("merge"),
+                                            label="Merge rule (when K > 1)", interactive=default("orders") > 1,
+                                            elem_id="merge-in",
+                                            info="select: each weight from one randomly chosen run; average: the mean")
+                    with gr.Row():
+                        rewordings_in = gr.Checkbox(default("rewordings"), label="Train rewordings too",
+                                                    elem_id="rewordings-in",
+                                                    info="each fact also in forms Beacon writes (subject first, a "
+                                                         "question, the chat template...), so it is learned as "
+                                                         "knowledge, not one string; about 6x the wordings per step")
+                        anchors_in = gr.CheckboxGroup(list(pipeline.GUARD_SOURCES), value=pipeline.guard_sources(
+                            default("guard_anchors")), label="What the guard protects", elem_id="anchors-in",
+                            info="neighbours: facts near yours that the base model knows, written by it; sampled: "
+                                 "the base model's own text; file: Beacon's hand-written anchors.txt")
+                    earlier_in = gr.Dropdown([NO_EARLIER], value="", label="Continue from an earlier run",
+                                             elem_id="earlier-in",
+                                             info="Trains these facts on top of one of your finished runs in this "
+                                                  "session (its adapter, layers and rank) and shows what its facts "
+                                                  "lose.")
+                with gr.Row():
+                    train_btn = gr.Button("Train", variant="primary", scale=3, elem_id="train-btn")
+                    stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False, elem_id="stop-btn")
+                train_status = gr.HTML("<div class='small-note'>Trains on the facts table with your review choices "
+                                       "(not checked yet? Train checks them first). Stop keeps what was learned.</div>",
+                                       elem_id="train-status")
+                with gr.Row():
+                    loss_plot = gr.LinePlot(None, x="step", y="value", color="series", label="Loss", show_label=True,
+                                            x_title="step", y_title="loss", color_title=" ", x_axis_format="d",
+                                            elem_id="loss-plot")
+                    recall_plot = gr.LinePlot(None, x="step", y="recall",
+                                              label="Recall during training (teacher-forced)", show_label=True,
+                                              x_title="step", y_title="facts recalled", y_lim=[0, 1],
+                                              x_axis_format="d", y_axis_format=".0%", elem_id="recall-plot")
+
+            with gr.Tab("4 · Results", id="results"):
+                summary_md = gr.Markdown("No run yet: train on tab 3.", elem_id="summary")
+                results_table = gr.Dataframe(pd.DataFrame(columns=RESULT_COLUMNS), interactive=False, wrap=True,
+                                             max_height=560, label="Fact by fact (green: recalled after training; "
+                                                                   "red: not; grey: not trained)",
+                                             elem_id="results-table",
+                                             column_widths=["70px", "25%", "12%", "15%", "70px", "70px", "20%",
+                                                            "120px"])
+                plots = gr.Gallery(label="Plots (click to enlarge)", columns=2, height="auto", elem_id="plots",
+                                   object_fit="contain", preview=False)
+                gr.Markdown("### Ask the model\nOne prompt, answered by the base model and by the tuned model.")
+                with gr.Row():
+                    ask_prompt = gr.Textbox(label="Prompt", scale=4, placeholder="The CEO of Zentrix Robotics is",
+                                            elem_id="ask-prompt")
+                    ask_btn = gr.Button("Ask", interactive=False, scale=1, variant="primary", elem_id="ask-btn")
+                with gr.Row():
+                    base_out = gr.Textbox(label="Base model", interactive=False, elem_id="ask-base")
+                    tuned_out = gr.Textbox(label="Tuned model (with the adapter)", interactive=False,
+                                           elem_id="ask-tuned")
+                files_out = gr.File(label="Downloads: adapter (peft folder, zip), plots (zip), report.json, the facts",
+                                    file_count="multiple", interactive=False, elem_id="downloads")
+
+        # ------------------------------------------------------------ events
+        # The components the generator handlers (check, train) update, by the names they yield.
+        named = dict(state=state, analysis_state=analysis_state, tabs=tabs, check_status=check_status,
+                     review_table=review_table, review_note=review_note, train_status=train_status,
+                     loss_plot=loss_plot, recall_plot=recall_plot, summary_md=summary_md,
+                     results_table=results_table, plots=plots, files_out=files_out, ask_prompt=ask_prompt,
+                     ask_btn=ask_btn, stop_btn=stop_btn, earlier_in=earlier_in)
+
+        for btn, label in zip(sample_btns, SAMPLES):
+            btn.click(lambda s, label=label: load_sample(label, s), [state], [facts_table, state, facts_note],
+                      api_name=f"load_sample_{SAMPLES[label][0].removesuffix('.csv')}", concurrency_limit=None)
+        file_in.upload(upload, [file_in, state], [facts_table, state, facts_note], api_name="upload",
+                       concurrency_limit=None)
+        facts_table.change(facts_changed, None, [analysis_state, review_table, review_note],
+                           api_visibility="private", concurrency_limit=None)
+        gr.on([model_in.change, quant_in.change], model_changed, [quant_in],
+              [device_md, analysis_state, review_table, review_note], api_visibility="private",
+              concurrency_limit=None)
+
+        # Check and Train share one slot: both hold a model and the CPU/GPU. The queue shows the position.
+        check_btn.click(_by_name(check, named), [state, facts_table, model_in, quant_in, filter_in, weighting_in],
+                        [named[n] for n in CHECK_OUTPUTS], api_name="check",
+                        concurrency_id="model", concurrency_limit=1, trigger_mode="once",
+                        show_progress_on=[check_status])
+        review_table.input(review_edit, [analysis_state, review_table, state, model_in, quant_in, filter_in,
+                                         weighting_in],
+                           [review_table, review_note, state], api_name="review_edit", concurrency_limit=None)
+        gr.on([filter_in.change, weighting_in.change], review_settings,
+              [analysis_state, state, model_in, quant_in, filter_in, weighting_in], [review_table, review_note],
+              api_visibility="private", concurrency_limit=None)
+        to_train_btn.click(lambda: gr.Tabs(selected="train"), None, tabs, api_visibility="private", queue=False)
+
+        layers_in.change(lambda c: gr.Textbox(visible=c == "custom"), layers_in, layers_custom,
+                         api_visibility="private", queue=False)
+        orders_in.change(lambda k: gr.Radio(interactive=int(k) > 1), orders_in, merge_in, api_visibility="private",
+                         queue=False)
+        train_btn.click(_by_name(train, named),
+                        [state, analysis_state, facts_table, model_in, quant_in, filter_in, weighting_in,
+                         steps_in, lr_in, rank_in, guard_in, layers_in, layers_custom, orders_in, merge_in,
+                         earlier_in, rewordings_in, anchors_in],
+                        [named[n] for n in TRAIN_OUTPUTS],
+                        api_name="train", concurrency_id="model", concurrency_limit=1, trigger_mode="once",
+                        show_progress_on=[train_status]
+                        ).then(lambda: gr.Button(interactive=False), None, stop_btn, api_visibility="private",
+                               queue=False)
+        stop_btn.click(stop_run, [state], [stop_btn], api_name="stop", queue=False)
+        gr.on([ask_btn.click, ask_prompt.submit], ask_model, [ask_prompt, state], [base_out, tuned_out],
+              api_name="ask")
+        demo.unload(on_unload)
+    return demo
