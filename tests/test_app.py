@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here starts the app server; most train
+
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"steps": 6, "categorize_samples": 2, "locality_guard": 0.0, "model_rewordings": 0}  # those have their own test
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"

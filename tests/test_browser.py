@@ -11,6 +11,8 @@ import pytest
 
 from test_app import SMALL, start_app, stop_app
 
+pytestmark = pytest.mark.slow  # starts the app server and a browser, and trains
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]

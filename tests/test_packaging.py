@@ -39,3 +39,10 @@ def test_beacon_command_runs_the_cli():
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "core"]
     r = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "inject" in r.stdout and "ablate" in r.stdout and "app" in r.stdout
+
+
+def test_every_package_of_the_app_is_packaged():
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name != "tests"}
+    assert {"core", "ui"} <= found and set(setup["packages"]) == found   # `beacon app` imports ui
+    assert setup["py-modules"] == ["app"]

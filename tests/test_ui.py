@@ -1,0 +1,412 @@
+"""The app's parts without a server: handlers called directly, rendering from hand-made values, the
+one-job-at-a-time lock. No model is loaded: where a handler would run core.pipeline, a stand-in does."""
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+import pytest
+
+from core import pipeline
+from core.facts import Fact
+from core.models import DEFAULT_MODEL
+from ui import handlers, jobs, render, settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def sess(tmp_path, monkeypatch):
+    monkeypatch.setattr(settings, "RUNS", tmp_path / "runs")
+    return handlers.new_session()
+
+
+def table(rows):
+    return pd.DataFrame([{**dict.fromkeys(render.FACT_COLUMNS, ""), **r} for r in rows], columns=render.FACT_COLUMNS)
+
+
+# ---------------------------------------------------------------- the entry point
+
+def test_import_app_builds_nothing_and_imports_nothing_heavy():
+    code = ("import sys, app; print(sorted(m for m in ('gradio', 'torch', 'transformers', 'ui', 'core') "
+            "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- 1 facts
+
+def test_load_sample_returns_the_facts_table_and_keeps_their_metadata(sess):
+    df, out, note = handlers.load_sample("Conflicts & duplicates (10)", sess)
+    assert list(df.columns) == render.FACT_COLUMNS and len(df) == 10
+    assert df.iloc[0]["id"] == "c01" and df.iloc[0]["prompt"] and df.iloc[0]["target"]
+    assert note.startswith("Loaded sample **conflicts.csv**") and out is sess and set(sess["meta"]) == set(df["id"])
+
+
+def test_upload_of_a_bad_file_names_the_line_and_keeps_the_file(sess, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,target\nThe CEO of Zentrix is,Marta\nThe capital of Sevrandia is,\n")
+    with pytest.raises(gr.Error) as err:
+        handlers.upload(str(bad), sess)
+    assert "bad.csv, line 3: missing target" in err.value.message
+    assert (settings.session_dir(sess) / "uploads" / "bad.csv").read_text() == bad.read_text()
+
+
+def test_upload_of_a_good_file_fills_the_table(sess, tmp_path):
+    good = tmp_path / "two.csv"
+    good.write_text("id,prompt,target,paraphrases\na,The CEO of Zentrix is,Marta,Zentrix's CEO is|Zentrix is led by\n"
+                    "b,The capital of Sevrandia is,Ostrel,\n")
+    df, _, note = handlers.upload(str(good), sess)
+    assert df["id"].tolist() == ["a", "b"] and df.iloc[0]["paraphrases"] == "Zentrix's CEO is | Zentrix is led by"
+    assert note == "Loaded **two.csv**: 2 facts." and sess["upload"].endswith("uploads/two.csv")
+
+
+def test_an_empty_table_is_refused_before_anything_runs(sess):
+    with pytest.raises(gr.Error) as err:
+        next(handlers.check(sess, table([]), "", "auto", True, "semantic"))
+    assert "no facts found" in err.value.message
+    assert jobs._MODEL_LOCK.acquire(blocking=False), "a refused check took the model slot"
+    jobs._MODEL_LOCK.release()
+
+
+# ---------------------------------------------------------------- settings
+
+def test_layers_spec_passes_good_specs_and_names_bad_ones():
+    assert settings.layers_spec("all", "5", DEFAULT_MODEL) == "all"
+    assert settings.layers_spec("auto", "", DEFAULT_MODEL) == "auto"
+    assert settings.layers_spec("custom", " 20-29 ", DEFAULT_MODEL) == "20-29"
+    with pytest.raises(gr.Error) as err:
+        settings.layers_spec("custom", "  ", DEFAULT_MODEL)
+    assert err.value.message.startswith("Where to train: type the layers")
+    with pytest.raises(gr.Error) as err:  # the default model has 30 layers
+        settings.layers_spec("custom", "25-40", DEFAULT_MODEL)
+    assert "Where to train" in err.value.message and "0..29" in err.value.message and "'25-40'" in err.value.message
+    with pytest.raises(gr.Error) as err:
+        settings.layers_spec("custom", "five", "")
+    assert "got 'five'" in err.value.message
+
+
+def test_make_config_routes_every_widget_to_its_setting():
+    sess = {**handlers.new_session(), "keep": ["c01"], "drop": ["c05"]}
+    cfg = settings.make_config(sess, "  some/model ", "none", 0, "uniform", steps=12.0, lr="0.01", rank="4",
+                               guard=0, layers="auto", orders=2.0, merge="average", continue_from="",
+                               rewordings=0, anchors=["file"])
+    got = {k: settings.value(cfg, k) for k in ("model", "quantization", "filter", "weighting", "steps", "lr", "rank",
+                                                "locality_guard", "layers", "orders", "merge", "continue_from",
+                                                "rewordings", "guard_anchors", "keep", "drop")}
+    assert got == {"model": "some/model", "quantization": "none", "filter": False, "weighting": "uniform",
+                   "steps": 12, "lr": 0.01, "rank": 4, "locality_guard": 0.0, "layers": "auto", "orders": 2,
+                   "merge": "average", "continue_from": None, "rewordings": False, "guard_anchors": "file",
+                   "keep": ["c01"], "drop": ["c05"]}
+    assert type(got["steps"]) is int and type(got["orders"]) is int
+    sess["keep"].append("c02")
+    assert settings.value(cfg, "keep") == ["c01"], "the config shares the session's list"
+
+    plain = settings.make_config(handlers.new_session(), "", "auto", True, "semantic")
+    for name in ("steps", "lr", "rank", "locality_guard", "layers", "orders", "guard_anchors", "rewordings"):
+        assert settings.value(plain, name) == settings.default(name), name
+    assert settings.value(plain, "model") == DEFAULT_MODEL
+
+
+def test_make_config_wants_something_for_the_guard_to_protect():
+    sess = handlers.new_session()
+    with pytest.raises(gr.Error) as err:
+        settings.make_config(sess, "", "auto", True, "semantic", guard=5, anchors=[])
+    assert "at least one thing for the guard to protect" in err.value.message
+    off = settings.make_config(sess, "", "auto", True, "semantic", guard=0, anchors=[])
+    assert settings.value(off, "guard_anchors") == settings.default("guard_anchors")
+
+
+def test_default_config_takes_the_env_overrides(monkeypatch):
+    monkeypatch.setenv("BEACON_CONFIG", json.dumps({"steps": 7, "locality_guard": 0.0}))
+    cfg = settings.default_config()
+    assert (settings.value(cfg, "steps"), settings.value(cfg, "locality_guard")) == (7, 0.0)
+    monkeypatch.setenv("BEACON_STEPS", "3")
+    assert settings.value(settings.default_config(), "steps") == 3
+
+
+# ---------------------------------------------------------------- rendering
+
+def fake_rows(analysis, cfg):
+    """What core.pipeline.review_rows returns, for three facts: one kept, one dropped by a check, one
+    kept only because the person ticked it."""
+    row = dict(category="new", semantic_distance=0.41234, weight=None, answer_before="Paris", recall_before=False)
+    return [{**row, "id": "c01", "prompt": "The CEO of A is", "target": "Ann", "kept": True, "reason": "",
+             "weight": 1.25},
+            {**row, "id": "c02", "prompt": "The CEO of A is", "target": "Bob", "kept": False,
+             "reason": "conflict: with c01"},
+            {**row, "id": "c03", "prompt": "2 + 2 is", "target": "4", "kept": "c03" in cfg.keep, "reason": "",
+             "category": "known", "answer_before": "4", "recall_before": True, "weight": 0.5}]
+
+
+def test_review_frame_shows_each_decision_and_counts_them(monkeypatch):
+    monkeypatch.setattr(pipeline, "review_rows", fake_rows)
+    cfg = settings.make_config({**handlers.new_session(), "keep": ["c03"]}, "", "auto", True, "semantic")
+    df, note = render.review_frame({"merged": {"c04": "c01"}}, cfg)
+    rows = {r["id"]: r for r in df.to_dict("records")}
+    assert list(df.columns) == render.REVIEW_COLUMNS
+    assert rows["c01"]["status"] == "✓ kept" and rows["c01"]["weight"] == "1.25" and rows["c01"]["distance"] == 0.412
+    assert rows["c02"]["status"] == "✗ conflict: with c01" and rows["c02"]["keep"] is False and rows["c02"]["weight"] == ""
+    assert rows["c03"]["status"] == "✓ kept by you" and rows["c03"]["answer before"] == "✓ 4"
+    assert note == ("**2 of 3 facts will be trained**, 1 dropped. Merged duplicates, not listed: c04 (same as c01).")
+
+
+def test_status_html_marks_done_current_and_coming_stages():
+    stages = render.CHECK_STAGES
+    out = render.status_html(stages, ["check"], "before", 0.5, "<b>measuring</b>", elapsed=95)
+    assert "✓ check" in out and "✓ load model" in out and "<b>▶ recall before</b>" in out
+    assert "○ known / update / new" in out and "○ semantic distance" in out
+    assert "width:50%" in out and "&lt;b&gt;measuring&lt;/b&gt; · 1 min 35 s" in out
+    done = render.status_html(stages, [], "done", 1, "ok")
+    assert "▶" not in done and done.count("✓") == len(stages)
+
+
+def report(**summary):
+    """A small report.json: two trained facts (one recalled after), one dropped; layers 20-29 of 30."""
+    s = dict(facts_in=4, facts_kept=2, dropped=1, recall_before=0.0, recall_after=0.5, paraphrase_before=0.0,
+             paraphrase_after=0.25, question_before=None, question_after=0.5, chat_before=0.0, chat_after=0.5,
+             locality_before=0.9, locality_after=0.7, locality_general_before=None, neutral_nll_ratio=1.042,
+             steps=12, stopped="budget", train_seconds=12.3, total_seconds=150, model=DEFAULT_MODEL, device="cpu",
+             quantization="none", peak_memory_mb=812.4)
+    facts = [{"id": "d", "prompt": "The CEO of D is", "target": "Dee", "kept": False, "reason": "duplicate",
+              "recall_before": False, "recall_after": False},
+             {"id": "a", "prompt": "The CEO of A is", "target": "Ann", "kept": True, "recall_before": False,
+              "recall_after": True, "answer_after": "Ann",
+              "paraphrases": [{"prompt": "A's CEO is", "recalled_after": True},
+                              {"prompt": "A is run by", "recalled_after": False}]},
+             {"id": "b", "prompt": "The capital of B is", "target": "Bo", "kept": True, "recall_before": False,
+              "recall_after": False, "answer_after": "Paris"}]
+    return {"summary": {**s, **summary}, "facts": facts, "config": {"model": DEFAULT_MODEL},
+            "chosen_layers": list(range(20, 30)), "layers": None,
+            "plots": ["plots/recall.png", "plots/drift.png", "plots/extra.png"],
+            "training": {"distance_trajectories": {"a": [0.5]}}}
+
+
+def test_results_view_summarises_the_report(tmp_path):
+    run_dir = tmp_path / "runs" / "s1" / "20250101-120000"
+    summary, styled, gallery = render.results_view(report(), run_dir, tmp_path, n_layers=30)
+    assert summary.startswith("### Recall 0% → 50% on 2 trained facts")
+    assert "| **Paraphrases** never trained on (generalisation) | 0% | 25% |" in summary
+    assert "| **Question** form (\"Question: … what?\") | – | 50% |" in summary
+    assert "| **Fluency**: NLL per token on neutral text, tuned / base | 1.00 | 1.042 |" in summary
+    assert "general knowledge" not in summary  # not measured in this report
+    assert "⚠️ The tuned model misses 20% of the unrelated probe facts" in summary
+    assert "- 12 steps (used the whole step budget); training 12 s, whole run 2 min 30 s" in summary
+    assert "peak memory 812 MB" in summary and "- 4 facts in, 2 trained, 1 dropped" in summary
+    assert "- run folder: `runs/s1/20250101-120000`" in summary
+    assert "- **Layers**: trained **20–29** (10 of 30), your list" in summary
+    assert "Stopped by you" not in summary
+
+    df = styled.data
+    assert df["id"].tolist() == ["a", "b", "d"]  # trained facts first
+    assert df.iloc[0]["paraphrases after"] == "1/2" and df.iloc[2]["trained"] == "no: duplicate"
+    colours = {i: dict(styled._compute().ctx[(i, 0)])["background-color"] for i in range(3)}
+    assert colours == {0: "#d3f0dc", 1: "#f9d6da", 2: "#f1f1f1"}  # recalled, missed, not trained
+
+    # one distance per fact: not tracked, so no drift plot; unknown plots keep their file name as caption
+    assert gallery == [(str(run_dir / "plots/recall.png"), render.PLOT_CAPTIONS["recall"]),
+                       (str(run_dir / "plots/extra.png"), "extra")]
+    assert render.ask_default(report()) == "A's CEO is"
+
+
+def test_a_stopped_run_says_so():
+    rep = report(stopped="cancelled", locality_after=0.88)
+    summary, _, _ = render.results_view(rep, Path("/elsewhere/run"), Path("/tmp"))
+    assert "**Stopped by you**: the adapter holds what was learned" in summary and "⚠️" not in summary
+    assert "- run folder: `/elsewhere/run`" in summary and "(10 of" not in summary  # no layer count given
+    assert render.done_message(rep) == ("Stopped by you after 12 steps: recall 0% → 50%, locality 90% → 88%. "
+                                        "Details on 4 · Results")
+
+
+def test_setup_md_lists_merged_orders_and_earlier_facts():
+    rep = {**report(), "chosen_layers": None,
+           "merge": {"orders": 2, "how": "select", "svd_rank": 16, "svd_relative_error": 0.0123,
+                     "runs": [{"run": 0, "steps": 5, "recall": 1.0, "early_recall": 1.0, "late_recall": 0.5},
+                              {"run": 1, "steps": 6, "recall": 0.5, "early_recall": 0.0, "late_recall": 1.0}],
+                     "merged": {"recall": 0.75, "by_run_order": [{"early_recall": 1.0, "late_recall": 0.5}]}},
+           "earlier_facts": {"from": "/runs/s/20250101-100000", "ids": ["x", "y"], "recall_before": 1.0,
+                             "recall_after": 0.5, "lost": ["y"]}}
+    text = "\n".join(render.setup_md(rep))
+    assert "#### 2 data orders, merged by *select*" in text
+    assert "| run 0 | 5 | 100% | 100% | 50% | 100% | 50% |" in text
+    assert "| run 1 | 6 | 50% | 0% | 100% | – | – |" in text  # no merged split for that order
+    assert "| **merged** | | **75%** |" in text and "rank 16 (relative error of that truncation: 1.2%)" in text
+    assert "#### Earlier facts (continued from run `20250101-100000`)" in text
+    assert "recall **100% → 50%**" in text and "Lost 1: `y`." in text and "overwrote some" in text
+
+
+def plotted(plot) -> pd.DataFrame:
+    return pd.DataFrame(plot.value["data"], columns=plot.value["columns"])
+
+
+def test_curves_start_at_two_steps_and_show_the_guard_only_when_on():
+    step = lambda i, guard: {"step": i, "loss": 1.0 / i + guard, "task": 1.0 / i, "recall": i / 10}
+    assert render.curves([step(1, 0)]) == (None, None)
+    loss, recall = render.curves([step(i, 0) for i in (1, 2, 3)])
+    assert loss.x_lim == [1, 10] and set(plotted(loss)["series"]) == {"facts"}
+    assert plotted(recall)["recall"].tolist() == [0.1, 0.2, 0.3] and plotted(recall)["step"].tolist() == [1, 2, 3]
+    loss, _ = render.curves([step(i, 0.5) for i in range(1, 13)])
+    assert loss.x_lim == [1, 12]
+    assert set(plotted(loss)["series"]) == {"total, with the locality guard", "facts only"}
+
+
+def test_span_and_train_stages():
+    assert render.span([22, 20, 21, 23]) == "20–23" and render.span([3, 7]) == "3, 7" and render.span([1, 2]) == "1, 2"
+    sess = handlers.new_session()
+    auto = settings.make_config(sess, "", "auto", True, "semantic", layers="auto", orders=3)
+    labels = [label for _, label in render.train_stages(auto)]
+    assert labels[labels.index("choose layers") + 1] == "interference" and "train 3 orders + merge" in labels
+    plain = [label for _, label in render.train_stages(settings.make_config(sess, "", "auto", True, "semantic"))]
+    assert plain == [label for _, label in render.STAGES]
+
+
+# ---------------------------------------------------------------- check and train, with core stood in for
+
+def test_check_waits_for_the_slot_then_streams_and_reviews(sess, monkeypatch):
+    seen = {}
+
+    def analyze(facts, probes, cfg, progress):
+        seen["ids"] = [f.id for f in facts]
+        progress({"stage": "load", "message": "loading the model"})
+        return {"merged": {}}
+
+    monkeypatch.setattr(pipeline, "analyze", analyze)
+    monkeypatch.setattr(pipeline, "review_rows", fake_rows)
+    facts = table([{"id": "c01", "prompt": "The CEO of A is", "target": "Ann"},
+                   {"id": "c02", "prompt": "The CEO of B is", "target": "Bob"}])
+    assert jobs._MODEL_LOCK.acquire(timeout=5)  # another visitor's job
+    gen = handlers.check(sess, facts, "", "auto", True, "semantic")
+    try:
+        first = next(gen)
+    finally:
+        jobs._MODEL_LOCK.release()
+    assert set(first) == {"check_status"} and "waiting for another visitor" in first["check_status"]
+    updates = list(gen)
+    assert all(set(u) <= set(handlers.CHECK_OUTPUTS) for u in updates)
+    last = updates[-1]
+    assert seen["ids"] == ["c01", "c02"] and last["analysis_state"] == {"merged": {}}
+    assert "**1 of 3 facts will be trained**" in last["review_note"] and len(last["review_table"]) == 3  # keep reset
+    assert "Checked 2 facts: see 2 · Review" in last["check_status"] and last["state"] is sess
+    assert jobs._MODEL_LOCK.acquire(timeout=5), "the check kept the model slot"
+    jobs._MODEL_LOCK.release()
+
+
+def test_train_writes_the_run_folder_first_streams_steps_and_shows_the_results(sess, monkeypatch):
+    def run(facts, probes, cfg, out_dir, progress, analysis, should_stop):
+        assert (out_dir / "facts.json").exists() and (out_dir / "config.json").exists()  # saved before the run
+        progress({"stage": "load", "message": "loading"})
+        for i in (1, 2, 3):
+            progress({"stage": "train", "message": f"step {i}", "step": i, "loss": 1.0 / i, "task": 1.0 / i,
+                      "recall": i / 3})
+        time.sleep(0.7)  # the handler shows what has come every 0.5 s: this batch ends in training
+        progress({"stage": "after", "message": "measuring"})
+        rep = {**report(), "config": {"model": settings.value(cfg, "model"), "steps": settings.value(cfg, "steps")}}
+        (out_dir / "adapter").mkdir()
+        (out_dir / "adapter" / "adapter_config.json").write_text("{}")
+        (out_dir / "report.json").write_text(json.dumps(rep))
+        return {**rep, "_model": object()}
+
+    monkeypatch.setattr(pipeline, "run", run)
+    facts = table([{"id": "a", "prompt": "The CEO of A is", "target": "Ann"}])
+    updates = list(handlers.train(sess, None, facts, "", "auto", True, "semantic", 9, 0.002, 8, 0.0, "all", "",
+                                  1, "select", "", True, ["neighbours"]))
+    assert all(set(u) <= set(handlers.TRAIN_OUTPUTS) for u in updates)
+    statuses = " ".join(u.get("train_status", "") for u in updates)
+    assert "<b>▶ train</b>" in statuses and "step 3" in statuses
+    last = updates[-1]
+    assert "Recall 0% → 50% on 2 trained facts" in last["summary_md"] and "Done, 12 steps" in last["train_status"]
+    assert last["ask_prompt"] == "A's CEO is" and plotted(last["loss_plot"])["step"].tolist() == [1, 2, 3]
+    assert {Path(f).name for f in last["files_out"]} == {"adapter.zip", "report.json", "facts.json"}
+    assert "_model" not in sess["report"] and json.loads(Path(sess["run_dir"], "config.json").read_text())["steps"] == 9
+    assert [v for _, v in last["earlier_in"].choices] == ["", Path(sess["run_dir"]).name]
+    assert jobs.ACTIVE == {} and jobs._MODEL_LOCK.acquire(timeout=5)
+    jobs._MODEL_LOCK.release()
+
+
+def test_stop_sets_the_flag_and_writes_the_stop_file(sess, tmp_path):
+    assert handlers.stop_run(sess) == gr.skip()  # nothing running
+    sess.update(stop=threading.Event(), run_dir=str(tmp_path))
+    handlers.stop_run(sess)
+    assert sess["stop"].is_set() and (tmp_path / "STOP").exists()
+
+
+# ---------------------------------------------------------------- one model job at a time
+
+def drain(gen):
+    return [event for batch in gen for event in batch]
+
+
+def test_stream_delivers_progress_in_order_then_the_result_and_frees_the_slot():
+    assert jobs._MODEL_LOCK.acquire(timeout=5)  # as wait_for_slot leaves it
+
+    def target(progress):
+        for i in range(5):
+            progress({"i": i})
+        return "result"
+
+    events = drain(jobs.stream(target, "test-ok"))
+    assert events == [("progress", {"i": i}) for i in range(5)] + [("done", "result")]
+    assert jobs._MODEL_LOCK.acquire(timeout=5), "stream kept the lock after a job that succeeded"
+    jobs._MODEL_LOCK.release()
+
+
+def test_stream_reports_an_exception_and_frees_the_slot():
+    assert jobs._MODEL_LOCK.acquire(timeout=5)
+    boom = RuntimeError("boom")
+
+    def target(progress):
+        progress({"i": 0})
+        raise boom
+
+    events = drain(jobs.stream(target, "test-error"))
+    assert events == [("progress", {"i": 0}), ("error", boom)]
+    assert jobs._MODEL_LOCK.acquire(timeout=5), "stream kept the lock after a job that failed"
+    jobs._MODEL_LOCK.release()
+
+
+def test_wait_for_slot_yields_while_held_and_gives_up_when_stopped():
+    free = list(jobs.wait_for_slot())
+    assert free == [] and jobs._MODEL_LOCK.locked()  # a free slot: taken at once, no waiting
+    stop = threading.Event()
+    gen = jobs.wait_for_slot(stop)
+    t0 = time.perf_counter()
+    assert next(gen) is None and time.perf_counter() - t0 >= 0.4  # held: it waits, then yields
+    stop.set()
+    assert list(gen) == []
+    assert jobs._MODEL_LOCK.locked(), "a stopped wait must not release someone else's lock"
+    jobs._MODEL_LOCK.release()
+
+
+def test_two_jobs_never_overlap():
+    running, peak, ran, guard = [0], [0], [], threading.Lock()
+
+    def target(name):
+        def work(progress):
+            with guard:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.3)
+            with guard:
+                running[0] -= 1
+            ran.append(name)
+            return name
+        return work
+
+    def visitor(name):
+        for _ in jobs.wait_for_slot():
+            pass
+        drain(jobs.stream(target(name), name))
+
+    threads = [threading.Thread(target=visitor, args=(f"job{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(ran) == ["job0", "job1", "job2"] and peak[0] == 1
+    assert jobs._MODEL_LOCK.acquire(timeout=5)
+    jobs._MODEL_LOCK.release()
