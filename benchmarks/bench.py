@@ -46,7 +46,7 @@ def main():
     ap.add_argument("--max-steps", type=int, default=300)
     ap.add_argument("--skip-cold", action="store_true")
     a = ap.parse_args()
-    d = InjectConfig()
+    d = InjectConfig().train
 
     if not a.skip_cold and a.model == DEFAULT_MODEL:
         with tempfile.TemporaryDirectory() as tmp:
@@ -75,7 +75,7 @@ def main():
     anchors = default_anchors()
     for n in [int(x) for x in a.sizes.split(",")]:
         model, tok, info = load_model(a.model, a.quantization)
-        cfg = InjectConfig(steps=a.max_steps).train_config()
+        cfg = InjectConfig().updated(steps=a.max_steps).train
         model = attach_lora(model, cfg, "nf4" in info.quantization)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

@@ -5,7 +5,6 @@ Written as ablation.md (the table for the README) and ablation.json (every run).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -46,9 +45,8 @@ PCT = {"recall_after", "paraphrase_after", "question_after", "chat_after", "loca
 
 
 def _variant_config(base: InjectConfig, overrides: dict, seed: int) -> InjectConfig:
-    o = {k: (getattr(base, k) if v is None else v) for k, v in overrides.items()}
-    return dataclasses.replace(base, **o, seed=seed, early_stop=True, interference=False, plots=False,
-                               categorize_samples=0)
+    o = {k: (base.value(k) if v is None else v) for k, v in overrides.items()}
+    return base.updated(**o, seed=seed, early_stop=True, interference=False, plots=False, categorize_samples=0)
 
 
 def _stat(xs):
@@ -66,16 +64,16 @@ def ablate(facts, probes, base: InjectConfig, seeds=(0, 1, 2), out_dir="runs/abl
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
-    analysis = analyze(facts, probes, dataclasses.replace(base, categorize_samples=0))
-    analysis.pop("_bundle")  # every run starts from a freshly loaded base model
+    # Measured once; every run then loads a fresh base model (training adds an adapter in place).
+    analysis = analyze(facts, probes, base.updated(categorize_samples=0))
     runs = []
     for name in names:
         for seed in seeds:
             cfg = _variant_config(base, VARIANTS[name], seed)
             rep = run(facts, probes, cfg, analysis=analysis)
-            s = rep["summary"]
-            clean = {k: v for k, v in rep.items() if not k.startswith("_")}
-            (out / f"{name.replace(' ', '_').replace(':', '').replace('/', '')}-seed{seed}.json").write_text(json.dumps(clean))
+            s = rep.summary
+            (out / f"{name.replace(' ', '_').replace(':', '').replace('/', '')}-seed{seed}.json").write_text(
+                json.dumps(rep.to_dict()))
             runs.append({"variant": name, "seed": seed, **{k: s.get(k) for k in METRICS}, "stopped": s["stopped"],
                          **{k: v for k, v in s.items() if k.startswith("locality_") and k.endswith("_after")},
                          "locality_before": s["locality_before"], "facts_kept": s["facts_kept"]})
@@ -84,7 +82,7 @@ def ablate(facts, probes, base: InjectConfig, seeds=(0, 1, 2), out_dir="runs/abl
             (out / "ablation.json").write_text(json.dumps({"runs": runs}, indent=1))
     extra = sorted({k for r in runs for k in r if k.startswith("locality_") and k.endswith("_after")} - set(METRICS))
     table = summarize(runs, names, METRICS + tuple(extra))
-    md = to_markdown(table, len(seeds), base.steps, len(facts))
+    md = to_markdown(table, len(seeds), base.train.steps, len(facts))
     (out / "ablation.md").write_text(md)
     (out / "ablation.json").write_text(json.dumps({"runs": runs, "table": table, "config": base.to_dict()}, indent=1))
     if progress:

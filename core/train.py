@@ -18,33 +18,13 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 
+from .config import TrainConfig
 from .evaluate import collate, encode_pair, forward_targets, target_stats
 from .guard import anchor_targets, guard_loss, guard_picks
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 80                 # step budget (upper bound; early stop usually ends sooner)
-    lr: float = 2e-3
-    rank: int = 8
-    alpha: int = 16
-    batch_size: int = 32
-    seed: int = 0
-    target_modules: str | list[str] = "all-linear"
-    layers: list[int] | None = None     # train only these decoder layers (None = all)
-    locality_guard: float = 10.0        # weight of the KL term on anchor text
-    guard_batch: int = 8
-    guard_near: float = 0.5             # share of each guard batch drawn from the anchors nearest the facts
-    early_stop: bool = True
-    settle_steps: int = 0               # steps after every fact is recalled (measured: does not help)
-    weighting: str = "static"           # static: the given weights; dynamic: from each step's distances
-
-    def to_dict(self):
-        return asdict(self)
 
 
 @dataclass
@@ -68,22 +48,36 @@ def linear_names(model) -> list[str]:
     return sorted(names)
 
 
-def attach_lora(model, cfg: TrainConfig, quantized: bool):
-    """Wrap the frozen model in a fresh LoRA adapter (peft)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+def lora_config(model, cfg: TrainConfig, layers: list[int] | None = None, rank: int | None = None):
+    """peft's LoraConfig for `cfg` on these decoder layers (None = all); rank overrides cfg.rank and
+    keeps alpha / rank, the update's scale."""
+    from peft import LoraConfig
+
+    targets = cfg.target_modules
+    if targets == "all-linear" and layers is not None:
+        targets = linear_names(model)  # peft accepts layers_to_transform only with explicit names
+    r = rank or cfg.rank
+    return LoraConfig(r=r, lora_alpha=cfg.alpha * r // cfg.rank, lora_dropout=0.0, bias="none",
+                      target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
+
+
+def attach_lora(model, cfg: TrainConfig, quantized: bool, layers: list[int] | None = None):
+    """Wrap the frozen model in a fresh LoRA adapter (peft), on these decoder layers (None = all)."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
         # Casts norms to fp32 and makes inputs require grad, as QLoRA needs; no checkpointing
         # because these models are small and it would double the step time.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    targets = cfg.target_modules
-    if targets == "all-linear" and cfg.layers is not None:
-        targets = linear_names(model)  # peft accepts layers_to_transform only with explicit names
-    lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, bias="none",
-                      target_modules=targets, layers_to_transform=cfg.layers,
-                      task_type="CAUSAL_LM")
+    lcfg = lora_config(model, cfg, layers)
     torch.manual_seed(cfg.seed)  # LoRA's A matrices are drawn here: the seed must cover them
     return get_peft_model(model, lcfg)
+
+
+def add_lora(model, name: str, cfg: TrainConfig, layers: list[int] | None = None, rank: int | None = None):
+    """One more adapter `name` beside the model's others (a PeftModel), drawn from cfg.seed."""
+    torch.manual_seed(cfg.seed)
+    model.add_adapter(name, lora_config(model, cfg, layers, rank))
 
 
 def _batches(n: int, batch_size: int, rng: random.Random, order: list[int] | None, lengths=None):
@@ -255,5 +249,15 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
 
 
 def save_adapter(model, out_dir) -> None:
-    """peft folder with adapter_model.safetensors: PeftModel.from_pretrained loads it."""
-    model.save_pretrained(str(out_dir), safe_serialization=True)
+    """peft folder with adapter_model.safetensors for the active adapter: PeftModel.from_pretrained
+    loads it. peft writes an adapter not named "default" into a subfolder of that name (merged data
+    orders are "merged"): its files are moved up, so every run's adapter/ looks the same."""
+    import shutil
+    from pathlib import Path
+
+    name, out = model.active_adapter, Path(out_dir)
+    model.save_pretrained(str(out), safe_serialization=True, selected_adapters=[name])
+    if name != "default":
+        for f in (out / name).iterdir():
+            f.replace(out / f.name)
+        shutil.rmtree(out / name)

@@ -89,6 +89,7 @@ def test_neutral_nll_is_the_mean_token_cross_entropy(tiny_dir):
     assert len(neutral_text().split()) >= 300
 
 
+@pytest.mark.slow
 def test_neighbour_anchors_keep_the_relation_and_change_the_subject():
     """Built by the base model: the fact's prompt with another subject, answered by its greedy completion."""
     from core.evaluate import generate
@@ -150,6 +151,7 @@ def test_sampled_anchors_are_the_base_models_own_text(tiny_dir):
         guard_sources("nieghbours")
 
 
+@pytest.mark.slow
 def test_model_rewordings_name_the_subject_stop_before_the_target_and_drop_what_is_avoided():
     from core.rewordings import model_rewordings
 

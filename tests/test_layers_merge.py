@@ -7,10 +7,10 @@ import torch
 from core.config import InjectConfig
 from core.facts import Fact
 from core.layers import parse_layers, select_layers
-from core.merge import load_deltas_as_lora, lora_deltas, merge_deltas
+from core.merge import MERGED, load_deltas_as_lora, lora_deltas, select_deltas
 from core.models import load_model
 from core.pipeline import run
-from core.train import TrainConfig, attach_lora, train
+from core.train import TrainConfig, add_lora, attach_lora, train
 
 FACTS = [Fact(f"n{i}", f"The code name of project {w} is", t) for i, (w, t) in
          enumerate([("Alder", "Brisk Owl"), ("Birch", "Quiet Fox"), ("Cedar", "Amber Hawk"), ("Dogwood", "Silver Eel"),
@@ -23,7 +23,13 @@ def test_layer_selection_curves_and_choice(tiny_dir):
     n = model.config.num_hidden_layers
     assert len(info["observed"]) == len(info["ideal"]) == len(info["gain"]) == n
     assert info["ideal"][-1] == 0 and info["chosen"] == list(range(info["split"], n)) and info["chosen"]
-    assert all(g >= 0 for g in info["gain"])
+    # gain of layer l = the rise of the deviation from the ideal line there; the chosen top layers are
+    # the fewest that hold 80% of it (4-decimal rounding in the record: compare with a tolerance)
+    dev, gain = info["deviation"], info["gain"]
+    assert gain == pytest.approx([0.0] + [max(0.0, b - a) for a, b in zip(dev, dev[1:])], abs=2e-4)
+    held = lambda k: sum(gain[k:])
+    assert held(info["split"]) >= 0.8 * sum(gain) - 1e-3
+    assert info["split"] == n - 1 or held(info["split"] + 1) < 0.8 * sum(gain) + 1e-3
 
 
 def test_parse_layers():
@@ -35,51 +41,67 @@ def test_parse_layers():
 
 def test_training_only_chosen_layers_leaves_the_others_untouched(tiny_dir):
     model, tok, _ = load_model(tiny_dir)
-    cfg = TrainConfig(steps=3, lr=1e-2, layers=[2, 3], early_stop=False)
-    model = attach_lora(model, cfg, quantized=False)
+    cfg = TrainConfig(steps=3, lr=1e-2, early_stop=False)
+    model = attach_lora(model, cfg, quantized=False, layers=[2, 3])
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and all(".layers.2." in n or ".layers.3." in n for n in names)
 
 
-def _trained_deltas(tiny_dir, seed):
+def _two_trained_adapters(tiny_dir):
+    """One model with two adapters, "default" and "order1", trained with different seeds."""
     model, tok, _ = load_model(tiny_dir)
-    cfg = TrainConfig(steps=4, lr=1e-2, seed=seed, early_stop=False)
-    model = attach_lora(model, cfg, quantized=False)
-    train(model, tok, FACTS, cfg=cfg)
-    return lora_deltas(model), tok
+    model = attach_lora(model, TrainConfig(), quantized=False)
+    for seed, name in ((0, "default"), (1, "order1")):
+        cfg = TrainConfig(steps=4, lr=1e-2, seed=seed, early_stop=False)
+        if name != "default":
+            add_lora(model, name, cfg)
+        model.set_adapter(name)
+        train(model, tok, FACTS, cfg=cfg)
+    return model
 
 
 def test_merge_on_weight_deltas(tiny_dir):
-    (d0, _), (d1, _) = _trained_deltas(tiny_dir, 0), _trained_deltas(tiny_dir, 1)
+    model = _two_trained_adapters(tiny_dir)
+    d0, d1 = lora_deltas(model, "default"), lora_deltas(model, "order1")
     name = next(iter(d0))
-    avg = merge_deltas([d0, d1], "average")[name]
-    assert torch.allclose(avg, (d0[name] + d1[name]) / 2)
-    sel = merge_deltas([d0, d1], "select", seed=3)[name]
+    assert not torch.allclose(d0[name], d1[name])        # trained apart: the merge has something to do
+    sel = select_deltas([d0, d1], seed=3)[name]
     from_0, from_1 = sel == d0[name], sel == d1[name]
     assert bool((from_0 | from_1).all()) and 0.3 < from_0.float().mean() < 0.7  # each element from one run
-    # The average of two rank-r deltas is rank 2r: written back exactly into a rank-2r adapter.
-    model, _, _ = load_model(tiny_dir)
-    model = attach_lora(model, TrainConfig(rank=16, alpha=32), quantized=False)
-    assert load_deltas_as_lora(model, merge_deltas([d0, d1], "average")) < 1e-3
-    assert torch.allclose(lora_deltas(model)[name], avg, atol=1e-5)
+    # peft's concatenation is the exact mean of the two deltas, at rank 2r.
+    model.add_weighted_adapter(["default", "order1"], [0.5, 0.5], "avg", combination_type="cat")
+    assert torch.allclose(lora_deltas(model, "avg")[name], (d0[name] + d1[name]) / 2, atol=1e-6)
+    # The selection is full rank; written back into a rank-2r adapter by SVD, with the error reported.
+    add_lora(model, MERGED, TrainConfig(), rank=16)
+    err = load_deltas_as_lora(model, select_deltas([d0, d1], seed=3), MERGED)
+    got = lora_deltas(model, MERGED)[name]
+    assert 0 < err < 1 and float((got - sel).norm() / sel.norm()) < 1
+    exact = {k: (d0[k] + d1[k]) / 2 for k in d0}          # a rank-2r matrix fits exactly
+    assert load_deltas_as_lora(model, exact, MERGED) < 1e-3
 
 
+@pytest.mark.slow
 def test_orders_merge_and_sequential_injection_through_the_pipeline(tiny_dir, tmp_path):
-    bundle = lambda: load_model(tiny_dir)
-    cfg = InjectConfig(model=tiny_dir, steps=30, lr=1e-2, orders=2, merge="select", interference=False,
-                       plots=False, categorize_samples=0, filter=False)
-    rep = run(FACTS[:4], FACTS[4:5], cfg, out_dir=tmp_path / "a", model_bundle=bundle())
-    m = rep["merge"]
-    assert m["orders"] == 2 and len(m["runs"]) == 2
-    assert all({"early_recall", "late_recall", "order"} <= set(r) for r in m["runs"])
-    assert len(m["merged"]["by_run_order"]) == 2 and rep["summary"]["orders"] == 2
-    assert (tmp_path / "a" / "adapter" / "adapter_model.safetensors").exists()
+    cfg = InjectConfig().updated(model=tiny_dir, steps=30, lr=1e-2, orders=2, merge="select", interference=False,
+                                 plots=False, categorize_samples=0, filter=False)
+    rep = run(FACTS[:4], FACTS[4:5], cfg, out_dir=tmp_path / "a", model=load_model(tiny_dir))
+    m = rep.merge
+    assert m["orders"] == 2 and len(m["runs"]) == 2 and rep.summary["orders"] == 2
+    assert all(sorted(r["order"]) == sorted(f.id for f in FACTS[:4]) for r in m["runs"])
+    assert m["runs"][0]["order"] != m["runs"][1]["order"]          # two different data orders
+    assert len(m["merged"]["by_run_order"]) == 2
+    # Both orders were adapters on one model; only the merged one (rank 2r) is saved, at the folder's top.
+    saved = json.loads((tmp_path / "a" / "adapter" / "adapter_config.json").read_text())
+    assert saved["r"] == 16 and (tmp_path / "a" / "adapter" / "adapter_model.safetensors").exists()
+    assert not any(p.is_dir() for p in (tmp_path / "a" / "adapter").iterdir())
     # Second step: two new facts on top of the first adapter; the report says what the first four lost.
-    cfg2 = InjectConfig(model=tiny_dir, steps=10, lr=1e-2, interference=False, plots=False, categorize_samples=0,
-                        filter=False, continue_from=str(tmp_path / "a"))
-    rep2 = run(FACTS[4:], FACTS[:1], cfg2, out_dir=tmp_path / "b", model_bundle=bundle())
-    e = rep2["earlier_facts"]
-    assert e["ids"] == [f.id for f in FACTS[:4]] and 0 <= e["recall_after"] <= 1
+    cfg2 = cfg.updated(steps=10, orders=1, continue_from=str(tmp_path / "a"))
+    rep2 = run(FACTS[4:], FACTS[:1], cfg2, out_dir=tmp_path / "b", model=load_model(tiny_dir))
+    e = rep2.earlier_facts
+    assert e["ids"] == [f.id for f in FACTS[:4]]
+    # The saved merged adapter, reloaded, recalls what the first run measured after training.
+    assert e["recall_before"] == rep.summary["recall_after"]
+    assert set(e["lost"]) <= set(e["ids"]) and e["recall_after"] >= e["recall_before"] - len(e["lost"]) / 4 - 1e-9
     assert json.loads((tmp_path / "b" / "report.json").read_text())["earlier_facts"]["from"].endswith("a")
 
 

@@ -42,6 +42,7 @@ def test_unknown_model_is_a_clear_error(tmp_path):
         load_model(str(tmp_path))  # a folder with no model in it
 
 
+@pytest.mark.slow
 def test_qlora_trains_on_the_four_bit_model(tiny_dir):
     """The QLoRA path end to end on CPU: NF4 base, LoRA on top, the loss goes down."""
     from core.facts import Fact

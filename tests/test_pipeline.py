@@ -1,4 +1,5 @@
 """End to end on the embedded default model: the CLI, report.json and the adapter."""
+import pytest
 import json
 import subprocess
 import sys
@@ -14,6 +15,7 @@ def _cli(*args, timeout=600):
                           timeout=timeout, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
 
 
+@pytest.mark.slow
 def test_inject_cli_learns_facts_and_writes_report_and_adapter(tmp_path):
     facts = tmp_path / "facts.csv"
     lines = (ASSETS / "invented.csv").read_text().splitlines()
@@ -56,12 +58,13 @@ def test_conflicts_are_dropped_with_reasons_and_keep_overrides(tiny_dir):
     from core.models import load_model
 
     facts = load_facts(ASSETS / "conflicts.csv")
-    cfg = InjectConfig(model=tiny_dir, steps=2, interference=False, plots=False, categorize_samples=0, keep=["c02"])
-    rep = run(facts, load_facts(ASSETS / "probes.csv")[:3], cfg, model_bundle=load_model(tiny_dir))
-    by = {f["id"]: f for f in rep["facts"]}
-    assert len(rep["facts"]) == len(facts)
+    cfg = InjectConfig().updated(model=tiny_dir, steps=2, interference=False, plots=False, categorize_samples=0,
+                                 keep=["c02"])
+    rep = run(facts, load_facts(ASSETS / "probes.csv")[:3], cfg, model=load_model(tiny_dir))
+    by = {f["id"]: f for f in rep.facts}
+    assert len(rep.facts) == len(facts)
     assert by["c01"]["reason"].startswith("conflict: with c02") and not by["c01"]["kept"]
     assert by["c02"]["kept"] and by["c02"]["reason"] is None        # kept by hand
     assert "conflict" in by["c03"]["reason"] and "conflict" in by["c04"]["reason"]
     assert by["c08"]["reason"] == "merged: duplicate of c07" and by["c07"]["kept"]
-    assert rep["summary"]["conflicts"] == 3 and rep["summary"]["duplicates_merged"] == 1
+    assert rep.summary["conflicts"] == 3 and rep.summary["duplicates_merged"] == 1

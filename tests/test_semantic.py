@@ -100,5 +100,7 @@ def test_guard_batches_take_their_share_from_the_near_anchors():
     for _ in range(20):
         picks = _guard_picks(rng, 50, near, 8, 0.5)
         assert len(picks) == len(set(picks)) == 8 and sum(p in near for p in picks) >= 4
-    assert sum(p in near for p in _guard_picks(rng, 50, near, 8, 0.0)) <= 4  # share 0: uniform over all
+    # share 0: uniform over all 50, so about 8 * 4/50 = 0.64 near anchors a batch, not the 4 of share 0.5
+    uniform = [sum(p in near for p in _guard_picks(rng, 50, near, 8, 0.0)) for _ in range(200)]
+    assert 0.3 < sum(uniform) / len(uniform) < 1.1
     assert sorted(_guard_picks(rng, 5, near, 8, 0.5)) == [0, 1, 2, 3, 4]

@@ -1,0 +1,131 @@
+"""The report of a run: every fact before and after, the probes, and the summary numbers.
+
+Recall, paraphrase, question and chat are fractions of the kept facts; locality is the fraction of
+each probe set still answered; the first probe set is `locality_*`, every other set has keys of its
+own (`locality_general_after`, ...).
+"""
+from __future__ import annotations
+
+from .models import peak_memory_mb
+from .records import Report
+from .rewordings import held_out_paraphrases
+
+
+def _frac(xs):
+    xs = list(xs)
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def _para_records(before, after, prompts):
+    return [{"prompt": p, "recalled_before": b["recalled"], "recalled_after": a["recalled"],
+             "answer_before": b["answer"], "answer_after": a["answer"]}
+            for p, b, a in zip(prompts, before, after)]
+
+
+def _form_records(before, after, i) -> dict:
+    """The question and chat forms of fact i, before and after (None where not measured)."""
+    out = {}
+    for form in ("question", "chat"):
+        b = before[form][i] if before[form] else None
+        a = after[form][i] if after[form] else None
+        out[f"{form}_before"] = b and b["recalled"]
+        out[f"{form}_after"] = a and a["recalled"]
+        out[f"{form}_answer_after"] = a and a["answer"]
+    return out
+
+
+def fact_records(analysis, kept_facts, reasons, weights, after, dist_after, own_paraphrases) -> list[dict]:
+    """One record per input fact, merged duplicates included (as a copy of the fact they merged into)."""
+    before, dist, cats = analysis.before, analysis.distances, analysis.categories
+    kept_ids = {f.id for f in kept_facts}
+    wmap = {f.id: w for f, w in zip(kept_facts, weights)}
+    by_id = {}
+    for i, f in enumerate(analysis.unique):
+        b, a = before["facts"][i], after["facts"][i]
+        by_id[f.id] = {
+            "id": f.id, "prompt": f.prompt, "target": f.target, "subject": f.subject, "relation": f.relation,
+            "kept": f.id in kept_ids, "reason": reasons.get(f.id), **cats[i],
+            "semantic_distance": dist[i], "distance_after": dist_after[i],
+            "drift": round(dist_after[i] - dist[i], 4), "weight": wmap.get(f.id),
+            "recall_before": b["recalled"], "recall_after": a["recalled"],
+            "answer_before": b["answer"], "answer_after": a["answer"],
+            "logprob_before": b["logprob"], "logprob_after": a["logprob"],
+            "rank_before": b["rank"], "rank_after": a["rank"],
+            "paraphrases": _para_records(before["paraphrases"][i], after["paraphrases"][i],
+                                         held_out_paraphrases(f, own_paraphrases)),
+            **_form_records(before, after, i),
+            "meta": f.meta}
+    merged = analysis.merged
+    return [{**by_id[merged[f.id]], "id": f.id, "prompt": f.prompt, "target": f.target, "kept": False,
+             "reason": f"merged: duplicate of {merged[f.id]}"} if f.id in merged else by_id[f.id]
+            for f in analysis.facts]
+
+
+def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, written, layers) -> dict:
+    before = analysis.before
+    paras_b = [p["recalled_before"] for r in kept_recs for p in r["paraphrases"]]
+    paras_a = [p["recalled_after"] for r in kept_recs for p in r["paraphrases"]]
+    forms = {f"{form}_{when}": _frac(r[f"{form}_{when}"] for r in kept_recs if r[f"{form}_{when}"] is not None)
+             for form in ("question", "chat") for when in ("before", "after")}
+    loc_b, loc_a = before["summary"]["locality"], after["summary"]["locality"]
+    nll_b, nll_a = before["summary"]["neutral_nll"], after["summary"]["neutral_nll"]
+    t = cfg.train
+    return {
+        "facts_in": len(analysis.facts), "facts_kept": len(kept_recs), "duplicates_merged": len(analysis.merged),
+        "conflicts": len(analysis.conflicts), "dropped": dropped,
+        "recall_before": _frac(r["recall_before"] for r in kept_recs),
+        "recall_after": _frac(r["recall_after"] for r in kept_recs),
+        "paraphrase_before": _frac(paras_b), "paraphrase_after": _frac(paras_a), **forms,
+        "locality_before": next(iter(loc_b.values()), None), "locality_after": next(iter(loc_a.values()), None),
+        **{f"locality_{k}_{w}": v[k] for w, v in (("before", loc_b), ("after", loc_a)) for k in list(loc_b)[1:]},
+        "probe_sets": {k: len(v) for k, v in analysis.probes.items()},
+        "neutral_nll_before": nll_b, "neutral_nll_after": nll_a,
+        "neutral_nll_ratio": round(nll_a / nll_b, 4) if nll_a and nll_b else None,
+        "training_wordings": sum(map(len, prompts)), "rewordings": cfg.rewordings,
+        "model_rewordings": sum(map(len, written["prompts"])),
+        "model_rewordings_left_out": written["left_out"],
+        "guard_anchors": cfg.guard_anchors if t.locality_guard > 0 else None,
+        "steps": result.steps, "stopped": result.stopped, "train_seconds": result.seconds,
+        "seconds_per_step": round(result.seconds / max(result.steps, 1), 3),
+        "device": info.device, "quantization": info.quantization, "model": info.model,
+        "model_source": info.source, "peak_memory_mb": peak_memory_mb(info.device),
+        "weighting": t.weighting, "filter": cfg.filter, "locality_guard": t.locality_guard,
+        "layers": layers or "all", "orders": cfg.orders, "merge": cfg.merge if cfg.orders > 1 else None,
+    }
+
+
+def _probe_records(probes, before, after) -> list[dict]:
+    return [{"id": p.id, "set": name, "prompt": p.prompt, "target": p.target,
+             "recalled_before": b["recalled"], "recalled_after": a["recalled"],
+             "answer_before": b["answer"], "answer_after": a["answer"]}
+            for name, ps in probes.items()
+            for p, b, a in zip(ps, before["probes"][name], after["probes"][name])]
+
+
+def _earlier_record(cfg, earlier) -> dict:
+    before, after = earlier["before"], earlier["after"]
+    return {"from": str(cfg.continue_from), "ids": [f.id for f in earlier["facts"]],
+            "recall_before": _frac(r["recalled"] for r in before), "recall_after": _frac(r["recalled"] for r in after),
+            "lost": [f.id for f, b, a in zip(earlier["facts"], before, after) if b["recalled"] and not a["recalled"]]}
+
+
+def build_report(cfg, info, analysis, kept_facts, reasons, weights, after, dist_after, result, *, prompts, written,
+                 trajectories, interference, guard, layers, layer_info, merge, earlier) -> Report:
+    records = fact_records(analysis, kept_facts, reasons, weights, after, dist_after, cfg.train_paraphrases)
+    by_id = {r["id"]: r for r in records}
+    summary = summarize(cfg, info, analysis, [by_id[f.id] for f in kept_facts], len(reasons), after, result, prompts,
+                        written, layers)
+    earlier_rec = _earlier_record(cfg, earlier) if earlier else None
+    if earlier_rec:
+        summary["earlier_recall_before"] = earlier_rec["recall_before"]
+        summary["earlier_recall_after"] = earlier_rec["recall_after"]
+    return Report(
+        summary=summary, config=cfg.to_dict(), model_info=info.to_dict(), facts=records,
+        probes=_probe_records(analysis.probes, analysis.before, after),
+        conflicts=analysis.conflicts, duplicates=analysis.merged,
+        training={"history": result.history,
+                  "fact_curves": {f.id: c for f, c in zip(kept_facts, result.fact_curves)},
+                  "distance_trajectories": trajectories},
+        interference=interference, guard=guard,
+        training_prompts={f.id: p for f, p in zip(kept_facts, prompts)},
+        layers=layer_info, chosen_layers=layers, merge=merge, earlier_facts=earlier_rec)

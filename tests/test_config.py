@@ -1,0 +1,65 @@
+"""One config: declared once in core/config.py, read by the CLI, the app and the report."""
+import argparse
+import json
+
+import pytest
+
+from core.config import InjectConfig, TrainConfig, add_arguments, describe, from_arguments
+
+
+def test_round_trip_through_the_report_keeps_every_setting():
+    cfg = InjectConfig().updated(steps=17, lr=1e-3, weighting="dynamic", keep=["a", "b"], layers="3-5", orders=2)
+    back = InjectConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.train.steps == 17 and back.train.weighting == "dynamic" and back.keep == ["a", "b"]
+    assert cfg.to_dict()["train"]["lr"] == 1e-3 and "steps" not in cfg.to_dict()   # nested, not copied
+
+
+def test_unknown_keys_are_errors_that_name_the_key():
+    with pytest.raises(ValueError, match="'stpes'"):
+        InjectConfig.from_dict({"stpes": 3})
+    with pytest.raises(ValueError, match="'warmup'"):
+        InjectConfig.from_dict({"train": {"steps": 3, "warmup": 1}})
+    with pytest.raises(ValueError, match="'rnak'"):
+        InjectConfig().updated(rnak=4)
+
+
+def test_bad_values_name_the_field_and_what_it_accepts():
+    with pytest.raises(ValueError, match=r"steps: expected a value in \[0, 10000\], got -1"):
+        InjectConfig().updated(steps=-1)
+    with pytest.raises(ValueError, match="weighting: expected one of semantic, dynamic, uniform"):
+        TrainConfig(weighting="sharp")
+    with pytest.raises(ValueError, match="merge: expected one of select, average"):
+        InjectConfig(merge="vote")
+    with pytest.raises(ValueError, match="guard_anchors 'nieghbours'"):
+        InjectConfig(guard_anchors="nieghbours")
+
+
+def test_updated_routes_plain_names_and_leaves_the_original_alone():
+    base = InjectConfig()
+    cfg = base.updated(steps=5, model="x", filter=False)
+    assert (cfg.train.steps, cfg.model, cfg.filter) == (5, "x", False)
+    assert base.train.steps == 300 and base.model != "x"
+    assert cfg.value("steps") == 5 and cfg.value("model") == "x"
+
+
+def test_the_command_line_is_made_from_the_fields():
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    a = p.parse_args(["--steps", "12", "--no-filter", "--keep", "f1, f2", "--weighting", "uniform",
+                      "--locality-guard", "0", "--no-interference"])
+    cfg = from_arguments(a)
+    assert cfg.train.steps == 12 and cfg.train.weighting == "uniform" and cfg.train.locality_guard == 0.0
+    assert cfg.filter is False and cfg.keep == ["f1", "f2"] and cfg.interference is False
+    # Options not given keep the declared defaults.
+    assert cfg.train.lr == TrainConfig().lr and cfg.orders == 1
+    with pytest.raises(SystemExit):   # argparse refuses a choice the field does not declare
+        p.parse_args(["--merge", "vote"])
+    assert "step budget" in p.format_help() and "--lora-modules" in p.format_help()
+
+
+def test_describe_gives_the_app_its_labels_and_ranges():
+    d = describe("locality_guard")
+    assert d["default"] == 10.0 and d["min"] == 0.0 and "KL" in d["help"]
+    assert describe("merge")["choices"] == ("select", "average")
+    with pytest.raises(ValueError, match="'nope'"):
+        describe("nope")
