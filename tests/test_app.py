@@ -2,7 +2,7 @@
 
 The app runs on the embedded default model with a small budget: a few steps, two sampled answers
 per fact, no locality guard (its anchor pass alone takes a minute on a busy CPU; core's tests cover
-it) and 10 of the 40 locality probes. One server serves every test of this module.
+it) and 10 of the 31 locality probes. One server serves every test of this module.
 """
 import json
 import os

@@ -1,6 +1,7 @@
 """The app's parts without a server: handlers called directly, rendering from hand-made values, the
 one-job-at-a-time lock. No model is loaded: where a handler would run core.pipeline, a stand-in does."""
 import json
+from types import SimpleNamespace
 import subprocess
 import sys
 import threading
@@ -147,7 +148,7 @@ def fake_rows(analysis, cfg):
 def test_review_frame_shows_each_decision_and_counts_them(monkeypatch):
     monkeypatch.setattr(pipeline, "review_rows", fake_rows)
     cfg = settings.make_config({**handlers.new_session(), "keep": ["c03"]}, "", "auto", True, "semantic")
-    df, note = render.review_frame({"merged": {"c04": "c01"}}, cfg)
+    df, note = render.review_frame(SimpleNamespace(merged={"c04": "c01"}), cfg)
     rows = {r["id"]: r for r in df.to_dict("records")}
     assert list(df.columns) == render.REVIEW_COLUMNS
     assert rows["c01"]["status"] == "✓ kept" and rows["c01"]["weight"] == "1.25" and rows["c01"]["distance"] == 0.412
@@ -270,11 +271,12 @@ def test_span_and_train_stages():
 def test_check_waits_for_the_slot_then_streams_and_reviews(sess, monkeypatch):
     seen = {}
 
-    def analyze(facts, probes, cfg, progress):
-        seen["ids"] = [f.id for f in facts]
+    def analyze(facts, probes, cfg, model, progress):
+        seen["ids"], seen["model"] = [f.id for f in facts], model
         progress({"stage": "load", "message": "loading the model"})
-        return {"merged": {}}
+        return SimpleNamespace(merged={})
 
+    monkeypatch.setattr(pipeline, "load", lambda cfg: ("model", "tok", "info"))
     monkeypatch.setattr(pipeline, "analyze", analyze)
     monkeypatch.setattr(pipeline, "review_rows", fake_rows)
     facts = table([{"id": "c01", "prompt": "The CEO of A is", "target": "Ann"},
@@ -289,7 +291,11 @@ def test_check_waits_for_the_slot_then_streams_and_reviews(sess, monkeypatch):
     updates = list(gen)
     assert all(set(u) <= set(handlers.CHECK_OUTPUTS) for u in updates)
     last = updates[-1]
-    assert seen["ids"] == ["c01", "c02"] and last["analysis_state"] == {"merged": {}}
+    assert seen["ids"] == ["c01", "c02"] and last["analysis_state"] == SimpleNamespace(merged={})
+    # the checked model is held for the Train that follows, which takes it (once)
+    cfg = settings.make_config(sess, "", "auto", True, "semantic")
+    assert seen["model"] == ("model", "tok", "info") and handlers.take_model(cfg) == seen["model"]
+    assert handlers.take_model(cfg) is None
     assert "**1 of 3 facts will be trained**" in last["review_note"] and len(last["review_table"]) == 3  # keep reset
     assert "Checked 2 facts: see 2 · Review" in last["check_status"] and last["state"] is sess
     assert jobs._MODEL_LOCK.acquire(timeout=5), "the check kept the model slot"
@@ -297,7 +303,7 @@ def test_check_waits_for_the_slot_then_streams_and_reviews(sess, monkeypatch):
 
 
 def test_train_writes_the_run_folder_first_streams_steps_and_shows_the_results(sess, monkeypatch):
-    def run(facts, probes, cfg, out_dir, progress, analysis, should_stop):
+    def run(facts, probes, cfg, out_dir, progress, analysis, model, should_stop):
         assert (out_dir / "facts.json").exists() and (out_dir / "config.json").exists()  # saved before the run
         progress({"stage": "load", "message": "loading"})
         for i in (1, 2, 3):
@@ -309,7 +315,7 @@ def test_train_writes_the_run_folder_first_streams_steps_and_shows_the_results(s
         (out_dir / "adapter").mkdir()
         (out_dir / "adapter" / "adapter_config.json").write_text("{}")
         (out_dir / "report.json").write_text(json.dumps(rep))
-        return {**rep, "_model": object()}
+        return SimpleNamespace(to_dict=lambda: rep)
 
     monkeypatch.setattr(pipeline, "run", run)
     facts = table([{"id": "a", "prompt": "The CEO of A is", "target": "Ann"}])
@@ -322,7 +328,7 @@ def test_train_writes_the_run_folder_first_streams_steps_and_shows_the_results(s
     assert "Recall 0% → 50% on 2 trained facts" in last["summary_md"] and "Done, 12 steps" in last["train_status"]
     assert last["ask_prompt"] == "A's CEO is" and plotted(last["loss_plot"])["step"].tolist() == [1, 2, 3]
     assert {Path(f).name for f in last["files_out"]} == {"adapter.zip", "report.json", "facts.json"}
-    assert "_model" not in sess["report"] and json.loads(Path(sess["run_dir"], "config.json").read_text())["steps"] == 9
+    assert json.loads(Path(sess["run_dir"], "config.json").read_text())["train"]["steps"] == 9
     assert [v for _, v in last["earlier_in"].choices] == ["", Path(sess["run_dir"]).name]
     assert jobs.ACTIVE == {} and jobs._MODEL_LOCK.acquire(timeout=5)
     jobs._MODEL_LOCK.release()

@@ -40,6 +40,20 @@ except ImportError:
 
 ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true")
 # What `check` and `train` update, by name, in the order of their events' outputs (the API's order).
+# One untouched base model, loaded by a Check and taken by the Train that follows (training adds its
+# adapter in place, so a model is never handed out twice). Only touched under the one-job lock.
+_FRESH: dict[tuple, tuple] = {}
+
+
+def take_model(cfg):
+    return _FRESH.pop((cfg.model, cfg.quantization, cfg.trust_remote_code), None)
+
+
+def hold_model(cfg, bundle):
+    _FRESH.clear()   # one model at most: memory stays bounded whatever visitors check
+    _FRESH[(cfg.model, cfg.quantization, cfg.trust_remote_code)] = bundle
+
+
 CHECK_OUTPUTS = ("analysis_state", "review_table", "review_note", "state", "tabs", "check_status")
 TRAIN_OUTPUTS = ("state", "analysis_state", "train_status", "loss_plot", "recall_plot", "summary_md",
                  "results_table", "plots", "files_out", "ask_prompt", "ask_btn", "stop_btn", "tabs", "earlier_in")
@@ -124,7 +138,14 @@ def check(sess, facts_df, model, quant, filt, weighting):
     t0, seen, current, message = time.perf_counter(), [], "check", "checking facts"
     for _ in wait_for_slot():
         yield {"check_status": status_html(CHECK_STAGES, [], None, 0, "waiting for another visitor's job to finish")}
-    for batch in stream(lambda progress: pipeline.analyze(facts, probes(), cfg, progress=progress), "beacon-check"):
+    def job(progress):
+        bundle = take_model(cfg) or pipeline.load(cfg)
+        analysis = pipeline.analyze(facts, probes(), cfg, model=bundle, progress=progress)
+        if not ZERO_GPU:  # a model on ZeroGPU's GPU cannot outlive this call; training loads its own
+            hold_model(cfg, bundle)
+        return analysis
+
+    for batch in stream(job, "beacon-check"):
         for kind, payload in batch:
             if kind == "progress":
                 seen.append(current)
@@ -135,8 +156,6 @@ def check(sess, facts_df, model, quant, filt, weighting):
                                else f"Checking the facts failed ({type(e).__name__}: {e}).")
             else:
                 analysis = payload
-                if ZERO_GPU:  # a model on ZeroGPU's GPU cannot outlive this call; training reloads it
-                    analysis.pop("_bundle", None)
                 df, note = review_frame(analysis, cfg)
                 yield {"analysis_state": analysis, "review_table": df, "review_note": note, "state": sess,
                        "tabs": gr.Tabs(selected="review"),
@@ -152,7 +171,7 @@ def choices_from_ticks(analysis, natural_cfg, df) -> tuple[list[str], list[str]]
     ticked set."""
     ticked = {str(r["id"]) for r in df.to_dict("records") if r.get("keep") in (True, "true", "True", 1)}
     natural = {r["id"] for r in pipeline.review_rows(analysis, natural_cfg) if r["kept"]}
-    ids = {f.id for f in analysis["unique"]}
+    ids = {f.id for f in analysis.unique}
     return sorted((ticked & ids) - natural), sorted(natural - ticked)
 
 
@@ -198,8 +217,8 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
     key = getattr(request, "session_hash", None) or sess["id"]
     ACTIVE[key] = stop
     t0 = time.perf_counter()
-    # The analysis holds a model that training consumes: the state lets go of it now.
-    yield {"state": sess, "analysis_state": None, "loss_plot": None, "recall_plot": None,
+    # The analysis stays: it is plain data (no model), so a second Train on the same facts skips the measuring.
+    yield {"state": sess, "loss_plot": None, "recall_plot": None,
            "stop_btn": gr.Button(interactive=True),
            "train_status": status_html(stages, [], None, 0, "starting")}
 
@@ -212,10 +231,10 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
 
         def job(progress):
             report = pipeline.run(facts, probes(), cfg, out_dir=run_dir, progress=progress, analysis=analysis,
+                                  model=take_model(cfg),   # None: run loads its own
                                   # the STOP file also reaches a run in another process (ZeroGPU)
                                   should_stop=lambda: stop.is_set() or (run_dir / "STOP").exists())
-            report.pop("_model", None)  # "Ask the model" loads the saved adapter through core.ask
-            return report
+            return report.to_dict()   # rendered and kept as report.json has it; "Ask" loads the saved adapter
 
         history, seen, current, message = [], [], "check", "starting"
         order, last_step, offset = 0, 0, 0  # with K data orders, each order's steps count from 1 again

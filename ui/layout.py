@@ -62,7 +62,7 @@ def _by_name(fn, components: dict):
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="Beacon") as demo:
         state = gr.State(new_session)
-        # The checked analysis holds a model: kept only between Check and Train, and not forever.
+        # What Check measured (plain data; the model is held apart, in handlers): not kept forever.
         analysis_state = gr.State(None, time_to_live=1800)
 
         gr.HTML(f"<div class='beacon-header'><h1>{LOGO} Beacon</h1><p>Teach a small language model new facts with "

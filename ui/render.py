@@ -89,7 +89,7 @@ def review_frame(analysis, cfg) -> tuple[pd.DataFrame, str]:
                     "weight": "" if r["weight"] is None else f"{r['weight']:.2f}",
                     "answer before": ("✓ " if r["recall_before"] else "") + r["answer_before"]})
     kept = sum(r["kept"] for r in rows)
-    merged = analysis.get("merged") or {}
+    merged = analysis.merged
     note = f"**{kept} of {len(rows)} facts will be trained**, {len(rows) - kept} dropped."
     if merged:
         note += " Merged duplicates, not listed: " + ", ".join(f"{a} (same as {b})" for a, b in merged.items()) + "."

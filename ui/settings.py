@@ -32,7 +32,7 @@ def default_config() -> InjectConfig:
     over = json.loads(os.environ.get("BEACON_CONFIG") or "{}")
     if os.environ.get("BEACON_STEPS"):
         over["steps"] = int(os.environ["BEACON_STEPS"])
-    return InjectConfig.from_dict({**InjectConfig().to_dict(), **over})
+    return InjectConfig().updated(**over)   # an unknown key is an error that names it
 
 
 DEFAULTS = default_config()
@@ -40,7 +40,7 @@ DEFAULTS = default_config()
 
 def value(cfg: InjectConfig, name: str):
     """One setting of a config, by its flat name (steps, model, ...): the app reads a config only here."""
-    return getattr(cfg, name)
+    return cfg.value(name)
 
 
 def default(name: str):
@@ -71,8 +71,7 @@ def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=N
                 layers=None, orders=None, merge=None, continue_from=None, rewordings=None, anchors=None) -> InjectConfig:
     """The run's settings from the widgets; None keeps the default. layers: the spec from `layers_spec`;
     continue_from: a run folder from `earlier_run_dir` ("" = none)."""
-    d = DEFAULTS.to_dict()
-    d.update(model=(model or "").strip() or DEFAULT_MODEL, quantization=quant, filter=bool(filt),
+    d = dict(model=(model or "").strip() or DEFAULT_MODEL, quantization=quant, filter=bool(filt),
              weighting=weighting, keep=list(sess["keep"]), drop=list(sess["drop"]))
     for k, v, cast in (("steps", steps, int), ("lr", lr, float), ("rank", rank, int), ("locality_guard", guard, float),
                        ("layers", layers, str), ("orders", orders, int), ("merge", merge, str)):
@@ -83,10 +82,13 @@ def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=N
     if rewordings is not None:
         d["rewordings"] = bool(rewordings)
     if anchors is not None:
-        if not anchors and d["locality_guard"] > 0:
+        if not anchors and d.get("locality_guard", default("locality_guard")) > 0:
             raise gr.Error("Choose at least one thing for the guard to protect, or set the locality guard to 0.")
-        d["guard_anchors"] = ",".join(anchors) or d["guard_anchors"]
-    return InjectConfig.from_dict(d)
+        d["guard_anchors"] = ",".join(anchors) or default("guard_anchors")
+    try:
+        return DEFAULTS.updated(**d)
+    except ValueError as e:   # the field and what it accepts, from core/config.py
+        raise gr.Error(f"Settings: {e}") from None
 
 
 @functools.lru_cache(maxsize=8)
