@@ -1,4 +1,5 @@
 """Tests for core/facts.py: each format, the CounterFact/EasyEdit conventions, ids, and every error."""
+import io
 import json
 from pathlib import Path
 
@@ -301,3 +302,113 @@ def test_to_dict_from_dict():
     assert Fact.from_dict(d) == f
     d["paraphrases"].append("q")
     assert f.paraphrases == ["p"]  # to_dict copies
+
+
+# ---------------------------------------------------------------- limits and hostile input (issue 12)
+
+def test_fact_count_limit_in_files_and_tables(tmp_path, monkeypatch):
+    p = write(tmp_path, "many.csv", "prompt,target\n" + "".join(f"P{i} is,T\n" for i in range(30)))
+    msg = error(p, max_facts=20)
+    assert "many.csv" in msg and "30 facts" in msg and "limit of 20" in msg
+    assert len(load_facts(p, max_facts=30)) == 30
+    monkeypatch.setattr("core.facts.MAX_FACTS", 10)  # the default, from BEACON_MAX_FACTS
+    assert "limit of 10" in error(p)
+    with pytest.raises(FactsError, match=r"^facts table: 30 facts, over the limit of 10"):
+        facts_from_rows([{"prompt": f"P{i} is", "target": "T"} for i in range(30)], source="facts table")
+
+
+def test_max_facts_from_env():
+    from core.facts import _limit_from_env
+
+    import os
+    os.environ["BEACON_TEST_LIMIT"] = "123"
+    try:
+        assert _limit_from_env("BEACON_TEST_LIMIT", 7) == 123
+        os.environ["BEACON_TEST_LIMIT"] = "lots"
+        with pytest.raises(ValueError, match="BEACON_TEST_LIMIT='lots'"):
+            _limit_from_env("BEACON_TEST_LIMIT", 7)
+    finally:
+        del os.environ["BEACON_TEST_LIMIT"]
+    assert _limit_from_env("BEACON_TEST_LIMIT", 7) == 7
+
+
+def test_table_text_limit():
+    rows = [{"prompt": "A is", "target": "B", "note": "x" * 600}, {"prompt": "C is", "target": "D", "note": "y" * 600}]
+    with pytest.raises(FactsError, match=r"^table, row 2: .*more than 1,000 bytes of text"):
+        facts_from_rows(rows, max_bytes=1000)
+    assert len(facts_from_rows(rows, max_bytes=2000)) == 2
+
+
+def test_template_filling_is_bounded(tmp_path):
+    rec = {"prompt": "{}" * 1000, "subject": "x" * 1000, "target": "B"}
+    msg = error(write(tmp_path, "tpl.json", json.dumps([rec])), max_bytes=100_000)
+    assert "tpl.json, record 1" in msg and "placeholders" in msg and "998,000 characters" in msg
+
+
+def test_not_a_regular_file(tmp_path):
+    import os
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    assert "not a regular file" in error(fifo)  # and does not block waiting for a writer
+    if Path("/dev/zero").exists():
+        (tmp_path / "zero.csv").symlink_to("/dev/zero")
+        assert "zero.csv" in (msg := error(tmp_path / "zero.csv")) and "not a regular file" in msg
+
+
+def test_deep_nesting_huge_numbers_and_surrogates_are_facts_errors(tmp_path):
+    msg = error(write(tmp_path, "deep.json", "[" * 100_000))
+    assert "deep.json, line 1" in msg and "nested more than" in msg
+    msg = error(write(tmp_path, "deep.jsonl", '{"prompt": "A", "target": "B"}\n{"m": ' + "[" * 50 + "]" * 50 + "}\n"))
+    assert "deep.jsonl, line 2" in msg and "nested more than" in msg
+    msg = error(write(tmp_path, "num.json", '[{"prompt": "A",\n "target": ' + "9" * 5000 + "}]"))
+    assert "num.json, line 2" in msg and "more than 4,300 digits" in msg
+    msg = error(write(tmp_path, "sur.json", '[{"prompt": "A \\ud800", "target": "B"}]'))
+    assert "sur.json, record 1" in msg and "surrogate" in msg
+    with pytest.raises(FactsError, match="row 1: target is a number with more than"):
+        facts_from_rows([{"prompt": "A", "target": 10 ** 5000}])
+    assert "UTF-16" in error(write(tmp_path, "u16.csv", "prompt,target\nA,B\n".encode("utf-16")))
+
+
+def test_cr_only_line_endings_name_the_right_line(tmp_path):
+    assert "cr.csv, line 3: missing target" in error(write(tmp_path, "cr.csv", b"prompt,target\rA,B\rC,\r"))
+    assert "cr.jsonl, line 2: missing target" in error(write(tmp_path, "cr.jsonl", b'{"prompt":"A","target":"B"}\r{"prompt":"C"}\r'))
+    assert "cr.json, line 3, column 12" in error(write(tmp_path, "cr.json", b'[\r{"prompt":"A","target":"B"},\r{"prompt": }]'))
+    assert "crb.csv, line 3: not valid UTF-8" in error(write(tmp_path, "crb.csv", b"prompt,target\rA,B\rC\xe9,D\r"))
+
+
+def test_duplicate_column_names(tmp_path):
+    msg = error(write(tmp_path, "dup.csv", "prompt,target,note,note\nA,B,x,y\n"))
+    assert "dup.csv, line 1" in msg and "'note' appears more than once" in msg
+
+
+def test_identical_rows_get_ids_in_linear_time(tmp_path):
+    import time
+    p = write(tmp_path, "same.csv", "id,prompt,target\n" + ",A is,B\n" * 20_000)
+    t = time.perf_counter()
+    facts = load_facts(p, max_facts=20_000)
+    assert time.perf_counter() - t < 2  # was n^2/2 set lookups: minutes at 100,000 rows
+    assert len({f.id for f in facts}) == 20_000 and facts[-1].id == facts[0].id + "-20000"
+
+
+def test_csv_round_trip_keeps_metadata_types_and_escapes_formulas(tmp_path):
+    meta = {"score": 0.5, "year": 1987, "tags": ["x", "y"], "ok": True, "none": None, "nested": {"a": [1]},
+            "looks_like_json": "42", "quoted": '"q"', "blank": "", "version": "1.10", "neg": -3,
+            "=HYPERLINK(\"http://x\")": "@SUM(A1)"}
+    facts = [Fact(id="=1+1", prompt="-2 plus 5 is", target="=3", subject="+x", relation="@r",
+                  paraphrases=["=cmd' /C calc'!A0", "ok"], meta=meta),
+             Fact(id="b", prompt="'=already quoted", target="''-two quotes", meta={"score": "\tx"}),
+             Fact(id="c", prompt="'plain quote", target="\rcr")]
+    path = tmp_path / "out.csv"
+    save_facts(facts, path)
+    text = path.read_text(encoding="utf-8")
+    import csv as _csv
+    for row in _csv.reader(io.StringIO(text, newline="")):
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell  # no cell runs as a formula
+    loaded = load_facts(path)
+    facts[2].target = "cr"  # a loaded target is stripped
+    facts[1].meta = {"score": "\tx"}
+    assert loaded == facts
+    # hand-written metadata: JSON exactly as save_facts writes it is read as JSON, anything else stays text
+    [f] = load_facts(write(tmp_path, "hand.csv", 'prompt,target,a,b,c,d,e\nA,B,42,1.10,007,"[1,2]","[1, 2]"\n'))
+    assert f.meta == {"a": 42, "b": "1.10", "c": "007", "d": "[1,2]", "e": [1, 2]}
