@@ -1,4 +1,4 @@
-"""Command line: `beacon inject|ablate|app ...` (or `python -m core ...`)."""
+"""Command line: `beacon inject|ablate|export|app ...` (or `python -m core ...`)."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +82,21 @@ def cmd_ablate(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from .export import export
+
+    res = export(a.run_dir, merged=a.merged, gguf=a.gguf, gguf_type=a.gguf_type,
+                 progress=lambda ev: print(f"[{ev['stage']}] {ev['message']}", flush=True))
+    print(f"loaded and merged in {res['load_seconds']} s")
+    if "merged" in res:
+        m = res["merged"]
+        print(f"merged: {m['path']} ({m['mb']} MB, {m['seconds']} s)")
+    if "gguf" in res:
+        g = res["gguf"]
+        print(f"gguf {g['type']}: {g['path']} ({g['mb']} MB, {g['seconds']} s)")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m core", description="Beacon: inject facts into a language model with LoRA.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -95,6 +110,14 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="", help="comma-separated subset of variants (default: all)")
     p.add_argument("--out", default="runs/ablation")
     p.set_defaults(fn=cmd_ablate)
+    p = sub.add_parser("export", help="write a run's model with its adapter merged in: a transformers folder "
+                                      "and/or a GGUF file (llama.cpp)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder (report.json and adapter/)")
+    p.add_argument("--merged", metavar="DIR", help="write the merged model here (safetensors and tokenizer)")
+    p.add_argument("--gguf", metavar="FILE", help="write a GGUF file here (Llama architecture)")
+    p.add_argument("--gguf-type", default="q8_0", metavar="f16|q8_0|f32",
+                   help="GGUF tensor type: f16, q8_0 (8.5 bits a weight) or f32 (default: q8_0)")
+    p.set_defaults(fn=cmd_export)
     p = sub.add_parser("app", help="start the web app (same options as python app.py)", add_help=False)
     p.set_defaults(fn=None)
     argv = sys.argv[1:] if argv is None else list(argv)
