@@ -320,17 +320,18 @@ def _check_values(rec: dict, err) -> int:
         if depth > MAX_DEPTH:
             raise err(f"values nested more than {MAX_DEPTH} levels deep")
         if isinstance(value, dict):
-            bad = next((k for k in value if isinstance(k, str) and _SURROGATE.search(k)), None)
-            if bad is not None:
-                raise err(f"a field name holds a lone surrogate ({_shown(bad)}), which is not valid Unicode")
-            stack.extend((v, depth + 1) for v in value.values())
-        elif isinstance(value, (list, tuple)):
-            stack.extend((v, depth + 1) for v in value)
-        elif isinstance(value, str):
-            size += len(value)
-            bad = _SURROGATE.search(value)
-            if bad:
-                raise err(f"text holds a lone surrogate (\\u{ord(bad.group()):04x}), which is not valid Unicode")
+            for k in value:
+                if isinstance(k, str) and not k.isascii() and _SURROGATE.search(k):
+                    raise err(f"a field name holds a lone surrogate ({_shown(k)}), which is not valid Unicode")
+            value = value.values()
+        for v in value:  # a dict's values or a list's items
+            if isinstance(v, str):
+                size += len(v)
+                bad = not v.isascii() and _SURROGATE.search(v)
+                if bad:
+                    raise err(f"text holds a lone surrogate (\\u{ord(bad.group()):04x}), which is not valid Unicode")
+            elif isinstance(v, (dict, list, tuple)):
+                stack.append((v, depth + 1))
     return size
 
 
@@ -485,11 +486,14 @@ def _csv_text(records: list[dict], name: str) -> str:
     return out.getvalue()
 
 
+_JSON_WORDS = ("true", "false", "null", "NaN", "Infinity")
+
+
 def _cell_value(cell):
     """A metadata cell of a CSV holds its value as JSON when it is JSON written the way save_facts
     writes it (42, 0.5, [1, 2], {"a": 1}, true, null, "42"); any other cell is text as it stands,
     so a hand-written 1.10 or 007 stays text."""
-    if not isinstance(cell, str) or not cell or cell[0] not in '-0123456789[{"tfnNI':
+    if not isinstance(cell, str) or not cell or (cell[0] not in '-0123456789[{"' and cell not in _JSON_WORDS):
         return cell
     try:
         value = json.loads(cell)
