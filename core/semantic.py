@@ -60,11 +60,16 @@ def embed(embedder, texts: list[str]) -> np.ndarray:
     return embedder.encode(texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
 
 
-def find_conflicts(facts, embedder=None, threshold: float = 0.9) -> list[dict]:
-    """Groups of facts that cannot all be true. Each: {"ids": [...], "why": "..."}."""
+def find_conflicts(facts, embedder=None, threshold: float = 0.9, block: int = 1 << 22) -> list[dict]:
+    """Groups of facts that cannot all be true. Each: {"ids": [...], "why": "..."}.
+
+    Cost: the subject/relation rule is one pass over a dict of groups. The prompt rule compares
+    every text with every other, but a block of facts at a time against the facts after them
+    (`block` similarities, 16 MB, at once): only the pairs above the threshold are kept, joined
+    by union-find, so memory stays bounded and no n x n matrix is ever built."""
     n = len(facts)
     parent = list(range(n))
-    why: dict[tuple[int, int], str] = {}
+    reasons: dict[int, set[str]] = {}  # by a member of the group; gathered by the group's root at the end
 
     def root(i):
         while parent[i] != i:
@@ -72,48 +77,93 @@ def find_conflicts(facts, embedder=None, threshold: float = 0.9) -> list[dict]:
             i = parent[i]
         return i
 
-    def link(i, j, reason):
-        parent[root(i)] = root(j)
-        why[(i, j)] = reason
-
     targets = [_norm(f.target) for f in facts]
+    keys = [(_norm(f.subject), _norm(f.relation)) if f.subject and f.relation else None for f in facts]
     by_key: dict[tuple[str, str], list[int]] = {}
-    for i, f in enumerate(facts):
-        if f.subject and f.relation:
-            by_key.setdefault((_norm(f.subject), _norm(f.relation)), []).append(i)
+    for i, key in enumerate(keys):
+        if key:
+            by_key.setdefault(key, []).append(i)
     for (subj, rel), idx in by_key.items():
-        for a in idx:
-            for b in idx:
-                if a < b and targets[a] != targets[b]:
-                    link(a, b, f"same subject and relation ({subj!r}, {rel!r})")
+        # With two targets or more, each fact differs from some other one, so the pairs join them all.
+        if len({targets[i] for i in idx}) > 1:
+            for i in idx[1:]:
+                parent[root(i)] = root(idx[0])
+            reasons.setdefault(idx[0], set()).add(f"same subject and relation ({subj!r}, {rel!r})")
+    label = np.array([root(i) for i in range(n)], dtype=np.int64)
 
     if embedder is not None and n > 1:
-        texts, owner = [], []
-        for i, f in enumerate(facts):
-            for p in [f.prompt, *f.paraphrases]:
-                texts.append(p)
-                owner.append(i)
-        e = embed(embedder, texts)
-        sim = e @ e.T
-        owner = np.array(owner)
-        best = np.full((n, n), -1.0)
-        for a in range(len(texts)):
-            np.maximum.at(best[owner[a]], owner, sim[a])
-        for a in range(n):
-            for b in range(a + 1, n):
-                if best[a, b] >= threshold and targets[a] != targets[b] and (a, b) not in why:
-                    link(a, b, f"prompts ask the same thing (cosine {best[a, b]:.2f})")
+        label = _join_similar(facts, embedder, threshold, block, targets, keys, label, reasons)
 
     groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(root(i), []).append(i)
-    out = []
-    for members in groups.values():
-        if len(members) < 2:
+    for i, g in enumerate(label.tolist()):
+        groups.setdefault(g, []).append(i)
+    why: dict[int, set[str]] = {}
+    for i, rs in reasons.items():
+        why.setdefault(int(label[i]), set()).update(rs)
+    return [{"ids": [facts[i].id for i in members], "why": "; ".join(sorted(why[g]))}
+            for g, members in groups.items() if len(members) > 1]
+
+
+def _join_similar(facts, embedder, threshold, block, targets, keys, label, reasons) -> np.ndarray:
+    """Join facts whose prompts or paraphrases ask the same thing (cosine >= threshold) and whose
+    targets differ; pairs with the same subject and relation are the other rule's. Returns the new
+    group label of each fact; adds to `reasons` the best cosine of each pair, to 2 decimals."""
+    from scipy.sparse import coo_matrix  # a dependency of sentence-transformers, so there with any embedder
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(facts)
+    texts, owner = [], []
+    for i, f in enumerate(facts):
+        for p in [f.prompt, *f.paraphrases]:
+            texts.append(p)
+            owner.append(i)
+    unique = {t: k for k, t in enumerate(dict.fromkeys(texts))}  # each distinct text embedded once
+    e = np.asarray(embed(embedder, list(unique)), dtype=np.float32)[[unique[t] for t in texts]]
+    owner = np.array(owner)
+    ends = np.cumsum(np.bincount(owner, minlength=n))  # a fact's texts are texts[ends[i-1]:ends[i]]
+    several = np.diff(ends, prepend=0) > 1
+    codes: dict = {}
+    target_of = np.array([codes.setdefault(t, len(codes)) for t in targets])[owner]
+    codes = {}
+    key_of = np.array([codes.setdefault(k, len(codes)) if k else -1 for k in keys])[owner]
+    thr = np.float64(threshold)  # compared in float64, as the cosines always were
+    # seen[a, c + 102]: a pair of fact a has best cosine c/100 (c from -102 to 102: unit vectors, rounding)
+    seen = np.zeros((n, 205), dtype=bool)
+
+    lo = 0
+    while lo < n:
+        # The texts of facts lo..hi-1 against those of facts lo..n-1: at most `block` cosines at a time.
+        r0 = ends[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, r0 + max(1, block // (len(texts) - r0)), side="right")))
+        r1 = ends[hi - 1]
+        sim = e[r0:r1] @ e[r0:].T
+        hit = sim >= thr
+        hit &= owner[None, r0:] > owner[r0:r1, None]
+        hit &= target_of[None, r0:] != target_of[r0:r1, None]
+        hit &= (key_of[None, r0:] != key_of[r0:r1, None]) | (key_of[r0:r1, None] < 0)
+        if not hit.any():
+            lo = hi
             continue
-        reasons = sorted({r for (a, b), r in why.items() if a in members and b in members})
-        out.append({"ids": [facts[i].id for i in members], "why": "; ".join(reasons)})
-    return out
+        i, j = np.nonzero(hit)
+        a, b, cos = owner[r0 + i], owner[r0 + j], sim[i, j].astype(np.float64)
+        code = np.clip(np.rint(cos * 100), -102, 102).astype(np.int64) + 102
+        # A pair's reason is its best cosine: where a fact has several texts, keep each pair's best.
+        multi = several[a] | several[b]
+        if multi.any():
+            pair = a[multi] * n + b[multi]
+            order = np.lexsort((-code[multi], pair))
+            first = np.r_[True, pair[order][1:] != pair[order][:-1]]
+            seen[a[multi][order][first], code[multi][order][first]] = True
+        seen[a[~multi], code[~multi]] = True
+        join = label[a] != label[b]
+        if join.any():  # merge the groups these pairs touch; the labels stay below n
+            graph = coo_matrix((np.ones(int(join.sum()), dtype=np.int8), (label[a][join], label[b][join])), shape=(n, n))
+            label = connected_components(graph, directed=False)[1][label].astype(np.int64)
+        lo = hi
+
+    for i, c in zip(*np.nonzero(seen)):
+        reasons.setdefault(int(i), set()).add(f"prompts ask the same thing (cosine {(c - 102) / 100:.2f})")
+    return label
 
 
 # ---------------------------------------------------------------- what the model believes

@@ -104,3 +104,55 @@ def test_guard_batches_take_their_share_from_the_near_anchors():
     uniform = [sum(p in near for p in _guard_picks(rng, 50, near, 8, 0.0)) for _ in range(200)]
     assert 0.3 < sum(uniform) / len(uniform) < 1.1
     assert sorted(_guard_picks(rng, 5, near, 8, 0.5)) == [0, 1, 2, 3, 4]
+
+
+class HashEmbedder:
+    """A stand-in for the sentence embedder: a fixed random unit vector per text (up to case and
+    spacing), so equal questions have cosine 1 and others about 0. Called as core.semantic.embed calls it."""
+
+    def __init__(self, dim=64):
+        self.dim = dim
+
+    def encode(self, texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=64):
+        import hashlib
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            seed = int(hashlib.sha1(" ".join(t.lower().split()).encode()).hexdigest()[:8], 16)
+            v = np.random.default_rng(seed).standard_normal(self.dim)
+            out[i] = v / np.linalg.norm(v)
+        return out
+
+
+def test_conflicts_scale_to_25000_facts_in_bounded_memory():
+    import time
+    import tracemalloc
+
+    facts = [Fact(f"s{i}", "The CEO of Zentrix is", f"Person {i}", "Zentrix", "CEO") for i in range(20_000)]
+    facts += [Fact(f"d{i}", f"The capital of Land{i} is", f"City{i}", f"Land{i}", "capital") for i in range(5_000)]
+    facts += [Fact("p1", "Who painted the Orvik mural?", "Ada"),  # same question, no subject: found by meaning
+              Fact("p2", "who painted the  orvik mural?", "Bo"),
+              Fact("q1", "Vessa's river is", "Tarn", paraphrases=["Which river runs through Vessa?"]),
+              Fact("q2", "which river runs through vessa?", "Ulm"),  # matches q1's paraphrase
+              Fact("r1", "Who painted the Orvik mural?", "Ada", "Orvik mural", "painter"),  # agrees with p1, not p2
+              Fact("u1", "The motto of Drusk is", "Onward", "Drusk", "motto"),  # same answer: no conflict
+              Fact("u2", "the motto of drusk is", "onward.", "drusk", "Motto")]
+    tracemalloc.start()
+    t = time.perf_counter()
+    groups = find_conflicts(facts, HashEmbedder(), 0.9)
+    seconds, (_, peak) = time.perf_counter() - t, tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    by_ids = {frozenset(g["ids"]): g["why"] for g in groups}
+    assert set(by_ids) == {frozenset(f"s{i}" for i in range(20_000)), frozenset({"p1", "p2", "r1"}),
+                            frozenset({"q1", "q2"})}
+    assert by_ids[frozenset(f"s{i}" for i in range(20_000))] == "same subject and relation ('zentrix', 'ceo')"
+    assert by_ids[frozenset({"q1", "q2"})] == "prompts ask the same thing (cosine 1.00)"
+    print(f"\nfind_conflicts on {len(facts):,} facts: {seconds:.1f} s, peak {peak / 2**20:.0f} MB traced")
+    # Before: cubic in the shared group (2,000 facts: 72 s) and two n x n matrices (25,000: 7 GB).
+    assert seconds < 20 and peak < 400 * 2**20, (seconds, peak)
+
+
+def test_conflict_blocks_do_not_change_the_answer():
+    facts, _ = merge_duplicates(load_facts(ASSETS / "conflicts.csv"))
+    facts += load_facts(ASSETS / "invented.csv")[:10]
+    assert find_conflicts(facts, embedder(), 0.9, block=7) == find_conflicts(facts, embedder(), 0.9)
