@@ -65,8 +65,8 @@ def find_conflicts(facts, embedder=None, threshold: float = 0.9, block: int = 1 
 
     Cost: the subject/relation rule is one pass over a dict of groups. The prompt rule compares
     every text with every other, but a block of facts at a time against the facts after them
-    (`block` similarities, 16 MB, at once): only the pairs above the threshold are kept, joined
-    by union-find, so memory stays bounded and no n x n matrix is ever built."""
+    (`block` similarities, 16 MB, at once): only the pairs above the threshold are kept and the
+    groups they touch merged, so memory stays bounded and no n x n matrix is ever built."""
     n = len(facts)
     parent = list(range(n))
     reasons: dict[int, set[str]] = {}  # by a member of the group; gathered by the group's root at the end
