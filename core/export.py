@@ -109,15 +109,34 @@ def _permute_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def _pre_tokenizer_name(tok_json: dict) -> str:
-    """llama.cpp's name for the pre-tokenizer (its `tokenizer.ggml.pre`), from the tokenizer.json's."""
+# llama.cpp names a BPE tokenizer's pre-tokenizer (its `tokenizer.ggml.pre`) by the sha256 of the token ids
+# of this text (convert_hf_to_gguf.py, get_vocab_base_pre); the names of the Llama-architecture tokenizers
+# we know, by hash. Any other byte-level BPE tokenizer is named from its tokenizer.json.
+_CHKTXT = ('\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ '
+           '🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ '
+           '------======= нещо на Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, '
+           '\'RE you sure? \'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL')
+_PRE_BY_HASH = {
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",      # SmolLM, SmolLM2
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",   # Llama 3
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",
+}
+
+
+def _pre_tokenizer_name(tok, tok_json: dict) -> str:
+    """llama.cpp's name for how the tokenizer splits text before BPE."""
+    import hashlib
+
+    digest = hashlib.sha256(str(tok.encode(_CHKTXT)).encode()).hexdigest()
+    if digest in _PRE_BY_HASH:
+        return _PRE_BY_HASH[digest]
     pre = tok_json.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [p.get("type") for p in parts]
     if kinds == ["ByteLevel"] and parts[0].get("use_regex", True):
         return "gpt-2"
     if kinds == ["Digits", "ByteLevel"] and parts[0].get("individual_digits"):
-        return "smollm"   # SmolLM's own tokenizer: digits one by one, then GPT-2's split
+        return "smollm"   # digits one by one, then GPT-2's split
     return "default"
 
 
@@ -152,7 +171,7 @@ def tokenizer_metadata(tok, vocab_size: int) -> dict:
             types.append(TokenType.NORMAL)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     plain, special = tok("a", add_special_tokens=False).input_ids, tok("a", add_special_tokens=True).input_ids
-    meta = {"pre": _pre_tokenizer_name(tok_json), "tokens": tokens, "types": types, "merges": merges,
+    meta = {"pre": _pre_tokenizer_name(tok, tok_json), "tokens": tokens, "types": types, "merges": merges,
             "add_bos": len(special) > len(plain) and special[0] == tok.bos_token_id,
             "add_eos": len(special) > len(plain) and special[-1] == tok.eos_token_id,
             "chat_template": tok.chat_template if isinstance(tok.chat_template, str) else None}
@@ -205,15 +224,13 @@ def write_gguf(model, tok, path, gguf_type: str = "q8_0", name: str | None = Non
     w.add_head_count(c["head_count"])
     w.add_head_count_kv(c["head_count_kv"])
     w.add_rope_dimension_count(c["head_dim"])
-    if c["head_dim"] != c["embedding_length"] // c["head_count"]:
-        w.add_key_length(c["head_dim"])
-        w.add_value_length(c["head_dim"])
+    w.add_key_length(c["head_dim"])
+    w.add_value_length(c["head_dim"])
     w.add_rope_freq_base(c["rope_freq_base"])
     w.add_layer_norm_rms_eps(c["rms_eps"])
     w.add_vocab_size(c["vocab_size"])
     w.add_file_type(ftype)
-    if gguf_type == "q8_0":
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(tmeta["pre"])

@@ -107,6 +107,7 @@ def test_gguf_metadata_is_what_llama_cpp_reads(tiny_run, ggufs):
     assert f["llama.context_length"] == 128 and f["llama.vocab_size"] == len(tok)
     assert f["llama.rope.dimension_count"] == 16 and f["llama.rope.freq_base"] == pytest.approx(10000.0)
     assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.eos_token_id"] == tok.eos_token_id
+    assert f["tokenizer.ggml.pre"] == "smollm"   # what llama.cpp's converter names SmolLM2's tokenizer
     assert f["tokenizer.ggml.padding_token_id"] == tok.pad_token_id
     assert f["tokenizer.chat_template"] == tok.chat_template
     assert len(r.fields["tokenizer.ggml.tokens"].data) == len(tok)
