@@ -416,3 +416,57 @@ def test_two_jobs_never_overlap():
     assert sorted(ran) == ["job0", "job1", "job2"] and peak[0] == 1
     assert jobs._MODEL_LOCK.acquire(timeout=5)
     jobs._MODEL_LOCK.release()
+
+
+# ---------------------------------------------------------------- 4 results: export
+
+def test_export_gguf_waits_for_the_slot_writes_into_the_run_and_offers_the_file(sess, monkeypatch, tmp_path):
+    from core import export
+
+    run_dir = tmp_path / "run"
+    (run_dir / "adapter").mkdir(parents=True)
+    (run_dir / "adapter" / "adapter_config.json").write_text("{}")
+    (run_dir / "report.json").write_text("{}")
+    seen = {}
+
+    def fake_export(run, merged=None, gguf=None, gguf_type="q8_0", progress=None):
+        seen.update(run=run, merged=merged, gguf=gguf, gguf_type=gguf_type)
+        progress({"stage": "merge", "message": "merging the adapter"})
+        Path(gguf).parent.mkdir(parents=True, exist_ok=True)
+        Path(gguf).write_bytes(b"GGUF")
+        return {"seconds": 7.4, "gguf": {"path": str(gguf), "type": gguf_type, "mb": 144.6, "seconds": 2.0}}
+
+    monkeypatch.setattr(export, "export", fake_export)
+    with pytest.raises(gr.Error, match="Train first"):
+        next(handlers.export_gguf(sess))
+    sess.update(report={"config": {}}, run_dir=str(run_dir))
+    assert jobs._MODEL_LOCK.acquire(timeout=5)  # another visitor's job
+    gen = handlers.export_gguf(sess)
+    try:
+        first = next(gen)
+    finally:
+        jobs._MODEL_LOCK.release()
+    assert first == {"export_status": "Waiting for another visitor's job to finish…"}
+    updates = list(gen)
+    assert all(set(u) <= set(handlers.EXPORT_OUTPUTS) for u in updates)
+    assert seen == {"run": run_dir, "merged": None, "gguf": run_dir / "export" / "model-q8_0.gguf", "gguf_type": "q8_0"}
+    assert any("merging the adapter" in u.get("export_status", "") for u in updates)
+    last = updates[-1]
+    assert "**model-q8_0.gguf** (145 MB, q8_0) in 7 s" in last["export_status"]
+    assert {Path(f).name for f in last["files_out"]} == {"adapter.zip", "report.json", "model-q8_0.gguf"}
+    assert jobs._MODEL_LOCK.acquire(timeout=5), "the export kept the model slot"
+    jobs._MODEL_LOCK.release()
+
+
+def test_export_gguf_says_why_it_failed_and_frees_the_slot(sess, monkeypatch, tmp_path):
+    from core import export
+
+    def fake_export(*a, **kw):
+        raise ValueError("GGUF export supports the Llama architecture; this model is 'gpt2'")
+
+    monkeypatch.setattr(export, "export", fake_export)
+    sess.update(report={"config": {}}, run_dir=str(tmp_path))
+    with pytest.raises(gr.Error, match="Export failed: GGUF export supports the Llama architecture; this model is 'gpt2'"):
+        list(handlers.export_gguf(sess))
+    assert jobs._MODEL_LOCK.acquire(timeout=5), "a failed export kept the model slot"
+    jobs._MODEL_LOCK.release()

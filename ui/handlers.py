@@ -1,8 +1,8 @@
 """The app's handlers: plain functions of widget values, callable without a server.
 
 Each visitor's gr.State is a plain dict (`new_session`). Generators yield {output name: value}; the
-layout maps the names (CHECK_OUTPUTS, TRAIN_OUTPUTS) to its components. The analysis of a check and the
-report of a run come from core.pipeline here and nowhere else.
+layout maps the names (CHECK_OUTPUTS, TRAIN_OUTPUTS, EXPORT_OUTPUTS) to its components. The analysis of a
+check and the report of a run come from core.pipeline here and nowhere else.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from core import export as core_export
 from core import pipeline
 from core.ask import ask
 from core.config import gpu_seconds
@@ -56,7 +57,9 @@ def hold_model(cfg, bundle):
 
 CHECK_OUTPUTS = ("analysis_state", "review_table", "review_note", "state", "tabs", "check_status")
 TRAIN_OUTPUTS = ("state", "analysis_state", "train_status", "loss_plot", "recall_plot", "summary_md",
-                 "results_table", "plots", "files_out", "ask_prompt", "ask_btn", "stop_btn", "tabs", "earlier_in")
+                 "results_table", "plots", "files_out", "ask_prompt", "ask_btn", "stop_btn", "tabs", "earlier_in",
+                 "export_btn", "export_status")
+EXPORT_OUTPUTS = ("files_out", "export_status")
 
 
 def new_session() -> dict:
@@ -81,7 +84,8 @@ def downloads(run_dir: Path) -> list[str]:
     for folder in ("adapter", "plots"):
         if (run_dir / folder).is_dir():
             files.append(shutil.make_archive(str(run_dir / folder), "zip", run_dir / folder))
-    return files + [str(run_dir / n) for n in ("report.json", "facts.json") if (run_dir / n).exists()]
+    files += [str(run_dir / n) for n in ("report.json", "facts.json") if (run_dir / n).exists()]
+    return files + [str(p) for p in sorted((run_dir / "export").glob("*.gguf"))]
 
 
 # ---------------------------------------------------------------- 1 facts
@@ -266,6 +270,7 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                     yield {"state": sess, "summary_md": summary, "results_table": table, "plots": gallery,
                            "files_out": downloads(run_dir), "ask_prompt": ask_default(report),
                            "ask_btn": gr.Button(interactive=True), "stop_btn": gr.Button(interactive=False),
+                           "export_btn": gr.Button(interactive=True), "export_status": "",
                            "tabs": gr.Tabs(selected="results"), "loss_plot": loss, "recall_plot": recall,
                            "earlier_in": gr.Dropdown(choices=earlier_runs(sess)),
                            "train_status": status_html(stages, seen, "done", 1, done_message(report),
@@ -313,3 +318,34 @@ def ask_model(prompt, sess):
     except (ValueError, ModelError) as e:
         raise gr.Error(str(e)) from None
     return out["base"], out["tuned"]
+
+
+def export_gguf(sess):
+    """Write RUN_DIR/export/model-q8_0.gguf (the base model with the run's adapter merged in, for llama.cpp,
+    Ollama, LM Studio...) and add it to the downloads. It loads the model, so it waits for the model slot."""
+    report, run_dir = sess.get("report"), sess.get("run_dir")
+    if not report or not run_dir:
+        raise gr.Error("Train first: there is no tuned model to export yet.")
+    run_dir = Path(run_dir)
+    target = run_dir / "export" / "model-q8_0.gguf"
+    for _ in wait_for_slot():
+        yield {"export_status": "Waiting for another visitor's job to finish…"}
+
+    def job(progress):
+        return core_export.export(run_dir, gguf=target, gguf_type="q8_0", progress=progress)
+
+    t0 = time.perf_counter()
+    for batch in stream(job, f"beacon-export-{sess['id']}"):
+        for kind, payload in batch:
+            if kind == "progress":
+                yield {"export_status": f"{payload['message']}… ({time.perf_counter() - t0:.0f} s)"}
+            elif kind == "error":
+                raise gr.Error(f"Export failed: {payload}" if isinstance(payload, (ValueError, ModelError, OSError))
+                               else f"Export failed ({type(payload).__name__}: {payload}).")
+            else:
+                g = payload["gguf"]
+                yield {"files_out": downloads(run_dir),
+                       "export_status": f"Wrote **{target.name}** ({g['mb']:.0f} MB, q8_0) in "
+                                        f"{payload['seconds']:.0f} s: in the downloads. Load it with llama.cpp "
+                                        "(`llama-cli -m model-q8_0.gguf`) or transformers (`gguf_file=`)."}
+                return

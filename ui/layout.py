@@ -11,8 +11,9 @@ import pandas as pd
 from core import pipeline
 from core.models import DEFAULT_MODEL, QUANTIZATIONS
 
-from .handlers import (CHECK_OUTPUTS, TRAIN_OUTPUTS, ask_model, check, facts_changed, load_sample, model_changed,
-                       new_session, on_unload, review_edit, review_settings, stop_run, train, upload)
+from .handlers import (CHECK_OUTPUTS, EXPORT_OUTPUTS, TRAIN_OUTPUTS, ask_model, check, export_gguf, facts_changed,
+                       load_sample, model_changed, new_session, on_unload, review_edit, review_settings, stop_run,
+                       train, upload)
 from .render import FACT_COLUMNS, RESULT_COLUMNS, REVIEW_COLUMNS
 from .settings import LAYER_CHOICES, NO_EARLIER, SAMPLES, default, device_note, layer_count
 
@@ -202,16 +203,24 @@ def build_demo() -> gr.Blocks:
                     base_out = gr.Textbox(label="Base model", interactive=False, elem_id="ask-base")
                     tuned_out = gr.Textbox(label="Tuned model (with the adapter)", interactive=False,
                                            elem_id="ask-tuned")
-                files_out = gr.File(label="Downloads: adapter (peft folder, zip), plots (zip), report.json, the facts",
-                                    file_count="multiple", interactive=False, elem_id="downloads")
+                with gr.Row():
+                    files_out = gr.File(label="Downloads: adapter (peft folder, zip), plots (zip), report.json, the "
+                                              "facts, the GGUF once exported", file_count="multiple",
+                                        interactive=False, elem_id="downloads", scale=4)
+                    with gr.Column(scale=1):
+                        export_btn = gr.Button("Export GGUF (q8_0)", interactive=False, elem_id="export-gguf")
+                        export_status = gr.Markdown("The base model with the adapter merged in, as one file for "
+                                                    "llama.cpp (about 145 MB for the default model).",
+                                                    elem_id="export-status", elem_classes="small-note")
 
         # ------------------------------------------------------------ events
-        # The components the generator handlers (check, train) update, by the names they yield.
+        # The components the generator handlers (check, train, export_gguf) update, by the names they yield.
         named = dict(state=state, analysis_state=analysis_state, tabs=tabs, check_status=check_status,
                      review_table=review_table, review_note=review_note, train_status=train_status,
                      loss_plot=loss_plot, recall_plot=recall_plot, summary_md=summary_md,
                      results_table=results_table, plots=plots, files_out=files_out, ask_prompt=ask_prompt,
-                     ask_btn=ask_btn, stop_btn=stop_btn, earlier_in=earlier_in)
+                     ask_btn=ask_btn, stop_btn=stop_btn, earlier_in=earlier_in, export_btn=export_btn,
+                     export_status=export_status)
 
         for btn, label in zip(sample_btns, SAMPLES):
             btn.click(lambda s, label=label: load_sample(label, s), [state], [facts_table, state, facts_note],
@@ -253,5 +262,9 @@ def build_demo() -> gr.Blocks:
         stop_btn.click(stop_run, [state], [stop_btn], api_name="stop", queue=False)
         gr.on([ask_btn.click, ask_prompt.submit], ask_model, [ask_prompt, state], [base_out, tuned_out],
               api_name="ask")
+        # Export loads the model too: it takes the same slot as Check and Train.
+        export_btn.click(_by_name(export_gguf, named), [state], [named[n] for n in EXPORT_OUTPUTS],
+                         api_name="export_gguf", concurrency_id="model", concurrency_limit=1, trigger_mode="once",
+                         show_progress_on=[export_status])
         demo.unload(on_unload)
     return demo
