@@ -79,31 +79,59 @@ def _answer(text: str) -> str:
     return re.split(r"[.,;:!?\n]|\s-\s", text.strip(), maxsplit=1)[0].strip()
 
 
+# A list prompt whose examples share nothing with the samples or probes: the model goes on listing
+# things of the subject's own kind ("Microsoft," -> " Apple, Google, Facebook").
+_LIST = ("Lists of things of one kind:\n1. Toyota, Honda, Ford, BMW, Nissan\n2. the Nile, the Danube, the "
+         "Mississippi, the Rhine\n3. the violin, the cello, the flute, the piano\n4. {subject},")
+
+
+def _siblings(texts: list[str], subject: str) -> list[str]:
+    """Items of the model's list continuations, less the subject itself and names that contain it."""
+    own, out = normalise(subject), []
+    for text in texts:
+        for item in text.split("\n")[0].split(","):
+            item = item.strip().strip(".").strip()
+            key = normalise(item)
+            if 2 <= len(key) <= 40 and own not in key and key not in own and len(item.split()) <= 5 \
+                    and item not in out and not re.search(r"\b(etc|and so on)\b", key):
+                out.append(item)
+    return out
+
+
 @torch.no_grad()
 def neighbour_anchors(model, tok, facts, per_fact: int = 5, seed: int = 0) -> list[str]:
     """Fact anchors `prompt | answer` that share a fact's relation with other subjects, the subjects
-    and the answers both written by the base model (adapter off, if any). Facts whose prompt does not
-    contain their subject after a lead of two words or more give none."""
+    and the answers both written by the base model (adapter off, if any). Subjects come first from a
+    list the model continues after the fact's subject (things of its kind: Microsoft -> Apple, Google),
+    then from the model's continuations of the prompt's lead ("The CEO of" -> "Apple"), for leads of
+    two words or more. A fact whose prompt does not contain its subject gives none."""
     spans = [(f, _subject_span(f)) for f in facts]
     spans = [(f, s) for f, s in spans if s]
     if not spans or per_fact <= 0:
         return []
-    # Where the prompt starts with the subject, the relation phrase leads the model to subjects of its kind.
-    # A lead of one word ("The" for "The Mona Lisa was painted by") or none gives junk subjects: skip those.
-    spans = [(f, s) for f, s in spans if len(s[0].split()) >= 2]
-    if not spans:
-        return []
-    leads = [s[0] for f, s in spans]
     k = 2 * per_fact
+    lists = [_LIST.format(subject=f.subject) for f, _ in spans]
+    greedy = generate(model, tok, lists, max_new_tokens=20)
+    sampled_lists = generate(model, tok, [q for q in lists for _ in range(2)], max_new_tokens=20, sample=True,
+                             temperature=0.9, top_p=0.9, generator_seed=seed + 3)
+    # A lead of one word ("The" for "The Mona Lisa was painted by") or none gives junk subjects: no lead then.
+    led = [j for j, (_, s) in enumerate(spans) if len(s[0].split()) >= 2]
     # Nucleus sampling: the full distribution's tail gives junk subjects ("The -space-space- was painted by").
-    sampled = generate(model, tok, [l.rstrip() for l in leads for _ in range(k)], max_new_tokens=8,
-                       sample=True, temperature=0.9, top_p=0.9, generator_seed=seed)
+    sampled = generate(model, tok, [spans[j][1][0].rstrip() for j in led for _ in range(k)], max_new_tokens=8,
+                       sample=True, temperature=0.9, top_p=0.9, generator_seed=seed) if led else []
+    by_lead = {j: sampled[n * k:(n + 1) * k] for n, j in enumerate(led)}
     taken = {normalise(f.subject) for f in facts if f.subject}
     prompts = []
     for j, (f, (before, after)) in enumerate(spans):
+        words = len(f.subject.split()) + 1
+        candidates = _siblings([greedy[j], *sampled_lists[2 * j:2 * j + 2]], f.subject) + \
+            [_clean_subject(t, words) for t in by_lead.get(j, [])]
         got = 0
-        for text in sampled[j * k:(j + 1) * k]:
-            subj = _clean_subject(text, len(f.subject.split()) + 1)
+        for subj in candidates:
+            if before.split() and len(subj.split()) > 1 and before.split()[-1].lower() == subj.split()[0].lower():
+                subj = subj.split(None, 1)[1]       # "The " + "the radio": one article
+            if not before.strip():   # the subject opens the prompt: so does its sibling
+                subj = subj[:1].upper() + subj[1:]
             key = normalise(subj)
             if not key or key in taken or len(key) < 2:
                 continue
