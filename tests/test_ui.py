@@ -376,16 +376,67 @@ def test_stream_reports_an_exception_and_frees_the_slot():
 
 
 def test_wait_for_slot_yields_while_held_and_gives_up_when_stopped():
-    free = list(jobs.wait_for_slot())
-    assert free == [] and jobs._MODEL_LOCK.locked()  # a free slot: taken at once, no waiting
+    free = jobs.wait_for_slot()
+    with pytest.raises(StopIteration) as done:
+        next(free)
+    assert done.value.value is True and jobs._MODEL_LOCK.locked()  # a free slot: taken at once, no waiting
     stop = threading.Event()
     gen = jobs.wait_for_slot(stop)
     t0 = time.perf_counter()
     assert next(gen) is None and time.perf_counter() - t0 >= 0.4  # held: it waits, then yields
     stop.set()
-    assert list(gen) == []
+    with pytest.raises(StopIteration) as done:
+        next(gen)
+    assert done.value.value is False
     assert jobs._MODEL_LOCK.locked(), "a stopped wait must not release someone else's lock"
     jobs._MODEL_LOCK.release()
+
+
+def test_a_stop_as_the_slot_comes_free_never_leaves_the_lock_held():
+    """The lock leak of issue 12: Stop in the last moments of another visitor's job. Whatever the
+    interleaving, the wait's answer and the lock agree, and a stopped wait holds nothing."""
+    for trial in range(30):
+        assert jobs._MODEL_LOCK.acquire(timeout=5)        # another visitor's job
+        stop = threading.Event()
+
+        def finish(delay=0.45 + trial * 0.004):
+            time.sleep(delay)
+            jobs._MODEL_LOCK.release()                     # that job ends...
+            stop.set()                                     # ...as this visitor presses Stop
+        threading.Thread(target=finish).start()
+        held = yield_all(jobs.wait_for_slot(stop))
+        time.sleep(0.05)
+        if held:
+            assert jobs._MODEL_LOCK.locked()
+            jobs._MODEL_LOCK.release()
+        assert not jobs._MODEL_LOCK.locked(), f"trial {trial}: the lock was left held"
+    # already stopped when the slot is free: not taken
+    stop = threading.Event()
+    stop.set()
+    assert yield_all(jobs.wait_for_slot(stop)) is False and not jobs._MODEL_LOCK.locked()
+
+
+def yield_all(gen):
+    while True:
+        try:
+            next(gen)
+        except StopIteration as done:
+            return done.value
+
+
+def test_train_stopped_while_waiting_returns_without_the_lock(sess, monkeypatch):
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: pytest.fail("a stopped train must not run"))
+    facts = table([{"id": "a", "prompt": "The CEO of A is", "target": "Ann"}])
+    assert jobs._MODEL_LOCK.acquire(timeout=5)
+    gen = handlers.train(sess, None, facts, "", "auto", True, "semantic", 9, 0.002, 8, 0.0, "all", "",
+                         1, "select", "", True, ["neighbours"])
+    next(gen)                               # the run folder is made; then it waits
+    assert "waiting" in next(gen)["train_status"]
+    handlers.stop_run(sess)
+    jobs._MODEL_LOCK.release()              # the other job ends just then
+    rest = list(gen)
+    assert "stopped before it started" in rest[-1]["train_status"]
+    assert not jobs._MODEL_LOCK.locked() and jobs.ACTIVE == {}
 
 
 def test_two_jobs_never_overlap():

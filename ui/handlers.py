@@ -25,7 +25,7 @@ from core.facts import FactsError, facts_from_rows, load_facts, save_facts
 from core.models import ModelError
 
 from . import settings
-from .jobs import ACTIVE, stream, wait_for_slot
+from .jobs import ACTIVE, stream, wait_for_slot, waiting
 from .render import (CHECK_STAGES, REVIEW_COLUMNS, ask_default, curves, done_message, facts_frame, results_view,
                      review_frame, status_html, train_stages)
 from .settings import (ASSETS, SAMPLES, default, device_note, earlier_run_dir, earlier_runs, layer_count, layers_spec,
@@ -227,9 +227,9 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
            "train_status": status_html(stages, [], None, 0, "starting")}
 
     try:
-        for _ in wait_for_slot(stop):
-            yield {"train_status": status_html(stages, [], None, 0, "waiting for another visitor's job to finish")}
-        if stop.is_set():
+        held = yield from waiting(wait_for_slot(stop), {"train_status": status_html(
+            stages, [], None, 0, "waiting for another visitor's job to finish")})
+        if not held:   # stopped while waiting; from here on the lock is stream's to release
             yield {"train_status": status_html(stages, [], None, 0, "stopped before it started")}
             return
 

@@ -48,9 +48,25 @@ def stream(target, name):
 
 
 def wait_for_slot(stop: threading.Event | None = None):
-    """Yields while another visitor's model job (or a closed tab's) is still running; returns holding
-    the lock, or without it once `stop` is set."""
+    """Yields while another visitor's model job (or a closed tab's) is still running; returns True
+    holding the lock, or False without it once `stop` is set. The lock is never kept by a stopped
+    wait: a Stop that lands just as the lock comes free would otherwise leave it held for ever
+    (`held = yield from waiting(wait_for_slot(stop), update)` in a handler gets the answer)."""
     while not _MODEL_LOCK.acquire(timeout=0.5):
         if stop is not None and stop.is_set():
-            return
+            return False
         yield
+    if stop is not None and stop.is_set():
+        _MODEL_LOCK.release()
+        return False
+    return True
+
+
+def waiting(wait, update):
+    """Re-yield `update` for every tick of the generator `wait`; return what `wait` returns."""
+    while True:
+        try:
+            next(wait)
+        except StopIteration as done:
+            return done.value
+        yield update
