@@ -17,6 +17,8 @@ import functools
 import io
 import logging
 import os
+import tempfile
+from pathlib import Path
 
 
 @functools.cache
@@ -36,16 +38,25 @@ def __getattr__(name):
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True):
     import gradio as gr
 
+    from ui import cleanup
+    from ui.handlers import sweep_runs
     from ui.layout import CSS
-    from ui.settings import RUNS
+    from ui.settings import MAX_UPLOAD_MB, QUEUE_SIZE, RUNS
 
     demo = _demo()
     RUNS.mkdir(parents=True, exist_ok=True)
-    demo.queue(default_concurrency_limit=4)
+    # Files a visitor's outputs return are copied into Gradio's cache, under a hash of their content,
+    # and only those are served: RUNS itself is never served (no allowed_paths). Gradio copies only
+    # from the working directory and the temp directory, so RUNS must lie under one of them.
+    if not any(RUNS.is_relative_to(Path(p).resolve()) for p in (os.getcwd(), tempfile.gettempdir())):
+        raise SystemExit(f"BEACON_RUNS={RUNS}: must lie under the working directory ({os.getcwd()}) or the temp "
+                         f"directory ({tempfile.gettempdir()}), or Gradio cannot serve a run's downloads.")
+    cleanup.start(sweep_runs, every_s=float(os.environ.get("BEACON_CLEANUP_EVERY_S") or 600))
+    demo.queue(default_concurrency_limit=4, max_size=QUEUE_SIZE * 4)
     # When a share link cannot be made Gradio prints a long note; we say it in one line instead.
     with contextlib.redirect_stdout(io.StringIO()) if share else contextlib.nullcontext():
         demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
-                    theme=gr.themes.Soft(), css=CSS, allowed_paths=[str(RUNS)])
+                    theme=gr.themes.Soft(), css=CSS, max_file_size=int(MAX_UPLOAD_MB * 2**20))
     print(f"Beacon is running on {demo.local_url}", flush=True)
     if share:
         print(f"Public link: {demo.share_url}" if demo.share_url else

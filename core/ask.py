@@ -10,7 +10,7 @@ from .models import load_model
 _LOCK = threading.Lock()  # one cached model is shared by every visitor of the app
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=1)  # one tuned model in memory at most: a new run's replaces it
 def _tuned(adapter_dir: str, model: str, quantization: str):
     from peft import PeftModel
 

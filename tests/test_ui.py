@@ -287,7 +287,8 @@ def test_check_waits_for_the_slot_then_streams_and_reviews(sess, monkeypatch):
         first = next(gen)
     finally:
         jobs._MODEL_LOCK.release()
-    assert set(first) == {"check_status"} and "waiting for another visitor" in first["check_status"]
+    assert set(first) == {"check_status", "state"} and "waiting for another visitor" in first["check_status"]
+    assert "1 job ahead of yours" in first["check_status"]
     updates = list(gen)
     assert all(set(u) <= set(handlers.CHECK_OUTPUTS) for u in updates)
     last = updates[-1]
@@ -383,7 +384,7 @@ def test_wait_for_slot_yields_while_held_and_gives_up_when_stopped():
     stop = threading.Event()
     gen = jobs.wait_for_slot(stop)
     t0 = time.perf_counter()
-    assert next(gen) is None and time.perf_counter() - t0 >= 0.4  # held: it waits, then yields
+    assert next(gen) == 1 and time.perf_counter() - t0 >= 0.4  # held: it waits, then yields the jobs ahead
     stop.set()
     with pytest.raises(StopIteration) as done:
         next(gen)
@@ -497,7 +498,7 @@ def test_export_gguf_waits_for_the_slot_writes_into_the_run_and_offers_the_file(
         first = next(gen)
     finally:
         jobs._MODEL_LOCK.release()
-    assert first == {"export_status": "Waiting for another visitor's job to finish…"}
+    assert first == {"export_status": "Waiting for another visitor's job to finish: 1 job ahead of yours…"}
     updates = list(gen)
     assert all(set(u) <= set(handlers.EXPORT_OUTPUTS) for u in updates)
     assert seen == {"run": run_dir, "merged": None, "gguf": run_dir / "export" / "model-q8_0.gguf", "gguf_type": "q8_0"}

@@ -25,7 +25,8 @@ from core.facts import FactsError, facts_from_rows, load_facts, save_facts
 from core.models import ModelError
 
 from . import settings
-from .jobs import ACTIVE, stream, wait_for_slot, waiting
+from . import cleanup, jobs
+from .jobs import ACTIVE, QueueFull, Stopped, stream, wait_for_slot, waiting
 from .render import (CHECK_STAGES, REVIEW_COLUMNS, ask_default, curves, done_message, facts_frame, results_view,
                      review_frame, status_html, train_stages)
 from .settings import (ASSETS, SAMPLES, default, device_note, earlier_run_dir, earlier_runs, layer_count, layers_spec,
@@ -64,7 +65,40 @@ EXPORT_OUTPUTS = ("files_out", "export_status")
 
 def new_session() -> dict:
     return {"id": uuid.uuid4().hex[:12], "meta": {}, "upload": None, "keep": [], "drop": [],
-            "run_dir": None, "report": None, "stop": None}
+            "run_dir": None, "report": None, "stop": None, "check_stop": None}
+
+
+def visitor_of(sess, request) -> str:
+    """Who a job belongs to: the Gradio session (a tab), or the state's id without a server."""
+    return getattr(request, "session_hash", None) or sess["id"]
+
+
+def claim(visitor: str, what: str) -> None:
+    """One running job per visitor: refuse a second one while the first (or its wait) is on."""
+    busy = jobs.claim(visitor, what)
+    if busy is not None:
+        raise gr.Error(f"One job at a time per visitor: your {busy} is still running. Wait for it to finish "
+                       "or stop it, then try again.")
+
+
+def wait_in_line(stop, update):
+    """`held = yield from wait_in_line(stop, update)`: wait for the model slot in the line of at most
+    settings.QUEUE_SIZE jobs; a full line is a gr.Error that names the limit."""
+    try:
+        return (yield from waiting(wait_for_slot(stop, max_waiting=settings.QUEUE_SIZE), update))
+    except QueueFull as e:
+        raise gr.Error(f"The queue is full: {e}") from None
+
+
+def ahead_note(ahead: int) -> str:
+    return (f"waiting for another visitor's job to finish: {ahead} job{'s' if ahead > 1 else ''} ahead of yours")
+
+
+def sweep_runs() -> list[Path]:
+    """Delete run folders past BEACON_RUN_TTL_HOURS, then the oldest over BEACON_DISK_BUDGET_MB; never one
+    a job is writing to."""
+    return cleanup.sweep(settings.RUNS, settings.RUN_TTL_HOURS * 3600, settings.DISK_BUDGET_MB * 2**20,
+                         active=jobs.running_dirs())
 
 
 def table_facts(df, sess):
@@ -101,6 +135,10 @@ def upload(path, sess):
     if not path:
         return gr.skip(), sess, gr.skip()
     src = Path(path)
+    size, limit = src.stat().st_size, settings.MAX_UPLOAD_MB * 2**20
+    if size > limit:   # before any copy: a large upload costs this server nothing more
+        raise gr.Error(f"{src.name}: {size / 2**20:.1f} MB, over the upload limit of {settings.MAX_UPLOAD_MB:g} MB "
+                       "(BEACON_MAX_UPLOAD_MB).")
     # Copied into the session's folder at once: an upload is never lost, whatever fails later.
     saved = session_dir(sess) / "uploads" / src.name
     saved.parent.mkdir(parents=True, exist_ok=True)
@@ -135,39 +173,70 @@ def _train_seconds(sess, analysis, facts_df, model, quant, filt, weighting, step
 
 
 @GPU(duration=_check_seconds)  # ZeroGPU reserves a GPU for as long as the facts and steps need
-def check(sess, facts_df, model, quant, filt, weighting):
+def check(sess, facts_df, model, quant, filt, weighting, request: gr.Request = None):
     facts = table_facts(facts_df, sess)
     sess["keep"], sess["drop"] = [], []  # a fresh check starts from the checks' own decisions
     cfg = make_config(sess, model, quant, filt, weighting)
+    visitor = visitor_of(sess, request)
+    claim(visitor, "check")
+    stop, streaming = threading.Event(), False
+    sess["check_stop"] = stop
+    ACTIVE[visitor] = stop
     t0, seen, current, message = time.perf_counter(), [], "check", "checking facts"
-    for _ in wait_for_slot():
-        yield {"check_status": status_html(CHECK_STAGES, [], None, 0, "waiting for another visitor's job to finish")}
-    def job(progress):
-        bundle = take_model(cfg) or pipeline.load(cfg)
-        analysis = pipeline.analyze(facts, probes(), cfg, model=bundle, progress=progress)
-        if not ZERO_GPU:  # a model on ZeroGPU's GPU cannot outlive this call; training loads its own
-            hold_model(cfg, bundle)
-        return analysis
+    try:
+        held = yield from wait_in_line(stop, lambda ahead: {"state": sess, "check_status": status_html(
+            CHECK_STAGES, [], None, 0, ahead_note(ahead))})
+        if not held:
+            yield {"state": sess, "check_status": status_html(CHECK_STAGES, [], None, 0, "stopped before it started")}
+            return
 
-    for batch in stream(job, "beacon-check"):
-        for kind, payload in batch:
-            if kind == "progress":
-                seen.append(current)
-                current, message = payload["stage"], payload["message"]
-            elif kind == "error":
-                e = payload
-                raise gr.Error(str(e) if isinstance(e, (ModelError, FactsError, ValueError))
-                               else f"Checking the facts failed ({type(e).__name__}: {e}).")
-            else:
-                analysis = payload
-                df, note = review_frame(analysis, cfg)
-                yield {"analysis_state": analysis, "review_table": df, "review_note": note, "state": sess,
-                       "tabs": gr.Tabs(selected="review"),
-                       "check_status": status_html(CHECK_STAGES, seen, "done", 1, f"Checked {len(facts)} facts: "
-                                                   "see 2 · Review", time.perf_counter() - t0)}
-                return
-        frac = len(set(seen)) / len(CHECK_STAGES)
-        yield {"check_status": status_html(CHECK_STAGES, seen, current, frac, message, time.perf_counter() - t0)}
+        def job(progress):
+            progress = jobs.stopping(progress, stop)   # analyze has no should_stop: it stops at its next stage
+            bundle = take_model(cfg) or pipeline.load(cfg)
+            analysis = pipeline.analyze(facts, probes(), cfg, model=bundle, progress=progress)
+            if not ZERO_GPU:  # a model on ZeroGPU's GPU cannot outlive this call; training loads its own
+                hold_model(cfg, bundle)
+            return analysis
+
+        streaming = True   # from here the worker releases the lock and the visitor's claim
+        for batch in stream(job, f"beacon-check-{visitor}", visitor):
+            for kind, payload in batch:
+                if kind == "progress":
+                    seen.append(current)
+                    current, message = payload["stage"], payload["message"]
+                elif kind == "error":
+                    e = payload
+                    if isinstance(e, Stopped):
+                        yield {"state": sess, "check_status": status_html(
+                            CHECK_STAGES, seen, None, 0, "stopped: press Check facts to check again",
+                            time.perf_counter() - t0)}
+                        return
+                    raise gr.Error(str(e) if isinstance(e, (ModelError, FactsError, ValueError))
+                                   else f"Checking the facts failed ({type(e).__name__}: {e}).")
+                else:
+                    analysis = payload
+                    df, note = review_frame(analysis, cfg)
+                    yield {"analysis_state": analysis, "review_table": df, "review_note": note, "state": sess,
+                           "tabs": gr.Tabs(selected="review"),
+                           "check_status": status_html(CHECK_STAGES, seen, "done", 1, f"Checked {len(facts)} facts: "
+                                                       "see 2 · Review", time.perf_counter() - t0)}
+                    return
+            frac = len(set(seen)) / len(CHECK_STAGES)
+            yield {"check_status": status_html(CHECK_STAGES, seen, current, frac, message, time.perf_counter() - t0)}
+    except GeneratorExit:  # the page went away: stop at the next stage
+        stop.set()
+        raise
+    finally:
+        if ACTIVE.get(visitor) is stop:
+            ACTIVE.pop(visitor, None)
+        if not streaming:
+            jobs.release(visitor)
+
+
+def stop_check(sess):
+    if sess.get("check_stop") is not None:
+        sess["check_stop"].set()
+    return gr.Button(interactive=False)
 
 
 def choices_from_ticks(analysis, natural_cfg, df) -> tuple[list[str], list[str]]:
@@ -210,25 +279,32 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
     stages = train_stages(cfg)
     n_orders, budget = value(cfg, "orders"), value(cfg, "steps")
     K = n_orders if n_orders > 1 and not value(cfg, "continue_from") else 1
-    run_dir = new_run_dir(sess)
-    # Written before anything can fail: the run folder always holds what the person brought.
-    save_facts(facts, run_dir / "facts.json")
-    if sess.get("upload") and Path(sess["upload"]).exists():
-        shutil.copyfile(sess["upload"], run_dir / f"uploaded-{Path(sess['upload']).name}")
-    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-    stop = threading.Event()
-    sess.update(stop=stop, run_dir=str(run_dir), report=None)
-    key = getattr(request, "session_hash", None) or sess["id"]
-    ACTIVE[key] = stop
-    t0 = time.perf_counter()
-    # The analysis stays: it is plain data (no model), so a second Train on the same facts skips the measuring.
-    yield {"state": sess, "loss_plot": None, "recall_plot": None,
-           "stop_btn": gr.Button(interactive=True),
-           "train_status": status_html(stages, [], None, 0, "starting")}
-
+    key = visitor_of(sess, request)
+    claim(key, "training")
     try:
-        held = yield from waiting(wait_for_slot(stop), {"train_status": status_html(
-            stages, [], None, 0, "waiting for another visitor's job to finish")})
+        sweep_runs()   # room for this run within the disk budget
+        run_dir = new_run_dir(sess)
+        jobs.mark_running(run_dir)
+    except BaseException:
+        jobs.release(key)
+        raise
+    streaming, stop = False, threading.Event()
+    try:
+        # Written before anything can fail: the run folder always holds what the person brought.
+        save_facts(facts, run_dir / "facts.json")
+        if sess.get("upload") and Path(sess["upload"]).exists():
+            shutil.copyfile(sess["upload"], run_dir / f"uploaded-{Path(sess['upload']).name}")
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        sess.update(stop=stop, run_dir=str(run_dir), report=None)
+        ACTIVE[key] = stop
+        t0 = time.perf_counter()
+        # The analysis stays: it is plain data (no model), so a second Train on the same facts skips the measuring.
+        yield {"state": sess, "loss_plot": None, "recall_plot": None,
+               "stop_btn": gr.Button(interactive=True),
+               "train_status": status_html(stages, [], None, 0, "starting")}
+
+        held = yield from wait_in_line(stop, lambda ahead: {"train_status": status_html(
+            stages, [], None, 0, ahead_note(ahead))})
         if not held:   # stopped while waiting; from here on the lock is stream's to release
             yield {"train_status": status_html(stages, [], None, 0, "stopped before it started")}
             return
@@ -242,7 +318,8 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
 
         history, seen, current, message = [], [], "check", "starting"
         order, last_step, offset = 0, 0, 0  # with K data orders, each order's steps count from 1 again
-        for batch in stream(job, f"beacon-train-{sess['id']}"):
+        streaming = True   # from here the worker releases the lock, the visitor and the run folder
+        for batch in stream(job, f"beacon-train-{sess['id']}", key, run_dir):
             new_steps = False
             for kind, payload in batch:
                 if kind == "progress":
@@ -288,7 +365,11 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
         stop.set()
         raise
     finally:
-        ACTIVE.pop(key, None)
+        if ACTIVE.get(key) is stop:
+            ACTIVE.pop(key, None)
+        if not streaming:
+            jobs.mark_running(run_dir, False)
+            jobs.release(key)
 
 
 def stop_run(sess):
@@ -309,18 +390,30 @@ def on_unload(request: gr.Request):
 # ---------------------------------------------------------------- 4 results
 
 @GPU(duration=60)
-def ask_model(prompt, sess):
+def ask_model(prompt, sess, request: gr.Request = None):
+    """The base and the tuned model's answers. The model it loads is the one cached tuned model
+    (core/ask.py), so it waits for the model slot like any model job."""
     report, run_dir = sess.get("report"), sess.get("run_dir")
     if not report or not run_dir:
         raise gr.Error("Train first: there is no tuned model yet.")
+    visitor = visitor_of(sess, request)
+    claim(visitor, "question")
+    held = False
     try:
-        out = ask(prompt, Path(run_dir) / "adapter", report["config"]["model"], report["config"]["quantization"])
-    except (ValueError, ModelError) as e:
-        raise gr.Error(str(e)) from None
-    return out["base"], out["tuned"]
+        held = yield from wait_in_line(None, lambda ahead: (gr.skip(), ahead_note(ahead)))
+        try:
+            out = ask(prompt, Path(run_dir) / "adapter", report["config"]["model"], report["config"]["quantization"])
+        except (ValueError, ModelError, OSError) as e:
+            raise gr.Error(str(e) if not isinstance(e, OSError) else
+                           "That run's adapter is gone (runs expire): train again to ask.") from None
+        yield out["base"], out["tuned"]
+    finally:
+        if held:
+            jobs._MODEL_LOCK.release()
+        jobs.release(visitor)
 
 
-def export_gguf(sess):
+def export_gguf(sess, request: gr.Request = None):
     """Write RUN_DIR/export/model-q8_0.gguf (the base model with the run's adapter merged in, for llama.cpp,
     Ollama, LM Studio...) and add it to the downloads. It loads the model, so it waits for the model slot."""
     report, run_dir = sess.get("report"), sess.get("run_dir")
@@ -328,24 +421,31 @@ def export_gguf(sess):
         raise gr.Error("Train first: there is no tuned model to export yet.")
     run_dir = Path(run_dir)
     target = run_dir / "export" / "model-q8_0.gguf"
-    for _ in wait_for_slot():
-        yield {"export_status": "Waiting for another visitor's job to finish…"}
+    visitor = visitor_of(sess, request)
+    claim(visitor, "export")
+    streaming = False
+    try:
+        yield from wait_in_line(None, lambda ahead: {"export_status": ahead_note(ahead).capitalize() + "…"})
 
-    def job(progress):
-        return core_export.export(run_dir, gguf=target, gguf_type="q8_0", progress=progress)
+        def job(progress):
+            return core_export.export(run_dir, gguf=target, gguf_type="q8_0", progress=progress)
 
-    t0 = time.perf_counter()
-    for batch in stream(job, f"beacon-export-{sess['id']}"):
-        for kind, payload in batch:
-            if kind == "progress":
-                yield {"export_status": f"{payload['message']}… ({time.perf_counter() - t0:.0f} s)"}
-            elif kind == "error":
-                raise gr.Error(f"Export failed: {payload}" if isinstance(payload, (ValueError, ModelError, OSError))
-                               else f"Export failed ({type(payload).__name__}: {payload}).")
-            else:
-                g = payload["gguf"]
-                yield {"files_out": downloads(run_dir),
-                       "export_status": f"Wrote **{target.name}** ({g['mb']:.0f} MB, q8_0) in "
-                                        f"{payload['seconds']:.0f} s: in the downloads. Load it with llama.cpp "
-                                        "(`llama-cli -m model-q8_0.gguf`) or transformers (`gguf_file=`)."}
-                return
+        t0 = time.perf_counter()
+        streaming = True   # from here the worker releases the lock, the visitor and the run folder
+        for batch in stream(job, f"beacon-export-{sess['id']}", visitor, run_dir):
+            for kind, payload in batch:
+                if kind == "progress":
+                    yield {"export_status": f"{payload['message']}… ({time.perf_counter() - t0:.0f} s)"}
+                elif kind == "error":
+                    raise gr.Error(f"Export failed: {payload}" if isinstance(payload, (ValueError, ModelError, OSError))
+                                   else f"Export failed ({type(payload).__name__}: {payload}).")
+                else:
+                    g = payload["gguf"]
+                    yield {"files_out": downloads(run_dir),
+                           "export_status": f"Wrote **{target.name}** ({g['mb']:.0f} MB, q8_0) in "
+                                            f"{payload['seconds']:.0f} s: in the downloads. Load it with llama.cpp "
+                                            "(`llama-cli -m model-q8_0.gguf`) or transformers (`gguf_file=`)."}
+                    return
+    finally:
+        if not streaming:
+            jobs.release(visitor)

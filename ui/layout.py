@@ -12,10 +12,11 @@ from core import pipeline
 from core.models import DEFAULT_MODEL, QUANTIZATIONS
 
 from .handlers import (CHECK_OUTPUTS, EXPORT_OUTPUTS, TRAIN_OUTPUTS, ask_model, check, export_gguf, facts_changed,
-                       load_sample, model_changed, new_session, on_unload, review_edit, review_settings, stop_run,
-                       train, upload)
+                       load_sample, model_changed, new_session, on_unload, review_edit, review_settings, stop_check,
+                       stop_run, train, upload)
 from .render import FACT_COLUMNS, RESULT_COLUMNS, REVIEW_COLUMNS
-from .settings import LAYER_CHOICES, NO_EARLIER, SAMPLES, default, device_note, layer_count
+from .settings import (LAYER_CHOICES, MAX_STEPS, NO_EARLIER, QUEUE_SIZE, RUN_TTL_HOURS, SAMPLES, default, device_note,
+                       layer_count, limits_note, model_allowlist)
 
 CSS = """
 .beacon-header h1 { display: flex; align-items: center; gap: .4em; margin-bottom: .2em; }
@@ -61,7 +62,8 @@ def _by_name(fn, components: dict):
 
 
 def build_demo() -> gr.Blocks:
-    with gr.Blocks(title="Beacon") as demo:
+    # Gradio's copies of the files it served expire with the runs (checked every hour).
+    with gr.Blocks(title="Beacon", delete_cache=(3600, int(RUN_TTL_HOURS * 3600))) as demo:
         state = gr.State(new_session)
         # What Check measured (plain data; the model is held apart, in handlers): not kept forever.
         analysis_state = gr.State(None, time_to_live=1800)
@@ -88,14 +90,21 @@ def build_demo() -> gr.Blocks:
                                            max_height=480, label="Facts (editable)", elem_id="facts-table",
                                            column_widths=["8%", "30%", "14%", "13%", "10%", "25%"])
                 with gr.Row():
-                    model_in = gr.Dropdown([DEFAULT_MODEL], value=default("model"), allow_custom_value=True, scale=3,
-                                           label="Model", info="The default works offline. Or type any Hub id or "
-                                                               "local path of a causal language model.")
+                    allow = model_allowlist()
+                    model_in = gr.Dropdown(list(allow) if allow else [DEFAULT_MODEL], value=default("model"),
+                                           allow_custom_value=allow is None, scale=3, label="Model",
+                                           info="The default works offline. Or type any Hub id or local path of a "
+                                                "causal language model." if allow is None else
+                                                "The models this server runs (the default works offline).")
                     quant_in = gr.Radio(list(QUANTIZATIONS), value=default("quantization"), label="Quantisation",
                                         scale=2)
                 device_md = gr.Markdown(device_note(default("quantization")), elem_id="device")
-                check_btn = gr.Button("Check facts →", variant="primary")
+                with gr.Row():
+                    check_btn = gr.Button("Check facts →", variant="primary", scale=3, elem_id="check-btn")
+                    check_stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False,
+                                               elem_id="check-stop")
                 check_status = gr.HTML("", elem_id="check-status")
+                gr.Markdown(limits_note(), elem_id="limits", elem_classes="small-note")
 
             with gr.Tab("2 · Review", id="review"):
                 with gr.Row():
@@ -124,8 +133,10 @@ def build_demo() -> gr.Blocks:
 
             with gr.Tab("3 · Train", id="train"):
                 with gr.Row():
-                    steps_in = gr.Slider(1, 300, value=default("steps"), step=1, label="Step budget",
-                                         info="training stops sooner once every fact is recalled", elem_id="steps-in")
+                    steps_in = gr.Slider(1, MAX_STEPS, value=min(default("steps"), MAX_STEPS), step=1,
+                                         label="Step budget", elem_id="steps-in",
+                                         info=f"training stops sooner once every fact is recalled; at most {MAX_STEPS}"
+                                              " on this server")
                     lr_in = gr.Number(default("lr"), label="Learning rate", minimum=1e-6, maximum=1.0, step=1e-4)
                     rank_in = gr.Dropdown([2, 4, 8, 16, 32, 64], value=default("rank"), label="LoRA rank")
                     guard_in = gr.Slider(0, 30, value=default("locality_guard"), step=0.5, label="Locality guard",
@@ -233,11 +244,18 @@ def build_demo() -> gr.Blocks:
               [device_md, analysis_state, review_table, review_note], api_visibility="private",
               concurrency_limit=None)
 
-        # Check and Train share one slot: both hold a model and the CPU/GPU. The queue shows the position.
-        check_btn.click(_by_name(check, named), [state, facts_table, model_in, quant_in, filter_in, weighting_in],
-                        [named[n] for n in CHECK_OUTPUTS], api_name="check",
-                        concurrency_id="model", concurrency_limit=1, trigger_mode="once",
-                        show_progress_on=[check_status])
+        # Check, Train, Export and Ask share one model slot (ui/jobs.py): they enter at once, up to the line's
+        # length, so each says how many jobs are ahead of it and a second job of the same visitor is refused.
+        model_jobs = dict(concurrency_id="model", concurrency_limit=QUEUE_SIZE + 1)
+        check_event = check_btn.click(_by_name(check, named),
+                                      [state, facts_table, model_in, quant_in, filter_in, weighting_in],
+                                      [named[n] for n in CHECK_OUTPUTS], api_name="check", **model_jobs,
+                                      trigger_mode="once", show_progress_on=[check_status])
+        check_btn.click(lambda: gr.Button(interactive=True), None, check_stop_btn, api_visibility="private",
+                        queue=False)
+        check_event.then(lambda: gr.Button(interactive=False), None, check_stop_btn, api_visibility="private",
+                         queue=False)
+        check_stop_btn.click(stop_check, [state], [check_stop_btn], api_name="stop_check", queue=False)
         review_table.input(review_edit, [analysis_state, review_table, state, model_in, quant_in, filter_in,
                                          weighting_in],
                            [review_table, review_note, state], api_name="review_edit", concurrency_limit=None)
@@ -255,16 +273,16 @@ def build_demo() -> gr.Blocks:
                          steps_in, lr_in, rank_in, guard_in, layers_in, layers_custom, orders_in, merge_in,
                          earlier_in, rewordings_in, anchors_in],
                         [named[n] for n in TRAIN_OUTPUTS],
-                        api_name="train", concurrency_id="model", concurrency_limit=1, trigger_mode="once",
+                        api_name="train", **model_jobs, trigger_mode="once",
                         show_progress_on=[train_status]
                         ).then(lambda: gr.Button(interactive=False), None, stop_btn, api_visibility="private",
                                queue=False)
         stop_btn.click(stop_run, [state], [stop_btn], api_name="stop", queue=False)
         gr.on([ask_btn.click, ask_prompt.submit], ask_model, [ask_prompt, state], [base_out, tuned_out],
-              api_name="ask")
+              api_name="ask", **model_jobs)
         # Export loads the model too: it takes the same slot as Check and Train.
         export_btn.click(_by_name(export_gguf, named), [state], [named[n] for n in EXPORT_OUTPUTS],
-                         api_name="export_gguf", concurrency_id="model", concurrency_limit=1, trigger_mode="once",
+                         api_name="export_gguf", **model_jobs, trigger_mode="once",
                          show_progress_on=[export_status])
         demo.unload(on_unload)
     return demo

@@ -2,7 +2,10 @@
 folders, and the one place widget values become an InjectConfig (`make_config`).
 
 Env: BEACON_CONFIG (JSON of InjectConfig fields) and BEACON_STEPS override the defaults, BEACON_PROBES
-names a smaller locality probe file, BEACON_RUNS where run folders go.
+names a smaller locality probe file, BEACON_RUNS where run folders go. The limits of a public server
+(README, "Running it in public"): BEACON_MAX_FACTS (core/facts.py), BEACON_MAX_UPLOAD_MB, BEACON_MAX_STEPS,
+BEACON_QUEUE_SIZE, BEACON_MODEL_ALLOWLIST (on by itself on a Space: SPACE_ID), BEACON_RUN_TTL_HOURS,
+BEACON_DISK_BUDGET_MB.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pathlib import Path
 import gradio as gr
 
 from core.config import InjectConfig
-from core.facts import load_facts
+from core.facts import MAX_BYTES, MAX_FACTS, load_facts
 from core.layers import parse_layers
 from core.models import DEFAULT_MODEL, pick_device, resolve_model, resolve_quantization
 
@@ -24,6 +27,31 @@ from .render import pct
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 RUNS = Path(os.environ.get("BEACON_RUNS", ROOT / "runs")).resolve()
+
+
+def _env_number(name: str, default, cast=int):
+    """A limit from the environment: a positive number, or the default when unset; anything else is an
+    error that names the variable (a typo must not lift a limit)."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        v = cast(raw)
+    except ValueError:
+        v = 0
+    if not v > 0:
+        raise ValueError(f"{name}={raw!r}: must be a number above 0")
+    return v
+
+
+# The limits an operator sets and a visitor sees on tab 1, before any work starts.
+MAX_UPLOAD_MB = _env_number("BEACON_MAX_UPLOAD_MB", MAX_BYTES / 2**20, float)  # the loader reads 5 MB at most
+MAX_STEPS = _env_number("BEACON_MAX_STEPS", 300)
+QUEUE_SIZE = _env_number("BEACON_QUEUE_SIZE", 16)         # model jobs waiting, and Gradio's queue for the rest
+RUN_TTL_HOURS = _env_number("BEACON_RUN_TTL_HOURS", 24.0, float)
+DISK_BUDGET_MB = _env_number("BEACON_DISK_BUDGET_MB", 5000.0, float)
+ON_SPACE = bool(os.environ.get("SPACE_ID"))
+SMALL_MODELS = (DEFAULT_MODEL, "HuggingFaceTB/SmolLM2-360M-Instruct", "Qwen/Qwen2.5-0.5B-Instruct")
 
 
 def default_config() -> InjectConfig:
@@ -36,6 +64,36 @@ def default_config() -> InjectConfig:
 
 
 DEFAULTS = default_config()
+
+
+def model_allowlist() -> tuple[str, ...] | None:
+    """The models a visitor may use: None (any id or path) locally; on a Space (SPACE_ID) or whenever
+    BEACON_MODEL_ALLOWLIST (comma-separated ids) is set, that list, or SMALL_MODELS, plus the configured
+    default model."""
+    raw = os.environ.get("BEACON_MODEL_ALLOWLIST", "").strip()
+    if not raw and not ON_SPACE:
+        return None
+    ids = [m.strip() for m in raw.split(",") if m.strip()] or list(SMALL_MODELS)
+    return tuple(dict.fromkeys([DEFAULTS.value("model"), *ids]))
+
+
+def allowed_model(model) -> str:
+    """The model id a visitor asked for, or a gr.Error that is the same for every id not on the list:
+    it never says whether a path exists on this server."""
+    model = (model or "").strip() or DEFAULTS.value("model")
+    allow = model_allowlist()
+    if allow is not None and model not in allow:
+        raise gr.Error("Model: this server runs only these models: " + ", ".join(allow) + ".")
+    return model
+
+
+def limits_note() -> str:
+    """The limits, as tab 1 shows them."""
+    allow = model_allowlist()
+    return (f"Limits on this server: at most **{MAX_FACTS:,} facts** a run, uploads up to **{MAX_UPLOAD_MB:g} MB**, "
+            f"a step budget of at most **{MAX_STEPS}**, **one running job** (check, training or export) per "
+            f"visitor, at most **{QUEUE_SIZE}** jobs waiting; runs are deleted after **{RUN_TTL_HOURS:g} h**."
+            + (f" Models: {', '.join(allow)}." if allow is not None else ""))
 
 
 def value(cfg: InjectConfig, name: str):
@@ -71,12 +129,16 @@ def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=N
                 layers=None, orders=None, merge=None, continue_from=None, rewordings=None, anchors=None) -> InjectConfig:
     """The run's settings from the widgets; None keeps the default. layers: the spec from `layers_spec`;
     continue_from: a run folder from `earlier_run_dir` ("" = none)."""
-    d = dict(model=(model or "").strip() or DEFAULT_MODEL, quantization=quant, filter=bool(filt),
+    d = dict(model=allowed_model(model), quantization=quant, filter=bool(filt),
              weighting=weighting, keep=list(sess["keep"]), drop=list(sess["drop"]))
+    if steps is not None and int(steps) > MAX_STEPS:
+        raise gr.Error(f"Step budget: at most {MAX_STEPS} steps on this server (BEACON_MAX_STEPS), got {int(steps)}.")
     for k, v, cast in (("steps", steps, int), ("lr", lr, float), ("rank", rank, int), ("locality_guard", guard, float),
                        ("layers", layers, str), ("orders", orders, int), ("merge", merge, str)):
         if v is not None:
             d[k] = cast(v)
+    if steps is None and default("steps") > MAX_STEPS:
+        d["steps"] = MAX_STEPS   # the operator's limit holds for the default budget too
     if continue_from is not None:
         d["continue_from"] = str(continue_from) or None
     if rewordings is not None:
@@ -111,7 +173,7 @@ def layers_spec(choice, custom, model) -> str:
         raise gr.Error("Where to train: type the layers to train, like 20-29 or 0,5,10, or pick all or auto.")
     if spec in ("all", "auto"):
         return spec
-    n = layer_count((model or "").strip() or DEFAULT_MODEL)
+    n = layer_count(allowed_model(model))   # a model off the list is refused before its config is read
     try:
         parse_layers(spec, n if n is not None else 10**6)
     except ValueError as e:  # core's message names the valid range; int()'s own message does not
@@ -163,7 +225,7 @@ def earlier_run_dir(sess, name, model) -> str:
         raise gr.Error(f"Continue from: {name!r} is not one of your finished runs in this session.")
     run_dir = session_dir(sess) / name
     earlier_model = json.loads((run_dir / "report.json").read_text())["config"]["model"]
-    if earlier_model != ((model or "").strip() or DEFAULT_MODEL):
+    if earlier_model != ((model or "").strip() or DEFAULTS.value("model")):
         raise gr.Error(f"Continue from: that run trained {earlier_model}; pick the same model to continue it.")
     return str(run_dir)
 
