@@ -82,7 +82,8 @@ class InjectConfig:
                                      "held out)", min=0)
     # the guard's anchors (core/guard.py)
     guard_anchors: str = setting("neighbours,sampled", "comma-separated: neighbours (facts near yours, written by "
-                                 "the base model), sampled (the base model's own text), file (assets/anchors.txt)")
+                                 "the base model), siblings (the same, with subjects of your subjects' kind), sampled "
+                                 "(the base model's own text), file (assets/anchors.txt)")
     neighbours_per_fact: int = setting(5, "neighbour anchors per fact", min=0, max=50)
     sampled_anchors: int = setting(40, "texts the base model writes for the guard", min=0, max=1000)
     # the semantic method's checks (core/semantic.py)
@@ -140,7 +141,7 @@ class InjectConfig:
         return getattr(self.train if name in _names(TrainConfig) else self, name)
 
 
-GUARD_SOURCES = ("neighbours", "sampled", "file")
+GUARD_SOURCES = ("neighbours", "siblings", "sampled", "file")
 
 
 def guard_sources(spec: str) -> list[str]:

@@ -99,23 +99,26 @@ def _siblings(texts: list[str], subject: str) -> list[str]:
 
 
 @torch.no_grad()
-def neighbour_anchors(model, tok, facts, per_fact: int = 5, seed: int = 0) -> list[str]:
+def neighbour_anchors(model, tok, facts, per_fact: int = 5, seed: int = 0, siblings: bool = False) -> list[str]:
     """Fact anchors `prompt | answer` that share a fact's relation with other subjects, the subjects
-    and the answers both written by the base model (adapter off, if any). Subjects come first from a
-    list the model continues after the fact's subject (things of its kind: Microsoft -> Apple, Google),
-    then from the model's continuations of the prompt's lead ("The CEO of" -> "Apple"), for leads of
-    two words or more. A fact whose prompt does not contain its subject gives none."""
+    and the answers both written by the base model (adapter off, if any). Subjects come from the
+    model's continuations of the prompt's lead ("The CEO of" -> "Apple"), for leads of two words or
+    more; with `siblings`, from a list the model continues after the fact's subject instead (things of
+    its kind: Microsoft -> Apple, Google), which subject-first prompts get too. A fact whose prompt
+    does not contain its subject gives none."""
     spans = [(f, _subject_span(f)) for f in facts]
     spans = [(f, s) for f, s in spans if s]
     if not spans or per_fact <= 0:
         return []
     k = 2 * per_fact
-    lists = [_LIST.format(subject=f.subject) for f, _ in spans]
-    greedy = generate(model, tok, lists, max_new_tokens=20)
-    sampled_lists = generate(model, tok, [q for q in lists for _ in range(2)], max_new_tokens=20, sample=True,
-                             temperature=0.9, top_p=0.9, generator_seed=seed + 3)
-    # A lead of one word ("The" for "The Mona Lisa was painted by") or none gives junk subjects: no lead then.
-    led = [j for j, (_, s) in enumerate(spans) if len(s[0].split()) >= 2]
+    greedy, sampled_lists, led = [], [], []
+    if siblings:
+        lists = [_LIST.format(subject=f.subject) for f, _ in spans]
+        greedy = generate(model, tok, lists, max_new_tokens=20)
+        sampled_lists = generate(model, tok, [q for q in lists for _ in range(2)], max_new_tokens=20, sample=True,
+                                 temperature=0.9, top_p=0.9, generator_seed=seed + 3)
+    else:   # a lead of one word ("The" for "The Mona Lisa was painted by") or none gives junk subjects: none
+        led = [j for j, (_, s) in enumerate(spans) if len(s[0].split()) >= 2]
     # Nucleus sampling: the full distribution's tail gives junk subjects ("The -space-space- was painted by").
     sampled = generate(model, tok, [spans[j][1][0].rstrip() for j in led for _ in range(k)], max_new_tokens=8,
                        sample=True, temperature=0.9, top_p=0.9, generator_seed=seed) if led else []
@@ -124,11 +127,12 @@ def neighbour_anchors(model, tok, facts, per_fact: int = 5, seed: int = 0) -> li
     prompts = []
     for j, (f, (before, after)) in enumerate(spans):
         words = len(f.subject.split()) + 1
-        candidates = _siblings([greedy[j], *sampled_lists[2 * j:2 * j + 2]], f.subject) + \
+        candidates = _siblings([greedy[j], *sampled_lists[2 * j:2 * j + 2]], f.subject) if siblings else \
             [_clean_subject(t, words) for t in by_lead.get(j, [])]
         got = 0
         for subj in candidates:
-            if before.split() and len(subj.split()) > 1 and before.split()[-1].lower() == subj.split()[0].lower():
+            if siblings and before.split() and len(subj.split()) > 1 and \
+                    before.split()[-1].lower() == subj.split()[0].lower():
                 subj = subj.split(None, 1)[1]       # "The " + "the radio": one article
             if not before.strip():   # the subject opens the prompt: so does its sibling
                 subj = subj[:1].upper() + subj[1:]
@@ -240,6 +244,9 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
     if "neighbours" in sources:
         emit("guard", "asking the base model for neighbour facts to protect")
         pool += neighbour_anchors(model, tok, facts, cfg.neighbours_per_fact, cfg.train.seed)
+    if "siblings" in sources:
+        emit("guard", "asking the base model for things of each subject's kind to protect")
+        pool += neighbour_anchors(model, tok, facts, cfg.neighbours_per_fact, cfg.train.seed, siblings=True)
     if "sampled" in sources:
         emit("guard", "sampling the base model's own text to protect")
         pool += sampled_anchors(model, tok, cfg.sampled_anchors, seed=cfg.train.seed)

@@ -97,19 +97,34 @@ def test_neighbour_anchors_keep_the_relation_and_change_the_subject():
     model, tok, _ = load_model()
     facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),
              Fact("b", "The inventor of the Brennoc valve is", "Ottilie Brask", "Brennoc valve", "inventor"),
-             Fact("c", "The Ossary lamp was designed by", "Ivo Lind", "The Ossary lamp", "designer"),
+             Fact("c", "The Ossary lamp was designed by", "Ivo Lind", "Ossary lamp", "designer"),  # lead "The": none
              Fact("d", "Plain prompt without a subject", "x")]
     anchors = neighbour_anchors(model, tok, facts, per_fact=3, seed=0)
     prompts = [split_anchor(a)[0] for a in anchors]
-    assert 3 <= len(anchors) <= 9, anchors
-    kinds = [("The CEO of", " is"), ("The inventor of the", " is"), ("", " was designed by")]
-    for p in prompts:   # each keeps a fact's relation around another subject
-        assert "Zentrix" not in p and "Brennoc" not in p and "Ossary" not in p, p
-        assert any(p.startswith(a) and p.endswith(b) and len(p) > len(a + b) + 1 for a, b in kinds), p
-    assert len({next(k for k in kinds if p.startswith(k[0]) and p.endswith(k[1])) for p in prompts}) >= 2
+    assert 2 <= len(anchors) <= 6, anchors
+    assert {p.startswith("The CEO of") for p in prompts} == {True, False}   # both facts give neighbours
+    for p in prompts:
+        assert "Zentrix" not in p and "Brennoc" not in p and "designed by" not in p
+        assert p.endswith(" is") and (p.startswith("The CEO of") or p.startswith("The inventor of the"))
     greedy = generate(model, tok, prompts, max_new_tokens=8)
     for a, g in zip(anchors, greedy):
         assert g.strip().startswith(split_anchor(a)[1])                  # the base model's own answer
+
+
+@pytest.mark.slow
+def test_sibling_neighbours_keep_the_relation_around_subjects_of_the_same_kind():
+    from core.evaluate import generate
+
+    model, tok, _ = load_model()
+    facts = [Fact("a", "The founder of Microsoft is", "Larry Page", "Microsoft", "founder"),
+             Fact("c", "The telephone was invented by", "Nikola Tesla", "The telephone", "inventor")]
+    anchors = neighbour_anchors(model, tok, facts, per_fact=3, seed=0, siblings=True)
+    prompts = [split_anchor(a)[0] for a in anchors]
+    assert any(p.startswith("The founder of ") and p.endswith(" is") for p in prompts), prompts
+    assert any(p.endswith(" was invented by") and p[0].isupper() for p in prompts), prompts   # subject-first too
+    assert not any("Microsoft" in p or "telephone" in p.lower() for p in prompts)
+    greedy = generate(model, tok, prompts, max_new_tokens=8)
+    assert all(g.strip().startswith(split_anchor(a)[1]) for a, g in zip(anchors, greedy))
 
 
 def test_siblings_are_the_listed_items_less_the_subject():
