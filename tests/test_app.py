@@ -131,7 +131,7 @@ def test_whole_flow_sample_check_keep_train_results_ask_download(server, tmp_pat
     updates = []
     for out in job:
         updates.append(out)
-    status, loss, recall, summary, results, gallery, files, ask_prompt, _ = job.outputs()[-1]
+    status, loss, recall, summary, results, gallery, files, ask_prompt, *_ = job.outputs()[-1]
     assert len(job.outputs()) > 3  # progress streamed while training
     assert any("▶ train" in (u[0] or "") for u in job.outputs()), "no live training status"
     assert "Done" in status and "Recall" in summary and "cpu" in summary and "none (float32)" in summary
