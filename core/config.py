@@ -84,6 +84,10 @@ class InjectConfig:
     guard_anchors: str = setting("neighbours,sampled", "comma-separated: neighbours (facts near yours, written by "
                                  "the base model), siblings (the same, with subjects of your subjects' kind), sampled "
                                  "(the base model's own text), file (assets/anchors.txt)")
+    anchors_file: str | None = setting(None, "a text file of guard anchors, one per line: plain text, or a fact "
+                                       "written `prompt | answer`; the guard's file source reads it instead of "
+                                       "assets/anchors.txt, and file is added to the sources if missing",
+                                       cli="--anchors")
     neighbours_per_fact: int = setting(5, "neighbour anchors per fact", min=0, max=50)
     sampled_anchors: int = setting(40, "texts the base model writes for the guard", min=0, max=1000)
     # the semantic method's checks (core/semantic.py)

@@ -37,9 +37,42 @@ ANCHORS_FILE = Path(__file__).resolve().parent.parent / "assets" / "anchors.txt"
 ANSWER_MARK = " | "
 
 
+MAX_ANCHOR_BYTES = 2**20   # an anchors file: 1 MB and 2000 lines at most
+MAX_ANCHOR_LINES = 2000
+
+
 def read_anchors(path=ANCHORS_FILE) -> list[str]:
-    lines = (l.strip() for l in Path(path).read_text(encoding="utf-8").splitlines())
-    return [l for l in lines if l and not l.startswith("#")]
+    """The anchors of a text file, one a line (`#` starts a comment line). A file that cannot be
+    used is a ValueError that names it and, where there is one, the line."""
+    path = Path(path)
+    name = path.name
+    if not path.is_file():
+        raise ValueError(f"{name}: no such anchors file" if not path.exists() else f"{name}: not a regular file")
+    with open(path, "rb") as f:
+        data = f.read(MAX_ANCHOR_BYTES + 1)   # never more, whatever size it reports
+    if len(data) > MAX_ANCHOR_BYTES:
+        raise ValueError(f"{name}: the anchors file is over the limit of {MAX_ANCHOR_BYTES // 2**20} MB")
+    try:
+        text = data.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{name}, line {line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); "
+                         "save the file with UTF-8 encoding") from None
+    lines = text.splitlines()
+    if len(lines) > MAX_ANCHOR_LINES:
+        raise ValueError(f"{name}: {len(lines)} lines, over the limit of {MAX_ANCHOR_LINES}")
+    anchors = []
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        prompt, answer = split_anchor(f" {line} ")   # padded: "prompt |" and "| answer" are facts missing a side
+        if answer is not None and (not prompt or not answer):
+            raise ValueError(f"{name}, line {n}: a fact anchor is `prompt | answer`, with both sides filled")
+        anchors.append(line)
+    if not anchors:
+        raise ValueError(f"{name}: no anchors (every line is empty or a # comment)")
+    return anchors
 
 
 def split_anchor(anchor: str) -> tuple[str, str | None]:
@@ -241,6 +274,8 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
     if cfg.train.locality_guard <= 0 or not facts:  # no guard, no anchors to make or embed
         return [], [], None
     pool, sources = [], guard_sources(cfg.guard_anchors)
+    if cfg.anchors_file and "file" not in sources:   # the visitor's own anchors: the file source reads them
+        sources.append("file")
     if "neighbours" in sources:
         emit("guard", "asking the base model for neighbour facts to protect")
         pool += neighbour_anchors(model, tok, facts, cfg.neighbours_per_fact, cfg.train.seed)
@@ -251,11 +286,12 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
         emit("guard", "sampling the base model's own text to protect")
         pool += sampled_anchors(model, tok, cfg.sampled_anchors, seed=cfg.train.seed)
     if "file" in sources:
-        pool += read_anchors()
+        pool += read_anchors(cfg.anchors_file or ANCHORS_FILE)
     bad = set(restating(embedder, pool, [p for ps in probes.values() for p in ps]))
     pool = [a for i, a in enumerate(pool) if i not in bad]
     anchors, near, excluded = guard_anchors(embedder, facts, pool)
-    return anchors, near, {"source": cfg.guard_anchors, "anchors": len(anchors), "all": anchors,
+    about = {"file": Path(cfg.anchors_file).name} if cfg.anchors_file else {}
+    return anchors, near, {"source": ",".join(sources), **about, "anchors": len(anchors), "all": anchors,
                            "near": [anchors[i] for i in near], "excluded": excluded,
                            "restating_probes_left_out": len(bad), "near_share": cfg.train.guard_near}
 
