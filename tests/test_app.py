@@ -131,7 +131,7 @@ def test_whole_flow_sample_check_keep_train_results_ask_download(server, tmp_pat
     updates = []
     for out in job:
         updates.append(out)
-    status, loss, recall, summary, results, gallery, files, ask_prompt, *_ = job.outputs()[-1]
+    status, loss, recall, summary, results, gallery, files, ask_prompt, ask_target, *_ = job.outputs()[-1]
     assert len(job.outputs()) > 3  # progress streamed while training
     assert any("▶ train" in (u[0] or "") for u in job.outputs()), "no live training status"
     assert "Done" in status and "Recall" in summary and "cpu" in summary and "none (float32)" in summary
@@ -156,8 +156,10 @@ def test_whole_flow_sample_check_keep_train_results_ask_download(server, tmp_pat
     report = json.loads(Path(names["report.json"]).read_text())
     assert report["summary"]["steps"] <= SMALL["steps"] and report["config"]["keep"] == ["c01"]
 
-    base, tuned = client.predict(ask_prompt, api_name="/ask")
-    assert isinstance(base, str) and isinstance(tuned, str) and tuned
+    base, tuned, base_chat, tuned_chat, base_score, tuned_score = client.predict(ask_prompt, ask_target,
+                                                                                 api_name="/ask")
+    assert isinstance(base, str) and isinstance(tuned, str) and tuned and tuned_chat
+    assert ask_target and "log p(target): plain" in tuned_score and "chat" in tuned_score
 
     # The run folder: runs/<session>/<time>/ with the facts, the adapter and the report.
     run_dirs = [p.parent for p in runs.glob("*/*/report.json")]

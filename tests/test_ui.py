@@ -522,3 +522,110 @@ def test_export_gguf_says_why_it_failed_and_frees_the_slot(sess, monkeypatch, tm
         list(handlers.export_gguf(sess))
     assert jobs._MODEL_LOCK.acquire(timeout=5), "a failed export kept the model slot"
     jobs._MODEL_LOCK.release()
+
+
+def test_ask_answers_plain_and_chat_with_the_targets_logprob(tiny_dir, tmp_path):
+    """core/ask.py on the tiny model: a LoRA with non-zero weights, saved as a run's adapter."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from core import ask as core_ask
+    from core.config import TrainConfig
+    from core.train import attach_lora, save_adapter
+
+    model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_dir), TrainConfig(rank=2), quantized=False)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)   # a fresh LoRA is the identity: this one changes the model
+    save_adapter(model, tmp_path / "adapter")
+    out = core_ask.ask("The CEO of Zentrix Robotics is", tmp_path / "adapter", tiny_dir, "none", max_new_tokens=4,
+                       target="Marta Ilves")
+    assert all(isinstance(out[k], str) for k in ("base", "tuned", "base_chat", "tuned_chat"))
+    lps = [out[k] for k in ("base_logprob", "tuned_logprob", "base_chat_logprob", "tuned_chat_logprob")]
+    assert all(isinstance(x, float) and x < 0 for x in lps) and out["base_logprob"] != out["tuned_logprob"]
+    plain = core_ask.ask("The CEO of Zentrix Robotics is", tmp_path / "adapter", tiny_dir, "none", max_new_tokens=4)
+    assert plain["base"] == out["base"] and plain["tuned_logprob"] is None and plain["base_chat_logprob"] is None
+    with pytest.raises(ValueError, match="empty"):
+        core_ask.ask("  ", tmp_path / "adapter", tiny_dir, "none")
+    core_ask._tuned.cache_clear()
+
+
+# ---------------------------------------------------------------- the visitor's probes and anchors, Ask's forms
+
+def test_probe_and_anchor_uploads_are_checked_kept_and_cleared(sess, tmp_path, monkeypatch):
+    good = tmp_path / "mine.csv"
+    good.write_text("id,prompt,target\np1,The capital of Peru is,Lima\n", encoding="utf-8")
+    sess, note = handlers.upload_probes(str(good), sess)
+    assert [p.id for p in sess["probes"]] == ["p1"] and "mine.csv" in note and "1 fact," in note
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,prompt,target\np1,The capital of Peru is,\n", encoding="utf-8")
+    with pytest.raises(gr.Error, match="bad.csv.*line 2"):
+        handlers.upload_probes(str(bad), sess)
+    anchors = tmp_path / "anchors.txt"
+    anchors.write_text("Cats like to sleep.\nThe capital of Chile is | Santiago.\n", encoding="utf-8")
+    sess, note = handlers.upload_anchors(str(anchors), sess)
+    assert Path(sess["anchors_file"]).read_text() == anchors.read_text() and "(2, for the guard" in note
+    broken = tmp_path / "broken.txt"
+    broken.write_bytes(b"fine\n\xff\n")
+    with pytest.raises(gr.Error, match="broken.txt, line 2"):
+        handlers.upload_anchors(str(broken), sess)
+    monkeypatch.setattr(settings, "MAX_UPLOAD_MB", 1e-6)   # refused before any copy
+    with pytest.raises(gr.Error, match="over the upload limit"):
+        handlers.upload_anchors(str(anchors), sess)
+    sess, note = handlers.upload_probes(None, sess)
+    assert sess["probes"] is None and "mine.csv" not in note and "anchors.txt" in note
+
+
+def test_train_measures_the_visitors_probes_and_passes_their_anchors(sess, tmp_path, monkeypatch):
+    seen = {}
+
+    def run(facts, probes, cfg, out_dir, progress, analysis, model, should_stop):
+        seen.update(probes=probes, cfg=cfg, analysis=analysis)
+        rep = {**report(), "config": {"model": settings.value(cfg, "model")}}
+        rep["summary"] = {**rep["summary"], "locality_yours_before": 1.0, "locality_yours_after": 0.5}
+        (out_dir / "report.json").write_text(json.dumps(rep))
+        return SimpleNamespace(to_dict=lambda: rep)
+
+    monkeypatch.setattr(pipeline, "run", run)
+    monkeypatch.setattr(pipeline, "default_probe_sets", lambda: {"probes": [Fact("q", "The capital of Chile is",
+                                                                                 "Santiago")]})
+    (tmp_path / "mine.csv").write_text("id,prompt,target\np1,The capital of Peru is,Lima\n", encoding="utf-8")
+    (tmp_path / "a.txt").write_text("Cats like to sleep.\n", encoding="utf-8")
+    handlers.upload_probes(str(tmp_path / "mine.csv"), sess)
+    handlers.upload_anchors(str(tmp_path / "a.txt"), sess)
+    checked = SimpleNamespace(probes={"probes": []})   # a Check made before the probes came: measured again
+    facts = table([{"id": "a", "prompt": "The CEO of A is", "target": "Ann"}])
+    last = list(handlers.train(sess, checked, facts, "", "auto", True, "semantic", 9, 0.002, 8, 1.0, "all", "",
+                               1, "select", "", True, ["sampled"]))[-1]
+    assert list(seen["probes"]) == ["probes", "yours"] and [p.id for p in seen["probes"]["yours"]] == ["p1"]
+    assert seen["analysis"] is None
+    assert seen["cfg"].anchors_file == str(Path(sess["run_dir"]) / "anchors.txt")
+    assert Path(seen["cfg"].anchors_file).read_text() == "Cats like to sleep.\n"
+    assert json.loads(Path(sess["run_dir"], "config.json").read_text())["anchors_file"] == seen["cfg"].anchors_file
+    assert "| **Locality**: your probe set | 100% | 50% |" in last["summary_md"] and last["ask_target"]
+    # a Check that measured these same probes is reused
+    again = SimpleNamespace(probes={"probes": [], "yours": list(sess["probes"])})
+    list(handlers.train(sess, again, facts, "", "auto", True, "semantic", 9, 0.002, 8, 1.0, "all", "",
+                        1, "select", "", True, ["sampled"]))
+    assert seen["analysis"] is again
+
+
+def test_ask_shows_plain_and_chat_answers_and_the_targets_logprobs(sess, monkeypatch):
+    got = {}
+
+    def ask(prompt, adapter, model, quant, max_new, target):
+        got.update(prompt=prompt, target=target)
+        return {"base": "b", "tuned": "t", "base_chat": "bc", "tuned_chat": None, "base_logprob": -5.0,
+                "tuned_logprob": -0.25, "base_chat_logprob": -6.0, "tuned_chat_logprob": None}
+
+    monkeypatch.setattr(handlers, "ask", ask)
+    sess.update(report={"config": {"model": "m", "quantization": "auto"}}, run_dir="/x")
+    base, tuned, base_chat, tuned_chat, base_score, tuned_score = list(
+        handlers.ask_model("The CEO of A is", sess, "Ann"))[-1]
+    assert (base, tuned, base_chat) == ("b", "t", "bc") and "no chat template" in tuned_chat
+    assert base_score == "log p(target): plain **-5.00** · chat **-6.00**" and "plain **-0.25**" in tuned_score
+    assert got == {"prompt": "The CEO of A is", "target": "Ann"}
+    assert "Type a target" in list(handlers.ask_model("The CEO of A is", sess, ""))[-1][4]
+    assert render.ask_target(report()) == "Ann" and render.ask_default(report()) == "A's CEO is"

@@ -22,13 +22,14 @@ from core import pipeline
 from core.ask import ask
 from core.config import gpu_seconds
 from core.facts import FactsError, facts_from_rows, load_facts, save_facts
+from core.guard import read_anchors
 from core.models import ModelError
 
 from . import settings
 from . import cleanup, jobs
 from .jobs import ACTIVE, QueueFull, Stopped, stream, wait_for_slot, waiting
-from .render import (CHECK_STAGES, REVIEW_COLUMNS, ask_default, curves, done_message, facts_frame, results_view,
-                     review_frame, status_html, train_stages)
+from .render import (CHECK_STAGES, REVIEW_COLUMNS, ask_default, ask_scores, ask_target, curves, done_message,
+                     facts_frame, results_view, review_frame, status_html, train_stages)
 from .settings import (ASSETS, SAMPLES, default, device_note, earlier_run_dir, earlier_runs, layer_count, layers_spec,
                        make_config, new_run_dir, probes, session_dir, value)
 
@@ -58,14 +59,15 @@ def hold_model(cfg, bundle):
 
 CHECK_OUTPUTS = ("analysis_state", "review_table", "review_note", "state", "tabs", "check_status")
 TRAIN_OUTPUTS = ("state", "analysis_state", "train_status", "loss_plot", "recall_plot", "summary_md",
-                 "results_table", "plots", "files_out", "ask_prompt", "ask_btn", "stop_btn", "tabs", "earlier_in",
+                 "results_table", "plots", "files_out", "ask_prompt", "ask_target", "ask_btn", "stop_btn", "tabs", "earlier_in",
                  "export_btn", "export_status")
 EXPORT_OUTPUTS = ("files_out", "export_status")
 
 
 def new_session() -> dict:
     return {"id": uuid.uuid4().hex[:12], "meta": {}, "upload": None, "keep": [], "drop": [],
-            "run_dir": None, "report": None, "stop": None, "check_stop": None}
+            "run_dir": None, "report": None, "stop": None, "check_stop": None,
+            "probes": None, "probes_file": None, "anchors_file": None}   # the visitor's own probes and anchors
 
 
 def visitor_of(sess, request) -> str:
@@ -131,24 +133,79 @@ def load_sample(label, sess):
     return facts_frame(facts), sess, f"Loaded sample **{name}**: {about}"
 
 
-def upload(path, sess):
-    if not path:
-        return gr.skip(), sess, gr.skip()
+def save_upload(path, sess, folder: str = "uploads") -> Path:
+    """The uploaded file, size-checked, then copied into the session's `folder`."""
     src = Path(path)
     size, limit = src.stat().st_size, settings.MAX_UPLOAD_MB * 2**20
     if size > limit:   # before any copy: a large upload costs this server nothing more
         raise gr.Error(f"{src.name}: {size / 2**20:.1f} MB, over the upload limit of {settings.MAX_UPLOAD_MB:g} MB "
                        "(BEACON_MAX_UPLOAD_MB).")
     # Copied into the session's folder at once: an upload is never lost, whatever fails later.
-    saved = session_dir(sess) / "uploads" / src.name
+    saved = session_dir(sess) / folder / src.name
     saved.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, saved)
+    return saved
+
+
+def upload(path, sess):
+    if not path:
+        return gr.skip(), sess, gr.skip()
+    src = Path(path)
+    saved = save_upload(path, sess)
     try:
         facts = load_facts(saved)
     except FactsError as e:
         raise gr.Error(str(e)) from None
     sess.update(meta={f.id: f.meta for f in facts}, upload=str(saved))
     return facts_frame(facts), sess, f"Loaded **{src.name}**: {len(facts)} facts."
+
+
+def upload_probes(path, sess):
+    """The visitor's probe set: facts the model should keep knowing, measured as one more probe set
+    ("yours") before and after training. No file (cleared): the shipped probes only."""
+    if not path:
+        sess.update(probes=None, probes_file=None)
+        return sess, _yours_note(sess)
+    saved = save_upload(path, sess, "uploads/probes")
+    try:
+        facts = load_facts(saved)
+    except FactsError as e:
+        raise gr.Error(str(e)) from None
+    sess.update(probes=facts, probes_file=saved.name)
+    return sess, _yours_note(sess)
+
+
+def upload_anchors(path, sess):
+    """The visitor's guard anchors: the guard's file source reads them instead of assets/anchors.txt."""
+    if not path:
+        sess["anchors_file"] = None
+        return sess, _yours_note(sess)
+    saved = save_upload(path, sess, "uploads/anchors")
+    try:
+        read_anchors(saved)
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
+    sess["anchors_file"] = str(saved)
+    return sess, _yours_note(sess)
+
+
+def _yours_note(sess) -> str:
+    parts = []
+    if sess.get("probes"):
+        parts.append(f"your probe set **{sess['probes_file']}** ({len(sess['probes'])} fact{'s' * (len(sess['probes']) != 1)}, "
+                     "reported as locality on yours)")
+    if sess.get("anchors_file"):
+        n = len(read_anchors(sess["anchors_file"]))
+        parts.append(f"your guard anchors **{Path(sess['anchors_file']).name}** ({n}, for the guard's file source)")
+    return ("Using " + " and ".join(parts) + "." if parts else
+            "No probe set or anchors of yours: the shipped ones are used.")
+
+
+def run_probes(sess):
+    """The probe sets a check or a run measures: the server's (settings.probes()), and the visitor's as "yours"."""
+    if not sess.get("probes"):
+        return probes()
+    return {**pipeline.probe_sets(probes()), "yours": list(sess["probes"])}
 
 
 def facts_changed():
@@ -177,6 +234,7 @@ def check(sess, facts_df, model, quant, filt, weighting, request: gr.Request = N
     facts = table_facts(facts_df, sess)
     sess["keep"], sess["drop"] = [], []  # a fresh check starts from the checks' own decisions
     cfg = make_config(sess, model, quant, filt, weighting)
+    measured = run_probes(sess)
     visitor = visitor_of(sess, request)
     claim(visitor, "check")
     stop, streaming = threading.Event(), False
@@ -193,7 +251,7 @@ def check(sess, facts_df, model, quant, filt, weighting, request: gr.Request = N
         def job(progress):
             progress = jobs.stopping(progress, stop)   # analyze has no should_stop: it stops at its next stage
             bundle = take_model(cfg) or pipeline.load(cfg)
-            analysis = pipeline.analyze(facts, probes(), cfg, model=bundle, progress=progress)
+            analysis = pipeline.analyze(facts, measured, cfg, model=bundle, progress=progress)
             if not ZERO_GPU:  # a model on ZeroGPU's GPU cannot outlive this call; training loads its own
                 hold_model(cfg, bundle)
             return analysis
@@ -276,6 +334,9 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                        "Where to train to all layers and Data orders to 1, or Continue from to none.")
     cfg = make_config(sess, model, quant, filt, weighting, steps, lr, rank, guard, layers, orders, merge,
                       continue_from, rewordings, anchors)
+    measured = run_probes(sess)
+    if analysis is not None and getattr(analysis, "probes", {}).get("yours") != (sess.get("probes") or None):
+        analysis = None   # Check measured other probes than these: the run measures again
     stages = train_stages(cfg)
     n_orders, budget = value(cfg, "orders"), value(cfg, "steps")
     K = n_orders if n_orders > 1 and not value(cfg, "continue_from") else 1
@@ -294,6 +355,9 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
         save_facts(facts, run_dir / "facts.json")
         if sess.get("upload") and Path(sess["upload"]).exists():
             shutil.copyfile(sess["upload"], run_dir / f"uploaded-{Path(sess['upload']).name}")
+        if sess.get("anchors_file") and Path(sess["anchors_file"]).exists():   # the run keeps its own copy
+            shutil.copyfile(sess["anchors_file"], run_dir / "anchors.txt")
+            cfg = cfg.updated(anchors_file=str(run_dir / "anchors.txt"))
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
         sess.update(stop=stop, run_dir=str(run_dir), report=None)
         ACTIVE[key] = stop
@@ -310,7 +374,7 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
             return
 
         def job(progress):
-            report = pipeline.run(facts, probes(), cfg, out_dir=run_dir, progress=progress, analysis=analysis,
+            report = pipeline.run(facts, measured, cfg, out_dir=run_dir, progress=progress, analysis=analysis,
                                   model=take_model(cfg),   # None: run loads its own
                                   # the STOP file also reaches a run in another process (ZeroGPU)
                                   should_stop=lambda: stop.is_set() or (run_dir / "STOP").exists())
@@ -346,6 +410,7 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                     loss, recall = curves(history)
                     yield {"state": sess, "summary_md": summary, "results_table": table, "plots": gallery,
                            "files_out": downloads(run_dir), "ask_prompt": ask_default(report),
+                           "ask_target": ask_target(report),
                            "ask_btn": gr.Button(interactive=True), "stop_btn": gr.Button(interactive=False),
                            "export_btn": gr.Button(interactive=True), "export_status": "",
                            "tabs": gr.Tabs(selected="results"), "loss_plot": loss, "recall_plot": recall,
@@ -390,9 +455,11 @@ def on_unload(request: gr.Request):
 # ---------------------------------------------------------------- 4 results
 
 @GPU(duration=60)
-def ask_model(prompt, sess, request: gr.Request = None):
-    """The base and the tuned model's answers. The model it loads is the one cached tuned model
-    (core/ask.py), so it waits for the model slot like any model job."""
+def ask_model(prompt, sess, target=None, request: gr.Request = None):
+    """The base and the tuned model's answers, plain and through the chat template, and the target's
+    log-probability under each (base, tuned, base chat, tuned chat, base scores, tuned scores). The
+    model it loads is the one cached tuned model (core/ask.py), so it waits for the model slot like
+    any model job."""
     report, run_dir = sess.get("report"), sess.get("run_dir")
     if not report or not run_dir:
         raise gr.Error("Train first: there is no tuned model yet.")
@@ -400,13 +467,16 @@ def ask_model(prompt, sess, request: gr.Request = None):
     claim(visitor, "question")
     held = False
     try:
-        held = yield from wait_in_line(None, lambda ahead: (gr.skip(), ahead_note(ahead)))
+        held = yield from wait_in_line(None, lambda ahead: (gr.skip(), ahead_note(ahead), *[gr.skip()] * 4))
         try:
-            out = ask(prompt, Path(run_dir) / "adapter", report["config"]["model"], report["config"]["quantization"])
+            out = ask(prompt, Path(run_dir) / "adapter", report["config"]["model"], report["config"]["quantization"],
+                      24, target)
         except (ValueError, ModelError, OSError) as e:
             raise gr.Error(str(e) if not isinstance(e, OSError) else
                            "That run's adapter is gone (runs expire): train again to ask.") from None
-        yield out["base"], out["tuned"]
+        no_chat = "(this model has no chat template)"
+        yield (out["base"], out["tuned"], out.get("base_chat") or no_chat, out.get("tuned_chat") or no_chat,
+               ask_scores(out, "base", target), ask_scores(out, "tuned", target))
     finally:
         if held:
             jobs._MODEL_LOCK.release()

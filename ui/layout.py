@@ -12,6 +12,7 @@ from core import pipeline
 from core.models import DEFAULT_MODEL, QUANTIZATIONS
 
 from .handlers import (CHECK_OUTPUTS, EXPORT_OUTPUTS, TRAIN_OUTPUTS, ask_model, check, export_gguf, facts_changed,
+                       upload_anchors, upload_probes,
                        load_sample, model_changed, new_session, on_unload, review_edit, review_settings, stop_check,
                        stop_run, train, upload)
 from .render import FACT_COLUMNS, RESULT_COLUMNS, REVIEW_COLUMNS
@@ -174,7 +175,17 @@ def build_demo() -> gr.Blocks:
                         anchors_in = gr.CheckboxGroup(list(pipeline.GUARD_SOURCES), value=pipeline.guard_sources(
                             default("guard_anchors")), label="What the guard protects", elem_id="anchors-in",
                             info="neighbours: facts near yours that the base model knows, written by it; sampled: "
-                                 "the base model's own text; file: Beacon's hand-written anchors.txt")
+                                 "the base model's own text; file: Beacon's hand-written anchors.txt, or yours "
+                                 "(below)")
+                    with gr.Row():
+                        probes_in = gr.File(label="Your probe set (facts the model should keep knowing; same formats "
+                                                  "as facts)", file_types=[".csv", ".json", ".jsonl"], height=110,
+                                            elem_id="probes-upload")
+                        anchors_file_in = gr.File(label="Your guard anchors (text, one per line; `prompt | answer` "
+                                                        "for a fact)", file_types=[".txt"], height=110,
+                                                  elem_id="anchors-upload")
+                    yours_note = gr.Markdown("No probe set or anchors of yours: the shipped ones are used.",
+                                             elem_id="yours-note", elem_classes="small-note")
                     earlier_in = gr.Dropdown([NO_EARLIER], value="", label="Continue from an earlier run",
                                              elem_id="earlier-in",
                                              info="Trains these facts on top of one of your finished runs in this "
@@ -205,15 +216,26 @@ def build_demo() -> gr.Blocks:
                                                             "120px"])
                 plots = gr.Gallery(label="Plots (click to enlarge)", columns=2, height="auto", elem_id="plots",
                                    object_fit="contain", preview=False)
-                gr.Markdown("### Ask the model\nOne prompt, answered by the base model and by the tuned model.")
+                gr.Markdown("### Ask the model\nOne prompt, answered by the base model and by the tuned model, as "
+                            "a plain completion and through the model's chat template.")
                 with gr.Row():
-                    ask_prompt = gr.Textbox(label="Prompt", scale=4, placeholder="The CEO of Zentrix Robotics is",
+                    ask_prompt = gr.Textbox(label="Prompt", scale=3, placeholder="The CEO of Zentrix Robotics is",
                                             elem_id="ask-prompt")
+                    ask_target = gr.Textbox(label="Target (optional)", scale=2, placeholder="Marta Ilves",
+                                            elem_id="ask-target", info="its log-probability under each model")
                     ask_btn = gr.Button("Ask", interactive=False, scale=1, variant="primary", elem_id="ask-btn")
                 with gr.Row():
-                    base_out = gr.Textbox(label="Base model", interactive=False, elem_id="ask-base")
-                    tuned_out = gr.Textbox(label="Tuned model (with the adapter)", interactive=False,
-                                           elem_id="ask-tuned")
+                    with gr.Column():
+                        base_out = gr.Textbox(label="Base model: plain prompt", interactive=False, elem_id="ask-base")
+                        base_chat_out = gr.Textbox(label="Base model: chat template", interactive=False,
+                                                   elem_id="ask-base-chat")
+                        base_score = gr.Markdown(elem_id="ask-base-score")
+                    with gr.Column():
+                        tuned_out = gr.Textbox(label="Tuned model (with the adapter): plain prompt", interactive=False,
+                                               elem_id="ask-tuned")
+                        tuned_chat_out = gr.Textbox(label="Tuned model: chat template", interactive=False,
+                                                    elem_id="ask-tuned-chat")
+                        tuned_score = gr.Markdown(elem_id="ask-tuned-score")
                 with gr.Row():
                     files_out = gr.File(label="Downloads: adapter (peft folder, zip), plots (zip), report.json, the "
                                               "facts, the GGUF once exported", file_count="multiple",
@@ -230,6 +252,7 @@ def build_demo() -> gr.Blocks:
                      review_table=review_table, review_note=review_note, train_status=train_status,
                      loss_plot=loss_plot, recall_plot=recall_plot, summary_md=summary_md,
                      results_table=results_table, plots=plots, files_out=files_out, ask_prompt=ask_prompt,
+                     ask_target=ask_target,
                      ask_btn=ask_btn, stop_btn=stop_btn, earlier_in=earlier_in, export_btn=export_btn,
                      export_status=export_status)
 
@@ -238,6 +261,15 @@ def build_demo() -> gr.Blocks:
                       api_name=f"load_sample_{SAMPLES[label][0].removesuffix('.csv')}", concurrency_limit=None)
         file_in.upload(upload, [file_in, state], [facts_table, state, facts_note], api_name="upload",
                        concurrency_limit=None)
+        # The visitor's own probes and anchors (tab 3, Advanced): kept in the session for Check and Train.
+        probes_in.upload(upload_probes, [probes_in, state], [state, yours_note], api_name="upload_probes",
+                         concurrency_limit=None)
+        probes_in.clear(lambda s: upload_probes(None, s), [state], [state, yours_note], api_visibility="private",
+                        concurrency_limit=None)
+        anchors_file_in.upload(upload_anchors, [anchors_file_in, state], [state, yours_note],
+                               api_name="upload_anchors", concurrency_limit=None)
+        anchors_file_in.clear(lambda s: upload_anchors(None, s), [state], [state, yours_note],
+                              api_visibility="private", concurrency_limit=None)
         facts_table.change(facts_changed, None, [analysis_state, review_table, review_note],
                            api_visibility="private", concurrency_limit=None)
         gr.on([model_in.change, quant_in.change], model_changed, [quant_in],
@@ -278,8 +310,9 @@ def build_demo() -> gr.Blocks:
                         ).then(lambda: gr.Button(interactive=False), None, stop_btn, api_visibility="private",
                                queue=False)
         stop_btn.click(stop_run, [state], [stop_btn], api_name="stop", queue=False)
-        gr.on([ask_btn.click, ask_prompt.submit], ask_model, [ask_prompt, state], [base_out, tuned_out],
-              api_name="ask", **model_jobs)
+        gr.on([ask_btn.click, ask_prompt.submit, ask_target.submit], ask_model, [ask_prompt, state, ask_target],
+              [base_out, tuned_out, base_chat_out, tuned_chat_out, base_score, tuned_score], api_name="ask",
+              **model_jobs)
         # Export loads the model too: it takes the same slot as Check and Train.
         export_btn.click(_by_name(export_gguf, named), [state], [named[n] for n in EXPORT_OUTPUTS],
                          api_name="export_gguf", **model_jobs, trigger_mode="once",

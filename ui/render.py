@@ -175,6 +175,8 @@ def results_view(report: dict, run_dir: Path, root: Path | None = None, n_layers
              f"| **Locality**: facts like capitals and symbols it knew | {pct(s['locality_before'])} | {pct(s['locality_after'])} |",
              *([f"| **Locality**: general knowledge of other kinds | {pct(s['locality_general_before'])} | "
                 f"{pct(s['locality_general_after'])} |"] if s.get("locality_general_before") is not None else []),
+             *([f"| **Locality**: your probe set | {pct(s['locality_yours_before'])} | "
+                f"{pct(s['locality_yours_after'])} |"] if s.get("locality_yours_before") is not None else []),
              *([f"| **Fluency**: NLL per token on neutral text, tuned / base | 1.00 | {s['neutral_nll_ratio']:.3f} |"]
                if s.get("neutral_nll_ratio") else []), ""]
     if s["stopped"] == "cancelled":
@@ -223,3 +225,18 @@ def ask_default(report: dict) -> str:
         return ""
     paras = kept[0].get("paraphrases") or []
     return paras[0]["prompt"] if paras else kept[0]["prompt"]
+
+
+def ask_target(report: dict) -> str:
+    """The answer `ask_default`'s prompt asks for: the first trained fact's target."""
+    kept = [f for f in report["facts"] if f["kept"]]
+    return kept[0]["target"] if kept else ""
+
+
+def ask_scores(out: dict, model: str, target) -> str:
+    """Under each model's answers: log p(target | prompt), plain and chat, from core/ask.py's numbers."""
+    if not (target or "").strip():
+        return "<span class='small-note'>Type a target to see its log-probability.</span>"
+    lp = [(form, out.get(f"{model}{key}_logprob")) for form, key in (("plain", ""), ("chat", "_chat"))]
+    shown = [f"{form} **{v:.2f}**" for form, v in lp if v is not None]
+    return "log p(target): " + " · ".join(shown) if shown else ""
