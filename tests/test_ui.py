@@ -629,3 +629,83 @@ def test_ask_shows_plain_and_chat_answers_and_the_targets_logprobs(sess, monkeyp
     assert got == {"prompt": "The CEO of A is", "target": "Ann"}
     assert "Type a target" in list(handlers.ask_model("The CEO of A is", sess, ""))[-1][4]
     assert render.ask_target(report()) == "Ann" and render.ask_default(report()) == "A's CEO is"
+
+
+def chart_report():
+    r = report()
+    for f, (d, lb, la) in zip(r["facts"], [(None, None, None), (0.4, -9.0, -1.0), (0.7, -8.0, -6.5)]):
+        f.update(semantic_distance=d, logprob_before=lb, logprob_after=la)
+    r["interference"] = {"ids": ["a", "b"], "cosine": [[1.0, -0.25], [0.5, 1.0]],
+                         "step_effect": [[0.1, 0.02], [0.03, 0.2]], "order": [0, 1]}
+    return r
+
+
+def test_chart_frames_name_each_fact_and_hold_one_row_per_cell():
+    r = chart_report()
+    inter = render.interference_frame(r)
+    assert len(inter) == 4 and set(render.INTERFERENCE_TOOLTIP) <= set(inter.columns)
+    cell = inter[(inter.i == 0) & (inter.j == 1)].iloc[0]
+    assert (cell.fact_i, cell.fact_j, cell.prompt_i, cell.prompt_j, cell.value) == (
+        "a", "b", "The CEO of A is", "The capital of B is", -0.25)
+    assert render.interference_frame(r, "step_effect").set_index(["i", "j"]).loc[(1, 0), "value"] == 0.03
+    dist = render.distance_frame(r)   # trained facts only
+    assert dist.id.tolist() == ["a", "b"] and dist.gain.tolist() == [8.0, 1.5]
+    assert dist.outcome.tolist() == ["learned", "not learned"] and dist.prompt[0] == "The CEO of A is"
+    rec = render.recall_frame(r)     # the dropped fact has no log-probs: left out
+    assert rec.id.tolist() == ["a", "b"] and rec.before.tolist() == [-9.0, -8.0] and rec.recall_after[0] == "yes"
+    inter_c, dist_c, rec_c = render.charts(r)
+    assert inter_c.visible and dist_c.visible and rec_c.visible
+    assert render.charts({"facts": []})[0].visible is False   # no interference measured: hidden
+
+
+def finished_run(sess, name="20260101-120000"):
+    run_dir = settings.session_dir(sess) / name
+    (run_dir / "adapter").mkdir(parents=True)
+    (run_dir / "report.json").write_text(json.dumps(chart_report()))
+    return run_dir
+
+
+def test_a_recent_run_is_remembered_restored_after_a_reload_and_reopened(sess):
+    run_dir = finished_run(sess)
+    sess.update(run_dir=str(run_dir), report=chart_report())
+    recent, dd = handlers.remember_run(sess, [])
+    assert recent == [{"session": sess["id"], "run": run_dir.name, "label": recent[0]["label"]}]
+    assert "recall" in recent[0]["label"]
+    fresh = handlers.new_session()   # a reload: a new session, the browser's list
+    fresh, recent2, dd, earlier, note = handlers.restore_runs(recent, fresh)
+    assert fresh["id"] == sess["id"] and recent2 == recent and "1 recent run" in note
+    assert run_dir.name in [v for _, v in earlier.choices]   # Continue from finds it again
+    out = handlers.open_run(run_dir.name, fresh, recent2)
+    assert set(out) == set(handlers.OPEN_OUTPUTS) - {"recent_runs"}
+    assert "Recall" in out["summary_md"] and fresh["run_dir"] == str(run_dir) and fresh["report"]["facts"]
+    assert len(out["interference_chart"].value["data"]) == 4 and out["ask_btn"].interactive
+    assert any(f.endswith("report.json") for f in out["files_out"])
+
+
+def test_an_expired_run_is_dropped_with_a_note(sess):
+    run_dir = finished_run(sess)
+    recent = [{"session": sess["id"], "run": run_dir.name, "label": "old run"}]
+    import shutil
+    shutil.rmtree(run_dir)
+    out = handlers.open_run(run_dir.name, sess, recent)
+    assert out["recent"] == [] and "expired" in out["recent_note"] and "summary_md" not in out
+    assert handlers.restore_runs(recent, sess)[1] == []
+
+
+def test_reopen_refuses_names_that_are_not_the_visitors_runs(sess, tmp_path):
+    run_dir = finished_run(sess)
+    other = handlers.new_session()
+    finished_run(other, "20260101-130000")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "report.json").write_text("{}")
+    bad = [{"session": sess["id"], "run": "../" + other["id"] + "/20260101-130000", "label": "x"},
+           {"session": "../../elsewhere", "run": "20260101-120000", "label": "y"},
+           {"session": sess["id"], "run": str(outside), "label": "z"}]
+    for entry in bad:
+        assert handlers.recent_run_dir(entry) is None
+        out = handlers.open_run(entry["run"], sess, [entry])
+        assert "summary_md" not in out and sess["report"] is None
+    # a name that is not in the browser's list at all
+    assert "summary_md" not in handlers.open_run(run_dir.name, sess, [])
+    assert handlers.recent_run_dir({"session": sess["id"], "run": run_dir.name}) == run_dir.resolve()

@@ -6,8 +6,10 @@ check and the report of a run come from core.pipeline here and nowhere else.
 """
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -28,7 +30,7 @@ from core.models import ModelError
 from . import settings
 from . import cleanup, jobs
 from .jobs import ACTIVE, QueueFull, Stopped, stream, wait_for_slot, waiting
-from .render import (CHECK_STAGES, REVIEW_COLUMNS, ask_default, ask_scores, ask_target, curves, done_message,
+from .render import (CHECK_STAGES, REVIEW_COLUMNS, ask_default, ask_scores, ask_target, charts, curves, done_message,
                      facts_frame, results_view, review_frame, status_html, train_stages)
 from .settings import (ASSETS, SAMPLES, default, device_note, earlier_run_dir, earlier_runs, layer_count, layers_spec,
                        make_config, new_run_dir, probes, session_dir, value)
@@ -60,7 +62,7 @@ def hold_model(cfg, bundle):
 CHECK_OUTPUTS = ("analysis_state", "review_table", "review_note", "state", "tabs", "check_status")
 TRAIN_OUTPUTS = ("state", "analysis_state", "train_status", "loss_plot", "recall_plot", "summary_md",
                  "results_table", "plots", "files_out", "ask_prompt", "ask_target", "ask_btn", "stop_btn", "tabs", "earlier_in",
-                 "export_btn", "export_status")
+                 "export_btn", "export_status", "interference_chart", "distance_chart", "recall_chart")
 EXPORT_OUTPUTS = ("files_out", "export_status")
 
 
@@ -408,6 +410,7 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                     summary, table, gallery = results_view(report, run_dir, settings.RUNS.parent,
                                                            layer_count(report["config"]["model"]))
                     loss, recall = curves(history)
+                    inter_chart, dist_chart, recall_chart = charts(report)
                     yield {"state": sess, "summary_md": summary, "results_table": table, "plots": gallery,
                            "files_out": downloads(run_dir), "ask_prompt": ask_default(report),
                            "ask_target": ask_target(report),
@@ -415,6 +418,8 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                            "export_btn": gr.Button(interactive=True), "export_status": "",
                            "tabs": gr.Tabs(selected="results"), "loss_plot": loss, "recall_plot": recall,
                            "earlier_in": gr.Dropdown(choices=earlier_runs(sess)),
+                           "interference_chart": inter_chart, "distance_chart": dist_chart,
+                           "recall_chart": recall_chart,
                            "train_status": status_html(stages, seen, "done", 1, done_message(report),
                                                        time.perf_counter() - t0)}
                     return
@@ -519,3 +524,102 @@ def export_gguf(sess, request: gr.Request = None):
     finally:
         if not streaming:
             jobs.release(visitor)
+
+
+# ---------------------------------------------------------------- recent runs (kept in the browser)
+# The visitor's browser keeps (gr.BrowserState, encrypted by the server) a list of their runs: {"session",
+# "run", "label"}. A page load shows it again and restores the session id; choosing one reopens its results
+# from its report.json while its folder lasts. Only names of the shape Beacon writes are accepted, and only
+# as RUNS/<stored session id>/<run>/: nothing the client sends is used as a path.
+RECENT_MAX = 10
+_SESSION_RE = re.compile(r"[0-9a-f]{12}")
+_RUN_RE = re.compile(r"\d{8}-\d{6}(-\d+)?")
+
+
+def recent_run_dir(entry) -> Path | None:
+    """RUNS/<session>/<run> for a stored entry when both names are Beacon's and its report.json exists."""
+    if not isinstance(entry, dict):
+        return None
+    sid, run = str(entry.get("session") or ""), str(entry.get("run") or "")
+    if not (_SESSION_RE.fullmatch(sid) and _RUN_RE.fullmatch(run)):
+        return None
+    root = settings.RUNS.resolve()
+    run_dir = (root / sid / run).resolve()
+    if not run_dir.is_relative_to(root) or not (run_dir / "report.json").is_file():
+        return None
+    return run_dir
+
+
+def recent_dropdown(recent, value=None):
+    choices = [(e["label"], e["run"]) for e in recent]
+    return gr.Dropdown(choices=choices, value=value, interactive=bool(choices))
+
+
+def remember_run(sess, recent):
+    """After a train: the finished run (report.json written) goes first in the browser's list."""
+    recent = [e for e in (recent or []) if isinstance(e, dict)]
+    run_dir = Path(sess["run_dir"]) if sess.get("run_dir") else None
+    if run_dir is None or not (run_dir / "report.json").is_file() or not sess.get("report"):
+        return recent, gr.skip()
+    labels = dict(earlier_runs(sess)[1:])
+    label = {v: k for k, v in labels.items()}.get(run_dir.name, f"run {run_dir.name}")
+    entry = {"session": sess["id"], "run": run_dir.name, "label": label}
+    recent = [entry, *[e for e in recent if e.get("run") != run_dir.name or e.get("session") != sess["id"]]]
+    recent = recent[:RECENT_MAX]
+    return recent, recent_dropdown(recent)
+
+
+def restore_runs(recent, sess):
+    """Page load: the runs still on disk, listed again; the session id of the newest one is taken back, so
+    Continue from and the earlier-runs list find them. Expired ones are dropped."""
+    recent = [e for e in (recent or []) if recent_run_dir(e) is not None]
+    if recent:
+        sess["id"] = recent[0]["session"]
+        note = f"{len(recent)} recent run{'s' * (len(recent) != 1)} of yours: choose one to reopen its results."
+    else:
+        note = "No recent runs of yours in this browser."
+    return sess, recent, recent_dropdown(recent), gr.Dropdown(choices=earlier_runs(sess)), note
+
+
+OPEN_OUTPUTS = ("state", "recent", "recent_runs", "recent_note", "summary_md", "results_table", "plots", "files_out",
+                "ask_prompt", "ask_target", "ask_btn", "export_btn", "export_status", "earlier_in",
+                "interference_chart", "distance_chart", "recall_chart")
+
+
+def open_run(name, sess, recent):
+    """Reopen one of the visitor's recent runs (by its folder name, as stored in their browser)."""
+    recent = [e for e in (recent or []) if isinstance(e, dict)]
+    if not name:
+        return {"recent_note": "Choose a run to reopen."}
+    entry = next((e for e in recent if e.get("run") == name), None)
+    if entry is None:
+        return {"recent_note": "That is not one of your recent runs."}
+    run_dir = recent_run_dir(entry)
+    if run_dir is None:
+        recent = [e for e in recent if e is not entry]
+        return {"recent": recent, "recent_runs": recent_dropdown(recent),
+                "recent_note": f"The run {html.escape(str(entry.get('label') or name))} has expired "
+                               f"(runs are kept {settings.RUN_TTL_HOURS:g} hours): removed from the list."}
+    try:
+        report = json.loads((run_dir / "report.json").read_text())
+        summary, table, gallery = results_view(report, run_dir, settings.RUNS.parent,
+                                               layer_count(report["config"]["model"]))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return {"recent_note": f"That run's report could not be read ({type(e).__name__})."}
+    sess.update(id=entry["session"], run_dir=str(run_dir), report=report, stop=None)
+    inter_chart, dist_chart, recall_chart = charts(report)
+    adapter = (run_dir / "adapter").is_dir()
+    return {"state": sess, "recent": recent, "recent_note": f"Reopened {entry.get('label') or name}.",
+            "summary_md": summary, "results_table": table, "plots": gallery, "files_out": downloads(run_dir),
+            "ask_prompt": ask_default(report), "ask_target": ask_target(report),
+            "ask_btn": gr.Button(interactive=adapter), "export_btn": gr.Button(interactive=adapter),
+            "export_status": "", "earlier_in": gr.Dropdown(choices=earlier_runs(sess)),
+            "interference_chart": inter_chart, "distance_chart": dist_chart, "recall_chart": recall_chart}
+
+
+def interference_kind(kind, sess):
+    """The heatmap's colour: cosine or step effect, of the run shown."""
+    report = sess.get("report")
+    if not report:
+        return gr.skip()
+    return charts(report, kind)[0]

@@ -14,8 +14,9 @@ from core.models import DEFAULT_MODEL, QUANTIZATIONS
 from .handlers import (CHECK_OUTPUTS, EXPORT_OUTPUTS, TRAIN_OUTPUTS, ask_model, check, export_gguf, facts_changed,
                        upload_anchors, upload_probes,
                        load_sample, model_changed, new_session, on_unload, review_edit, review_settings, stop_check,
-                       stop_run, train, upload)
-from .render import FACT_COLUMNS, RESULT_COLUMNS, REVIEW_COLUMNS
+                       stop_run, train, upload, OPEN_OUTPUTS, interference_kind, open_run, remember_run, restore_runs)
+from .render import (FACT_COLUMNS, FACT_TOOLTIP, INTERFERENCE_KINDS, INTERFERENCE_TOOLTIP, RESULT_COLUMNS,
+                     REVIEW_COLUMNS)
 from .settings import (LAYER_CHOICES, MAX_STEPS, NO_EARLIER, QUEUE_SIZE, RUN_TTL_HOURS, SAMPLES, default, device_note,
                        layer_count, limits_note, model_allowlist)
 
@@ -62,12 +63,22 @@ def _by_name(fn, components: dict):
     return run
 
 
+def _named_once(fn, components: dict):
+    """fn returns {output name: value}; the event gets {component: value}."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        return {components[name]: value for name, value in fn(*args, **kwargs).items()}
+    return run
+
+
 def build_demo() -> gr.Blocks:
     # Gradio's copies of the files it served expire with the runs (checked every hour).
     with gr.Blocks(title="Beacon", delete_cache=(3600, int(RUN_TTL_HOURS * 3600))) as demo:
         state = gr.State(new_session)
         # What Check measured (plain data; the model is held apart, in handlers): not kept forever.
         analysis_state = gr.State(None, time_to_live=1800)
+        # The visitor's recent runs, kept in their browser (encrypted): they survive a reload.
+        recent = gr.BrowserState([], storage_key="beacon-recent-runs")
 
         gr.HTML(f"<div class='beacon-header'><h1>{LOGO} Beacon</h1><p>Teach a small language model new facts with "
                 "LoRA, and see honestly what that does: which facts it learns, which it only parrots, what else it "
@@ -207,6 +218,12 @@ def build_demo() -> gr.Blocks:
                                               x_axis_format="d", y_axis_format=".0%", elem_id="recall-plot")
 
             with gr.Tab("4 · Results", id="results"):
+                with gr.Row(equal_height=True):
+                    recent_runs = gr.Dropdown([], value=None, label="Your recent runs", elem_id="recent-runs",
+                                              interactive=False, scale=2,
+                                              info="kept in this browser; a run's folder expires after "
+                                                   f"{RUN_TTL_HOURS:g} hours")
+                    recent_note = gr.Markdown("", elem_id="recent-note", elem_classes="small-note")
                 summary_md = gr.Markdown("No run yet: train on tab 3.", elem_id="summary")
                 results_table = gr.Dataframe(pd.DataFrame(columns=RESULT_COLUMNS), interactive=False, wrap=True,
                                              max_height=560, label="Fact by fact (green: recalled after training; "
@@ -216,6 +233,29 @@ def build_demo() -> gr.Blocks:
                                                             "120px"])
                 plots = gr.Gallery(label="Plots (click to enlarge)", columns=2, height="auto", elem_id="plots",
                                    object_fit="contain", preview=False)
+                gr.Markdown("### Interactive charts\nHover a mark for the fact's id and prompt; drag across a "
+                            "chart to zoom into that range, double-click to zoom out.")
+                inter_kind = gr.Radio(list(INTERFERENCE_KINDS), value="cosine", label="Interference colour",
+                                      elem_id="interference-kind",
+                                      info="cosine: do the two facts' updates point the same way? step effect: "
+                                           "what one step on fact i does to fact j's log-prob")
+                interference_chart = gr.ScatterPlot(None, x="j", y="i", color="value", tooltip=INTERFERENCE_TOOLTIP,
+                                                    label="Interference between facts (row i stepped on, column j "
+                                                          "affected)", x_title="fact j", y_title="fact i",
+                                                    color_title="cosine", x_axis_format="d", y_axis_format="d",
+                                                    height=460, visible=False, elem_id="interference-chart")
+                with gr.Row():
+                    distance_chart = gr.ScatterPlot(None, x="distance", y="gain", color="outcome",
+                                                    tooltip=FACT_TOOLTIP + ["distance", "gain"],
+                                                    label="Semantic distance vs log-prob gained", show_label=True,
+                                                    x_title="semantic distance before", y_title="log-prob gain",
+                                                    visible=False, elem_id="distance-chart")
+                    recall_chart = gr.ScatterPlot(None, x="before", y="after", color="outcome",
+                                                  tooltip=FACT_TOOLTIP + ["before", "after", "recall_before",
+                                                                          "recall_after"],
+                                                  label="Target log-prob before vs after, per fact", show_label=True,
+                                                  x_title="log-prob before", y_title="log-prob after",
+                                                  visible=False, elem_id="recall-chart")
                 gr.Markdown("### Ask the model\nOne prompt, answered by the base model and by the tuned model, as "
                             "a plain completion and through the model's chat template.")
                 with gr.Row():
@@ -254,7 +294,9 @@ def build_demo() -> gr.Blocks:
                      results_table=results_table, plots=plots, files_out=files_out, ask_prompt=ask_prompt,
                      ask_target=ask_target,
                      ask_btn=ask_btn, stop_btn=stop_btn, earlier_in=earlier_in, export_btn=export_btn,
-                     export_status=export_status)
+                     export_status=export_status, interference_chart=interference_chart,
+                     distance_chart=distance_chart, recall_chart=recall_chart, recent=recent,
+                     recent_runs=recent_runs, recent_note=recent_note)
 
         for btn, label in zip(sample_btns, SAMPLES):
             btn.click(lambda s, label=label: load_sample(label, s), [state], [facts_table, state, facts_note],
@@ -308,7 +350,9 @@ def build_demo() -> gr.Blocks:
                         api_name="train", **model_jobs, trigger_mode="once",
                         show_progress_on=[train_status]
                         ).then(lambda: gr.Button(interactive=False), None, stop_btn, api_visibility="private",
-                               queue=False)
+                               queue=False
+                               ).then(remember_run, [state, recent], [recent, recent_runs], api_visibility="private",
+                                      queue=False)
         stop_btn.click(stop_run, [state], [stop_btn], api_name="stop", queue=False)
         gr.on([ask_btn.click, ask_prompt.submit, ask_target.submit], ask_model, [ask_prompt, state, ask_target],
               [base_out, tuned_out, base_chat_out, tuned_chat_out, base_score, tuned_score], api_name="ask",
@@ -317,5 +361,12 @@ def build_demo() -> gr.Blocks:
         export_btn.click(_by_name(export_gguf, named), [state], [named[n] for n in EXPORT_OUTPUTS],
                          api_name="export_gguf", **model_jobs, trigger_mode="once",
                          show_progress_on=[export_status])
+        # Recent runs: listed again on load (and the session id restored), reopened from their report.json.
+        demo.load(restore_runs, [recent, state], [state, recent, recent_runs, earlier_in, recent_note],
+                  api_visibility="private", queue=False)
+        recent_runs.input(_named_once(open_run, named), [recent_runs, state, recent],
+                          [named[n] for n in OPEN_OUTPUTS], api_visibility="private", concurrency_limit=None)
+        inter_kind.change(interference_kind, [inter_kind, state], [interference_chart], api_visibility="private",
+                          concurrency_limit=None)
         demo.unload(on_unload)
     return demo

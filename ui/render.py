@@ -240,3 +240,66 @@ def ask_scores(out: dict, model: str, target) -> str:
     lp = [(form, out.get(f"{model}{key}_logprob")) for form, key in (("plain", ""), ("chat", "_chat"))]
     shown = [f"{form} **{v:.2f}**" for form, v in lp if v is not None]
     return "log p(target): " + " · ".join(shown) if shown else ""
+
+
+# ---------------------------------------------------------------- interactive charts (native plots)
+# The PNGs (core/plots.py) stay in the downloads; these are the same numbers as gr.ScatterPlot data, with a
+# tooltip naming each fact. Brushing a range on a chart zooms into it (double-click: back).
+INTERFERENCE_KINDS = {"cosine": "cosine of the two facts' gradients",
+                      "step_effect": "step effect: change in j's log-prob from one step on i"}
+INTERFERENCE_TOOLTIP = ["fact_i", "prompt_i", "fact_j", "prompt_j", "value"]
+FACT_TOOLTIP = ["id", "prompt", "target", "outcome"]
+
+
+def interference_frame(report: dict, kind: str = "cosine") -> pd.DataFrame:
+    """One row per cell of the interference matrix: i (row: the fact stepped on), j (the fact affected),
+    both facts' ids and prompts, and the value (kind: "cosine" or "step_effect")."""
+    cols = ["i", "j", "fact_i", "fact_j", "prompt_i", "prompt_j", "value"]
+    inter = report.get("interference") or {}
+    ids, m = list(inter.get("ids") or []), inter.get(kind) or []
+    prompts = {f["id"]: f["prompt"] for f in report.get("facts") or []}
+    rows = [{"i": i, "j": j, "fact_i": a, "fact_j": b, "prompt_i": prompts.get(a, ""), "prompt_j": prompts.get(b, ""),
+             "value": float(m[i][j])}
+            for i, a in enumerate(ids) if i < len(m) for j, b in enumerate(ids) if j < len(m[i])]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _outcome(f: dict) -> str:
+    if not f.get("kept"):
+        return "not trained"
+    if f.get("recall_before"):
+        return "known before"
+    return "learned" if f.get("recall_after") else "not learned"
+
+
+def distance_frame(report: dict) -> pd.DataFrame:
+    """Trained facts: semantic distance before training vs the log-prob training gained, with id and prompt."""
+    cols = ["id", "prompt", "target", "distance", "gain", "outcome"]
+    rows = [{"id": f["id"], "prompt": f["prompt"], "target": f.get("target", ""),
+             "distance": float(f["semantic_distance"]),
+             "gain": float(f["logprob_after"]) - float(f["logprob_before"]), "outcome": _outcome(f)}
+            for f in report.get("facts") or [] if f.get("kept") and f.get("semantic_distance") is not None
+            and f.get("logprob_before") is not None and f.get("logprob_after") is not None]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def recall_frame(report: dict) -> pd.DataFrame:
+    """Every fact measured: the target's log-prob before vs after, recall before and after, id and prompt."""
+    cols = ["id", "prompt", "target", "before", "after", "recall_before", "recall_after", "outcome"]
+    rows = [{"id": f["id"], "prompt": f["prompt"], "target": f.get("target", ""),
+             "before": float(f["logprob_before"]), "after": float(f["logprob_after"]),
+             "recall_before": "yes" if f.get("recall_before") else "no",
+             "recall_after": "yes" if f.get("recall_after") else "no", "outcome": _outcome(f)}
+            for f in report.get("facts") or []
+            if f.get("logprob_before") is not None and f.get("logprob_after") is not None]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def charts(report: dict, kind: str = "cosine"):
+    """(interference, distance, recall) ScatterPlot updates for the results tab; a chart with no data is hidden."""
+    inter, dist, rec = interference_frame(report, kind), distance_frame(report), recall_frame(report)
+    n = int(inter["i"].max()) + 1 if len(inter) else 0
+    return (gr.ScatterPlot(inter, visible=len(inter) > 0, x_lim=[-0.5, n - 0.5] if n else None,
+                           y_lim=[-0.5, n - 0.5] if n else None, color_title=kind.replace("_", " ")),
+            gr.ScatterPlot(dist, visible=len(dist) > 0),
+            gr.ScatterPlot(rec, visible=len(rec) > 0))
