@@ -81,7 +81,8 @@ def settings(**over):
     return s
 
 
-TRAIN_OUTPUTS = ("status", "loss", "recall", "summary", "results", "gallery", "files", "ask_prompt", "earlier")
+TRAIN_OUTPUTS = ("status", "loss", "recall", "summary", "results", "gallery", "files", "ask_prompt", "ask_target",
+                 "earlier")
 
 
 def train_result(job) -> dict:
