@@ -185,7 +185,8 @@ def build_demo() -> gr.Blocks:
                                                          "knowledge, not one string; about 6x the wordings per step")
                         anchors_in = gr.CheckboxGroup(list(pipeline.GUARD_SOURCES), value=pipeline.guard_sources(
                             default("guard_anchors")), label="What the guard protects", elem_id="anchors-in",
-                            info="neighbours: facts near yours that the base model knows, written by it; sampled: "
+                            info="neighbours: facts near yours that the base model knows, written by it; siblings: the "
+                                 "same with subjects of your subjects' kind (off by default: it blocks paraphrases); sampled: "
                                  "the base model's own text; file: Beacon's hand-written anchors.txt, or yours "
                                  "(below)")
                     with gr.Row():
