@@ -47,23 +47,32 @@ def _device(model):
 
 
 @torch.no_grad()
-def generate(model, tok, prompts: list[str], max_new_tokens: int = 12, batch_size: int = 32,
+def generate(model, tok, prompts: list[str], max_new_tokens: int | list[int] = 12, batch_size: int = 32,
              sample: bool = False, temperature: float = 0.7, generator_seed: int | None = None,
              top_p: float = 1.0) -> list[str]:
-    """Batched greedy (or sampled) completions, left-padded."""
-    dev, out = _device(model), []
-    pad = tok.pad_token_id
+    """Batched greedy (or sampled) completions, left-padded. max_new_tokens may be one per prompt.
+
+    Greedy prompts are batched by token length (little padding) and each row is cut to its own
+    budget: greedy decoding is causal, so a row's text is what it would be alone. Sampled prompts
+    keep their order, so a seed draws the same texts as before."""
+    dev, pad = _device(model), tok.pad_token_id
+    budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
-    for i in range(0, len(prompts), batch_size):
-        ids = [tok(p, add_special_tokens=True).input_ids for p in prompts[i:i + batch_size]]
+    enc = [tok(p, add_special_tokens=True).input_ids for p in prompts]
+    order = list(range(len(prompts))) if sample else sorted(range(len(prompts)), key=lambda i: len(enc[i]))
+    out: list[str] = [""] * len(prompts)
+    for b in range(0, len(order), batch_size):
+        rows = order[b:b + batch_size]
+        ids = [enc[i] for i in rows]
         width = max(map(len, ids))
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=dev)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=dev)
         kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p) if sample else dict(do_sample=False)
-        gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad, **kw)
-        out += tok.batch_decode(gen[:, width:], skip_special_tokens=True)
+        gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max(budgets[i] for i in rows),
+                             pad_token_id=pad, **kw)[:, width:]
+        for r, i in enumerate(rows):
+            out[i] = tok.decode(gen[r, :budgets[i]], skip_special_tokens=True)
     return out
 
 
@@ -112,29 +121,47 @@ def target_stats(logits, labels, rows, n_rows: int):
 
 @torch.no_grad()
 def score(model, tok, prompts: list[str], targets: list[str], batch_size: int = 32):
-    """Teacher-forced log-prob, greedy-hit flag and first-token rank for each pair."""
+    """Teacher-forced log-prob, greedy-hit flag and first-token rank for each pair (batched by length)."""
     dev = _device(model)
-    res = {"logprob": [], "hit": [], "rank": []}
-    for i in range(0, len(prompts), batch_size):
-        pairs = [encode_pair(tok, p, t) for p, t in zip(prompts[i:i + batch_size], targets[i:i + batch_size])]
-        ids, mask, labels = collate(pairs, tok.pad_token_id, dev)
-        logits, lab, rows, _, _ = forward_targets(model, ids, mask, labels)
-        lp, _, hit, rank = target_stats(logits, lab, rows, len(pairs))
-        res["logprob"] += [round(x, 4) for x in lp.tolist()]
-        res["hit"] += hit.tolist()
-        res["rank"] += rank.tolist()
+    pairs = [encode_pair(tok, p, t) for p, t in zip(prompts, targets)]
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    res = {"logprob": [0.0] * len(pairs), "hit": [False] * len(pairs), "rank": [0] * len(pairs)}
+    for b in range(0, len(order), batch_size):
+        rows = order[b:b + batch_size]
+        ids, mask, labels = collate([pairs[i] for i in rows], tok.pad_token_id, dev)
+        logits, lab, r, _, _ = forward_targets(model, ids, mask, labels)
+        lp, _, hit, rank = target_stats(logits, lab, r, len(rows))
+        for i, x, h, k in zip(rows, lp.tolist(), hit.tolist(), rank.tolist()):
+            res["logprob"][i], res["hit"][i], res["rank"][i] = round(x, 4), h, k
     return res
 
 
 def recall_table(model, tok, prompts: list[str], targets: list[str], batch_size: int = 32) -> list[dict]:
     """One record per pair: answer, recalled, logprob, rank."""
+    return recall_tables(model, tok, [(prompts, targets)], batch_size)[0]
+
+
+def recall_tables(model, tok, groups: list[tuple[list[str], list[str]]], batch_size: int = 64) -> list[list[dict]]:
+    """recall_table of each (prompts, targets) group, in one generation pass: each group keeps its own
+    answer length (its longest target + 3 tokens), and small decode batches cost about what big ones do
+    on a CPU, so one pass over all groups is the cheap way."""
+    prompts = [p for ps, _ in groups for p in ps]
+    targets = [t for _, ts in groups for t in ts]
+    budgets = []
+    for _, ts in groups:
+        n_new = max((len(encode_pair(tok, "", t)[1]) for t in ts), default=0) + 3
+        budgets += [n_new] * len(ts)
     if not prompts:
-        return []
-    n_new = max(len(encode_pair(tok, "", t)[1]) for t in targets) + 3
-    answers = generate(model, tok, prompts, max_new_tokens=n_new, batch_size=batch_size)
+        return [[] for _ in groups]
+    answers = generate(model, tok, prompts, max_new_tokens=budgets, batch_size=batch_size)
     s = score(model, tok, prompts, targets, batch_size=batch_size)
-    return [dict(answer=a.strip(), recalled=recalls(a, t), logprob=lp, rank=r)
+    recs = [dict(answer=a.strip(), recalled=recalls(a, t), logprob=lp, rank=r)
             for a, t, lp, r in zip(answers, targets, s["logprob"], s["rank"])]
+    out, at = [], 0
+    for ps, _ in groups:
+        out.append(recs[at:at + len(ps)])
+        at += len(ps)
+    return out
 
 
 def mentions(answer: str, target: str) -> bool:
@@ -187,16 +214,17 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
     if not isinstance(probe_sets, dict):
         probe_sets = {"probes": list(probe_sets)} if probe_sets else {}
     targets = [f.target for f in facts]
-    fact_recs = recall_table(model, tok, [f.prompt for f in facts], targets)
     para_prompts = [(i, p) for i, f in enumerate(facts) for p in held_out_paraphrases(f, own_paraphrases)]
-    para_recs = recall_table(model, tok, [p for _, p in para_prompts], [facts[i].target for i, _ in para_prompts])
+    groups = [([f.prompt for f in facts], targets),
+              ([p for _, p in para_prompts], [facts[i].target for i, _ in para_prompts]),
+              ([question_form(f) for f in facts] if forms else [], targets if forms else [])]
+    groups += [([p.prompt for p in ps], [p.target for p in ps]) for ps in probe_sets.values()]
+    fact_recs, para_recs, question, *probe_recs = recall_tables(model, tok, groups)
     paras = [[] for _ in facts]
     for (i, _), r in zip(para_prompts, para_recs):
         paras[i].append(r)
-    question = recall_table(model, tok, [question_form(f) for f in facts], targets) if forms else []
     chat = chat_table(model, tok, [chat_form(tok, f) for f in facts], targets) if forms else []
-    probes = {name: recall_table(model, tok, [p.prompt for p in ps], [p.target for p in ps])
-              for name, ps in probe_sets.items()}
+    probes = dict(zip(probe_sets, probe_recs))
     summary = {"recall": _frac(fact_recs), "paraphrase": _frac(para_recs), "question": _frac(question),
                "chat": _frac(chat), "locality": {name: _frac(r) for name, r in probes.items()},
                "neutral_nll": text_nll(model, tok, neutral_text) if neutral_text else None}
