@@ -187,8 +187,9 @@ def test_bad_upload_is_one_clear_error_and_is_kept(server, tmp_path):
     assert "no facts found" in str(err.value)
 
 
-def test_stop_keeps_what_was_learned(server, tmp_path):
-    """Stop during training: the run ends within seconds, reports 'cancelled' and saves the adapter."""
+def test_stop_keeps_what_was_learned(server, tmp_path, tiny_dir):
+    """Stop during training: the run ends within seconds, reports 'cancelled' and saves the adapter.
+    On the tiny random model: this is the app's plumbing, not what the model learns."""
     from gradio_client import Client, handle_file
 
     url, runs = server
@@ -199,7 +200,7 @@ def test_stop_keeps_what_was_learned(server, tmp_path):
                      "s2,The capital of Sevrandia is,Ostrel\n"
                      "s3,The language spoken in Halvessa is,Murrin\n")
     table, _ = client.predict(handle_file(str(facts)), api_name="/upload")
-    job = client.submit(table, *settings(steps=200).values(), api_name="/train")  # trains without a check first
+    job = client.submit(table, *settings(model=tiny_dir, steps=200).values(), api_name="/train")  # no check first
     stopped_at = None
     while not job.done():
         outs = job.outputs()
@@ -223,19 +224,22 @@ FOUR = ("a1,The CEO of Zentrix Robotics is,Marta Ilves\n"
         "a4,The mascot of the Brenwick Otters is,Captain Fizz\n")
 
 
-def test_advanced_auto_layers_and_two_merged_orders(server, tmp_path):
-    """Where to train = auto and 2 data orders merged by select: the report and the summary say so."""
+def test_advanced_auto_layers_and_two_merged_orders(server, tmp_path, tiny_dir):
+    """Where to train = auto and 2 data orders merged by select: the report and the summary say so.
+    On the tiny random model (4 layers): the choice and the merge are plumbing here; core's tests and
+    the ablations measure what they do to a real model."""
     from gradio_client import Client
 
     url, runs = server
     client = Client(url, verbose=False, download_files=str(tmp_path))
     table = upload_facts(client, tmp_path / "four.csv", FOUR)
     with pytest.raises(Exception) as err:  # a custom list outside the model: named, before anything runs
-        client.predict(table, *settings(layers="custom", layers_custom="25-40").values(), api_name="/train")
-    assert "Where to train" in str(err.value) and "0..29" in str(err.value) and "'25-40'" in str(err.value)
+        client.predict(table, *settings(model=tiny_dir, layers="custom", layers_custom="3-6").values(),
+                       api_name="/train")
+    assert "Where to train" in str(err.value) and "0..3" in str(err.value) and "'3-6'" in str(err.value)
     assert not list(runs.glob("*/*/uploaded-four.csv")), "a refused run left a run folder"
 
-    job = client.submit(table, *settings(steps=4, layers="auto", orders=2, merge="select").values(),
+    job = client.submit(table, *settings(model=tiny_dir, steps=4, layers="auto", orders=2, merge="select").values(),
                         api_name="/train")
     out, statuses = train_result(job), " ".join(o[0] or "" for o in job.outputs())
     report, summary = out["report"], out["summary"]
@@ -243,8 +247,8 @@ def test_advanced_auto_layers_and_two_merged_orders(server, tmp_path):
 
     chosen = report["chosen_layers"]
     assert report["config"]["layers"] == "auto" and chosen == report["layers"]["chosen"]
-    assert chosen and chosen == list(range(chosen[0], 30)), "auto trains a top block of the 30 layers"
-    assert "Layers: auto" in summary and (f"{chosen[0]}–29" if len(chosen) > 2 else str(chosen[0])) in summary
+    assert chosen and chosen == list(range(chosen[0], 4)), "auto trains a top block of the 4 layers"
+    assert "Layers: auto" in summary and (f"{chosen[0]}–3" if len(chosen) > 2 else str(chosen[0])) in summary
     assert any(g["caption"].startswith("Layer selection") for g in out["gallery"])
     assert any(g["caption"].startswith("Data orders") for g in out["gallery"])
     assert not any(g["caption"].startswith("Drift") for g in out["gallery"])  # not tracked over K orders
@@ -263,35 +267,36 @@ def test_advanced_auto_layers_and_two_merged_orders(server, tmp_path):
         assert f"| run {r['run']} | {r['steps']} | {r['recall']:.0%} | {r['early_recall']:.0%} |" in summary
 
 
-def test_continue_from_an_earlier_run_reports_its_facts(server, tmp_path):
+def test_continue_from_an_earlier_run_reports_its_facts(server, tmp_path, tiny_dir):
     """A second run on top of the first one's adapter lists what the first run's facts recall before and after;
-    another visitor cannot continue from it."""
+    another visitor cannot continue from it. On the tiny random model, which learns two facts at a high rate."""
     from gradio_client import Client
 
     url, runs = server
     client = Client(url, verbose=False, download_files=str(tmp_path / "one"))
     table = upload_facts(client, tmp_path / "first.csv", FOUR[:FOUR.index("a3")])
-    first = train_result(client.submit(table, *settings(steps=20).values(), api_name="/train"))
+    tiny = dict(model=tiny_dir, lr=1e-2)
+    first = train_result(client.submit(table, *settings(steps=40, **tiny).values(), api_name="/train"))
     earlier = next(runs.glob("*/*/uploaded-first.csv")).parent
     assert first["report"]["summary"]["recall_after"] > 0, "the first run learned nothing to lose"
     # the finished run is now a choice of "Continue from", labelled with what it did
     choices = {value: label for label, value in first["earlier"]["choices"]}
     assert set(choices) == {"", earlier.name} and "2 facts" in choices[earlier.name]
     with pytest.raises(Exception) as err:  # its adapter has its own layers: another choice is refused
-        client.predict(table, *settings(earlier=earlier.name, layers="auto").values(), api_name="/train")
+        client.predict(table, *settings(earlier=earlier.name, layers="auto", **tiny).values(), api_name="/train")
     assert "Continue from" in str(err.value) and "all layers" in str(err.value)
 
     n_runs = len(list(runs.glob("*/*/config.json")))
     other = Client(url, verbose=False)  # another session: the folder name is not one of its runs
     with pytest.raises(Exception) as err:
-        other.predict(table, *settings(earlier=earlier.name).values(), api_name="/train")
+        other.predict(table, *settings(earlier=earlier.name, **tiny).values(), api_name="/train")
     # refused before anything runs, by Gradio's check of the session's choices or by the app's own
     assert earlier.name in str(err.value) and ("not in the list of choices" in str(err.value)
                                                or "not one of your finished runs" in str(err.value))
     assert len(list(runs.glob("*/*/config.json"))) == n_runs, "a refused run started"
 
     table = upload_facts(client, tmp_path / "second.csv", FOUR[FOUR.index("a3"):])
-    job = client.submit(table, *settings(steps=3, earlier=earlier.name).values(), api_name="/train")
+    job = client.submit(table, *settings(steps=3, earlier=earlier.name, **tiny).values(), api_name="/train")
     second = train_result(job)
     rep, summary = second["report"], second["summary"]
     assert rep["config"]["continue_from"] == str(earlier)

@@ -82,8 +82,10 @@ def test_merge_on_weight_deltas(tiny_dir):
 
 @pytest.mark.slow
 def test_orders_merge_and_sequential_injection_through_the_pipeline(tiny_dir, tmp_path):
+    # the guard and the model's rewordings are off: they have their own tests, and cost most of a step here
     cfg = InjectConfig().updated(model=tiny_dir, steps=30, lr=1e-2, orders=2, merge="select", interference=False,
-                                 plots=False, categorize_samples=0, filter=False)
+                                 plots=False, categorize_samples=0, filter=False, locality_guard=0.0,
+                                 model_rewordings=0)
     rep = run(FACTS[:4], FACTS[4:5], cfg, out_dir=tmp_path / "a", model=load_model(tiny_dir))
     m = rep.merge
     assert m["orders"] == 2 and len(m["runs"]) == 2 and rep.summary["orders"] == 2

@@ -19,9 +19,11 @@ def _cli(*args, timeout=600):
 def test_inject_cli_learns_facts_and_writes_report_and_adapter(tmp_path):
     facts = tmp_path / "facts.csv"
     lines = (ASSETS / "invented.csv").read_text().splitlines()
-    facts.write_text("\n".join(lines[:9]) + "\n")  # header + 8 facts
+    facts.write_text("\n".join(lines[:3]) + "\n")  # header + 2 facts
     out = tmp_path / "out"
-    r = _cli("inject", "--facts", str(facts), "--out", str(out), "--steps", "40", "--no-plots")
+    # The default method on 2 facts; only the guard's sampled texts are fewer (40 cost 40 s whatever the facts)
+    r = _cli("inject", "--facts", str(facts), "--out", str(out), "--steps", "40", "--sampled-anchors", "8",
+             "--no-plots")
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((out / "report.json").read_text())
     s = rep["summary"]
@@ -29,10 +31,10 @@ def test_inject_cli_learns_facts_and_writes_report_and_adapter(tmp_path):
               "locality_before", "locality_after", "steps", "train_seconds", "device", "quantization", "model",
               "question_after", "chat_after", "locality_general_after", "neutral_nll_ratio", "training_wordings"):
         assert k in s, k
-    assert s["facts_in"] == 8 and s["recall_before"] == 0.0 and s["recall_after"] >= 0.85
+    assert s["facts_in"] == 2 and s["recall_before"] == 0.0 and s["recall_after"] == 1.0
     assert s["locality_after"] >= 0.8 * s["locality_before"]
     assert s["locality_general_before"] == 1.0 and s["probe_sets"] == {"probes": 31, "general": 53}
-    assert 8 * 6 <= s["training_wordings"] <= 8 * 9 and 0.8 < s["neutral_nll_ratio"] < 1.5
+    assert 2 * 6 <= s["training_wordings"] <= 2 * 9 and 0.8 < s["neutral_nll_ratio"] < 1.5
     cuda = __import__("torch").cuda.is_available()
     assert s["device"].startswith("cuda") == cuda and ("nf4" in s["quantization"]) == cuda
     for f in rep["facts"]:
