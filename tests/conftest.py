@@ -13,6 +13,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a network that isn't there
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker (and per app or CLI process a test starts): two torch processes with a
+    # thread per core each spin-wait on each other's cores and both run many times slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -50,3 +55,13 @@ def probes():
     from core.facts import load_facts
 
     return load_facts(ROOT / "assets" / "probes.csv")
+
+
+# The longest modules first: the two workers take whole modules in this order (--dist loadfile), and
+# one started last would leave the other worker idle at the end.
+FIRST = ("test_pipeline.py", "test_browser.py", "test_app.py", "test_export.py", "test_load.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))   # stable: order within a module kept
