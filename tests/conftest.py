@@ -59,7 +59,8 @@ def probes():
 
 # The longest modules first: the two workers take whole modules in this order (--dist loadfile), and
 # one started last would leave the other worker idle at the end.
-FIRST = ("test_pipeline.py", "test_browser.py", "test_app.py", "test_export.py", "test_load.py")
+FIRST = ("test_pipeline.py", "test_browser_export.py", "test_browser.py", "test_app.py", "test_export.py",
+         "test_load.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -31,6 +31,7 @@ def page(tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.set_default_timeout(30_000)
+        pg.beacon_runs = runs   # the run folders, for tests that read what a run wrote
         pg.goto(url)
         try:
             yield pg
