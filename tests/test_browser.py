@@ -1,15 +1,21 @@
-"""The app in a real browser: Playwright drives Debian's chromium (headless) through the whole flow.
+"""The app in a real browser, as a new user would: Playwright drives Debian's chromium (headless).
 
-Load a sample, check it, re-include a dropped fact, train a few steps, and find the before/after
-table, the plots and the downloads on the page. Skipped only when chromium is absent.
+Bring a probe set of your own, load the counterfactual sample, check it, try a layer list outside the
+model (refused, nothing runs), train a few steps, find the coloured before/after table, the plots and
+the downloads; hover a heatmap cell and read its facts; ask the tuned model; export the GGUF, download it
+and reload it with transformers to get the edited answers back; reload the page and reopen the run from
+the recent-runs list. The conflict review is tested through the API (test_app). Skipped only when
+chromium is absent.
 """
+import io
+import json
 import shutil
 import time
 from pathlib import Path
 
 import pytest
 
-from test_app import SMALL, start_app, stop_app
+from test_app import start_app, stop_app
 
 pytestmark = pytest.mark.slow  # starts the app server and a browser, and trains
 
@@ -41,49 +47,127 @@ def page(tmp_path):
             stop_app(proc)
 
 
-def test_sample_check_train_and_results_in_the_browser(page):
-    t0 = time.time()
-    page.get_by_role("button", name="Conflicts & duplicates").click()
+# Another kind of knowledge than the shipped probes (capitals, symbols) and than every sample.
+OWN_PROBES = ("id,prompt,target\n"
+              "y1,The opposite of hot is,cold\n"
+              "y2,A week has seven,days\n"
+              "y3,The colour of a clear daytime sky is,blue\n")
+
+
+def hover_a_mark(page, chart: str):
+    """Move the mouse over the chart's coloured pixels until Vega shows a tooltip; returns its text.
+    The marks are drawn on a canvas, so they are found in a screenshot of the chart."""
+    from PIL import Image
+
+    box = page.locator(f"#{chart}").bounding_box()
+    shot = Image.open(io.BytesIO(page.locator(f"#{chart}").screenshot())).convert("RGB")
+    sx, sy = shot.width / box["width"], shot.height / box["height"]
+    coloured = [(x, y) for y in range(0, shot.height, 3) for x in range(0, shot.width, 3)
+                if max(shot.getpixel((x, y))) - min(shot.getpixel((x, y))) > 60]   # saturated: a mark, not an axis
+    assert coloured, f"no marks drawn in #{chart}"
+    tip = page.locator("#vg-tooltip-element")
+    for x, y in coloured[::max(1, len(coloured) // 60)]:
+        page.mouse.move(box["x"] + x / sx, box["y"] + y / sy)
+        page.wait_for_timeout(60)
+        if tip.count() and tip.is_visible() and tip.inner_text().strip():
+            return tip.inner_text()
+    raise AssertionError(f"no tooltip over {len(coloured)} coloured pixels of #{chart}")
+
+
+def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from core.evaluate import generate, recalls
+
+    t0, timings = time.time(), {}
+    # Your own probe set, on tab 3, before anything runs: the check measures it too.
+    probes = tmp_path / "my-probes.csv"
+    probes.write_text(OWN_PROBES)
+    page.get_by_role("tab", name="3 · Train").click()
+    page.get_by_text("Advanced:").click()   # stays open for the layer list below
+    page.locator("#probes-upload input[type=file]").set_input_files(str(probes))
+    page.wait_for_selector("#yours-note >> text=3 facts", timeout=30_000)
+
+    page.get_by_role("tab", name="1 · Facts").click()
+    page.get_by_role("button", name="Counterfactual edits").click()
     page.wait_for_selector("text=Loaded sample")
-    assert page.locator("#facts-table [role=row]").count() > 5
-
     page.get_by_role("button", name="Check facts").click()
-    page.wait_for_selector("text=facts will be trained", timeout=180_000)  # moves to 2 · Review by itself
-    assert page.get_by_text("✗ conflict: with c02").first.is_visible()
-
-    # Re-include c01 (first row) by ticking its keep box.
-    page.locator("#review-table [data-testid='cell-0-0'] input[type=checkbox]").click()
-    page.wait_for_selector("text=✓ kept by you")
-
+    page.wait_for_selector("text=facts will be trained", timeout=240_000)
     page.get_by_role("button", name="Next: train").click()
-    # Advanced: a custom layer list outside the model is refused with a message naming it, nothing runs
-    page.get_by_text("Advanced:").click()
+    # A custom layer list outside the model is refused with a message naming it, and nothing runs
     page.get_by_label("custom list").check()
     page.locator("#layers-custom textarea, #layers-custom input").first.fill("20-35")
     page.locator("#train-btn").click()
     page.wait_for_selector("text=indices in 0..29, got '20-35'", timeout=30_000)
     status = page.locator("#train-status").inner_text()
-    assert "Trains on the facts table" in status and "▶" not in status  # nothing started
+    assert "Trains on the facts table" in status and "▶" not in status
     page.get_by_label("all layers").check()
     page.locator("#layers-custom").wait_for(state="hidden")
     page.locator("#train-btn").click()
-    page.wait_for_selector("#train-status >> text=▶", timeout=60_000)  # live stage checklist
-    page.wait_for_selector("#results-table [role=row] >> nth=1", timeout=300_000)  # moves to 4 · Results
+    page.wait_for_selector("#train-status >> text=▶", timeout=60_000)  # the live stage checklist
+    page.wait_for_selector("#results-table [role=row] >> nth=1", timeout=400_000)  # moves to 4 · Results
+    timings["train"] = time.time() - t0
 
     summary = page.locator("#summary").inner_text()
     assert "Recall" in summary and "Locality" in summary and "cpu" in summary
+    assert "your probe set" in summary, summary   # locality on the visitor's probes, before and after
     table = page.locator("#results-table").inner_text()
-    for fid in ("c01", "c07", "c09", "c10"):
-        assert fid in table
-    assert "✓" in table or "✗" in table
-    # coloured rows: at least one trained fact in green or red
+    assert all(f"cf{i:02d}" in table for i in range(1, 15)) and "✓" in table
     styles = page.locator("#results-table [role=gridcell]").evaluate_all(
         "cells => cells.map(c => getComputedStyle(c).backgroundColor)")
-    assert {"rgb(211, 240, 220)", "rgb(249, 214, 218)"} & set(styles)
-    plots = page.locator("#plots img")
-    assert plots.count() >= 4
+    assert {"rgb(211, 240, 220)", "rgb(249, 214, 218)"} & set(styles)   # green / red rows
+    assert page.locator("#plots img").count() >= 4
     page.locator("#downloads a[download='adapter.zip']").wait_for()
+    runs = Path(page.beacon_runs)
+    run_dir = next(runs.glob("*/*/report.json")).parent
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["summary"]["probe_sets"]["yours"] == 3
+    recalled = [f for f in report["facts"] if f["kept"] and f["recall_after"]]
+    assert recalled, "6 steps recalled none of the sample: nothing to find in the GGUF"
 
+    # Hover a heatmap cell: the tooltip names the facts and their prompts.
+    page.locator("#interference-chart").scroll_into_view_if_needed()
+    tip = hover_a_mark(page, "interference-chart")
+    page.screenshot(path=str(tmp_path / "hover.png"))
+    ids = {f["id"] for f in report["facts"]}
+    assert any(i in tip for i in ids) and any(f["prompt"][:20] in tip for f in report["facts"]), tip
+
+    # Ask: base and tuned answers, plain and through the chat template
     page.locator("#ask-btn").click()
     page.wait_for_function("() => document.querySelector('#ask-tuned textarea').value.length > 0", timeout=120_000)
-    print(f"browser flow: {time.time() - t0:.0f} s")
+
+    # Export the GGUF, download it as the browser would, reload it with transformers.
+    t1 = time.time()
+    page.locator("#export-gguf").click()
+    page.wait_for_selector("#export-status >> text=Wrote", timeout=300_000)
+    status = page.locator("#export-status").inner_text()
+    page.screenshot(path=str(tmp_path / "export.png"), full_page=True)
+    link = page.locator("#downloads a[download='model-q8_0.gguf']")
+    link.wait_for()
+    with page.expect_download() as dl:
+        link.click()
+    gguf = tmp_path / "model-q8_0.gguf"
+    dl.value.save_as(gguf)
+    timings["export"] = time.time() - t1
+    mb = gguf.stat().st_size / 2**20
+    assert 100 < mb < 200, mb
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file=gguf.name)
+    answers = generate(model, tok, [f["prompt"] for f in recalled], max_new_tokens=8)
+    back = [f["id"] for f, a in zip(recalled, answers) if recalls(a, f["target"])]
+    # q8_0 rounds every weight: a fact the adapter only just recalled may slip; most must not
+    assert len(back) >= 0.8 * len(recalled), (back, [(f["id"], f["target"], a) for f, a in zip(recalled, answers)])
+
+    # Reload the page: the run is in the recent-runs list and reopens with its results.
+    page.reload()
+    page.get_by_role("tab", name="4 · Results").click()
+    page.wait_for_selector("#recent-note >> text=recent run", timeout=30_000)
+    page.locator("#recent-runs input").click()
+    page.get_by_role("option").first.click()
+    page.wait_for_selector("#results-table [role=row] >> nth=1", timeout=60_000)
+    assert "your probe set" in page.locator("#summary").inner_text()
+    assert report["facts"][0]["id"] in page.locator("#results-table").inner_text()
+    page.screenshot(path=str(tmp_path / "reopened.png"), full_page=True)
+    print(f"\nbrowser flow: train {timings['train']:.0f} s, export + download {timings['export']:.0f} s "
+          f"({mb:.1f} MB; {status.strip()[:80]}), {len(back)}/{len(recalled)} recalled facts answered from "
+          f"the GGUF, total {time.time() - t0:.0f} s")
