@@ -59,9 +59,9 @@ def probes():
 
 # The longest modules first: the two workers take whole modules in this order (--dist loadfile), and
 # one started last would leave the other worker idle at the end (--no-loadscope-reorder: xdist would
-# otherwise order modules by their number of tests, and the one-test browser module came last). A worker with two tests or fewer left
-# takes the next module at once: test_browser's one test brings test_generalise (medium) with it, so
-# test_app goes to whichever worker frees first.
+# otherwise order modules by their number of tests, and the one-test browser module came last). A
+# worker with two tests or fewer left takes the next module at once: test_browser's one test brings
+# test_generalise (medium) with it, so test_app goes to whichever worker frees first.
 FIRST = ("test_pipeline.py", "test_browser.py", "test_generalise.py", "test_app.py", "test_export.py", "test_load.py")
 
 
