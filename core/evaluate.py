@@ -102,6 +102,14 @@ def forward_targets(model, ids, mask, labels):
     return logits, lab[rows, cols], rows, cols, h
 
 
+def first_targets(rows):
+    """Mask of each row's first target token in forward_targets' row-major order (the position of
+    the last prompt token)."""
+    first = torch.ones_like(rows, dtype=torch.bool)
+    first[1:] = rows[1:] != rows[:-1]
+    return first
+
+
 def target_stats(logits, labels, rows, n_rows: int):
     """Per row: summed target log-prob, mean target NLL, whether teacher-forced argmax equals
     every target token (then greedy decoding produces the target exactly), and the rank of
@@ -112,8 +120,7 @@ def target_stats(logits, labels, rows, n_rows: int):
     sum_lp = zeros.index_add(0, rows, tok_lp)
     count = zeros.index_add(0, rows, torch.ones_like(tok_lp))
     misses = zeros.index_add(0, rows, (logits.argmax(-1) != labels).float())
-    first = torch.ones_like(rows, dtype=torch.bool)
-    first[1:] = rows[1:] != rows[:-1]
+    first = first_targets(rows)
     fl = logits[first]
     rank = (fl > fl.gather(1, labels[first][:, None])).sum(1) + 1
     return sum_lp, -sum_lp / count.clamp(min=1), misses == 0, rank

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import TrainConfig
-from .evaluate import collate, encode_pair, forward_targets, target_stats
+from .evaluate import collate, encode_pair, first_targets, forward_targets, target_stats
 from .guard import anchor_targets, guard_loss, guard_picks
 
 
@@ -116,8 +116,7 @@ def _forward_rows(model, pairs, pad_id, device):
         ids, mask, labels = collate([pairs[i] for i in g], pad_id, device)
         logits, lab, rows, cols, h = forward_targets(model, ids, mask, labels)
         _, nl, ht, _ = target_stats(logits, lab, rows, len(g))
-        first = torch.ones_like(rows, dtype=torch.bool)   # each row's first target = its last prompt token
-        first[1:] = rows[1:] != rows[:-1]
+        first = first_targets(rows)
         nll.append(nl), hit.append(ht), h_last.append(h[rows[first], cols[first]]), at.extend(g)
     back = torch.tensor(at, device=device).argsort()   # batch order again
     return torch.cat(nll)[back], torch.cat(hit)[back], torch.cat(h_last)[back]
@@ -128,10 +127,7 @@ def _all_hits(model, tok, pairs, device, batch_size) -> list[bool]:
     model.eval()
     hits = []
     for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
-        ids, mask, labels = collate(chunk, tok.pad_token_id, device)
-        logits, lab, rows, _, _ = forward_targets(model, ids, mask, labels)
-        hits += target_stats(logits, lab, rows, len(chunk))[2].tolist()
+        hits += _forward_rows(model, pairs[i:i + batch_size], tok.pad_token_id, device)[1].tolist()
     model.train()
     return hits
 
