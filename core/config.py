@@ -55,6 +55,9 @@ class TrainConfig:
     guard_batch: int = setting(8, "anchors in each guard batch", min=1, max=256)
     guard_near: float = setting(0.5, "share of each guard batch drawn from the anchors nearest the facts "
                                 "(0 = uniform)", min=0.0, max=1.0)
+    null_space: float = setting(0.0, "keep each LoRA layer out of the input directions that hold this share of "
+                                "the energy of the guard anchors' text (AlphaEdit-style projection; 0 = off)",
+                                min=0.0, max=0.9999)
     early_stop: bool = setting(True, "stop once every wording of every fact is recalled")
     settle_steps: int = setting(0, "with the guard on, train N more steps once every fact is recalled (0 = stop "
                                 "at once; measured on the samples it lowers locality, see README)", min=0)

@@ -24,7 +24,8 @@ import torch
 
 from .config import TrainConfig
 from .evaluate import collate, encode_pair, first_targets, forward_targets, target_stats
-from .guard import anchor_targets, guard_loss, guard_picks
+from . import nullspace
+from .guard import anchor_targets, anchor_text, guard_loss, guard_picks
 
 
 @dataclass
@@ -189,6 +190,11 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     guard = cfg.locality_guard > 0 and len(anchors) > 0
     if guard:
         guard_set = anchor_targets(model, tok, list(anchors), device)
+    null = None
+    if cfg.null_space > 0 and len(anchors) > 0:
+        null = nullspace.bases(nullspace.input_covariances(model, tok, [anchor_text(a) for a in anchors]),
+                               cfg.null_space)
+        nullspace.project(model, null)
     u = None
     if cfg.weighting == "dynamic":
         from .semantic import target_vectors
@@ -227,6 +233,8 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if null is not None:
+                nullspace.project(model, null)
 
             mine = [j for j, k in enumerate(idx) if own[k]]
             if hidden_hook is not None and mine:

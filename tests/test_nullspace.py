@@ -1,0 +1,64 @@
+"""The null-space constraint (core/nullspace.py) on a tiny random model: the update is kept out of
+the directions the anchors' inputs use, so the tuned model reads the anchors as the base did, and
+the facts are still learned."""
+import torch
+
+from core import nullspace
+from core.evaluate import score
+from core.pipeline import default_anchors
+from tests.test_train import FACTS, _anchor_kl, _tiny
+from core.train import train
+
+
+def test_projection_removes_what_anchor_inputs_would_see(tiny_dir):
+    model, tok, _ = _tiny(tiny_dir)
+    texts = default_anchors()[:32]
+    covs = nullspace.input_covariances(model, tok, texts)
+    layers = nullspace.lora_layers(model)
+    assert set(covs) == set(layers) and len(layers) == 4 * 7
+    u = nullspace.bases(covs, 0.99)
+    for n, c in covs.items():
+        k = u[n].shape[1]
+        assert 0 < k < c.shape[0]
+        # the kept directions hold at least the share asked for, one fewer would not
+        vals = torch.linalg.eigvalsh(c.double()).flip(0)
+        assert vals[:k].sum() >= 0.99 * vals.sum() > vals[:k - 1].sum()
+    a_before = {n: m.lora_A["default"].weight.detach().clone() for n, m in layers.items()}
+    nullspace.project(model, u)
+    for n, m in layers.items():
+        a = m.lora_A["default"].weight.detach()
+        c = covs[n].double()
+        seen = float(torch.trace(a.double() @ c @ a.double().T))           # E|A x|^2 over anchor tokens
+        was = float(torch.trace(a_before[n].double() @ c @ a_before[n].double().T))
+        assert seen < 0.02 * was, n
+
+
+def test_null_space_training_learns_the_facts_and_keeps_anchor_text_close(tiny_dir):
+    anchors = default_anchors()[:32]
+    kls, steps = {}, {}
+    for share in (0.0, 0.99):
+        model, tok, cfg = _tiny(tiny_dir, steps=200, null_space=share)
+        res = train(model, tok, FACTS, cfg=cfg, anchors=anchors)
+        assert res.stopped == "all recalled", share
+        assert all(score(model, tok, [f.prompt for f in FACTS], [f.target for f in FACTS])["hit"])
+        kls[share], steps[share] = _anchor_kl(model, tok, anchors), res.steps
+    assert kls[0.99] < 0.5 * kls[0.0], kls
+
+
+def test_null_space_on_the_four_bit_model(tiny_dir):
+    """QLoRA layers (bitsandbytes Linear4bit under peft) are hooked and projected the same way."""
+    from core.models import load_model
+    from core.train import TrainConfig, attach_lora
+
+    model, tok, info = load_model(tiny_dir, quantization="4bit")
+    assert "nf4" in info.quantization
+    cfg = TrainConfig(steps=4, lr=1e-2, early_stop=False, null_space=0.99)
+    model = attach_lora(model, cfg, quantized=True)
+    anchors = default_anchors()[:16]
+    u = nullspace.bases(nullspace.input_covariances(model, tok, anchors), 0.99)
+    assert len(u) == 4 * 7
+    res = train(model, tok, FACTS[:2], cfg=cfg, anchors=anchors)
+    assert res.history[-1]["task"] < res.history[0]["task"]
+    for n, m in nullspace.lora_layers(model).items():
+        a = m.lora_A["default"].weight.detach().float()
+        assert float((a @ u[n]).norm()) < 1e-3 * float(a.norm()), n
