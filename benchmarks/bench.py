@@ -3,7 +3,8 @@
     python benchmarks/bench.py [--sizes 10,30,100] [--quantization auto|4bit|none] [--model ID]
 
 Model load time cold (GGUF dequantised into an empty cache) and cached; for each fact count,
-seconds per training step and wall time until every fact is recalled (the locality guard on,
+seconds per training step (and its parts: task forward + backward, guard forward + backward,
+optimiser update, early-stop check, each a mean per step) and wall time until every fact is recalled (the locality guard on,
 as in a default run); peak memory. Facts are generated: invented names no model knows.
 """
 import argparse
@@ -71,7 +72,8 @@ def main():
           " a default run now trains 6-9 wordings a fact: see each report's stage_seconds for whole-run cost")
     print(f"model load: cold {cold:.1f} s (GGUF dequantise + save)" if cold is not None else "model load: cold skipped")
     print(f"model load: cached {cached:.2f} s")
-    print(f"{'facts':>6} {'steps':>6} {'s/step':>8} {'to full recall s':>17} {'stopped':>13} {'peak MB':>9}")
+    print(f"{'facts':>6} {'steps':>6} {'s/step':>8} {'task s':>7} {'guard s':>8} {'update s':>9} {'check s':>8} "
+          f"{'to full recall s':>17} {'stopped':>13} {'peak MB':>9}")
     anchors = default_anchors()
     for n in [int(x) for x in a.sizes.split(",")]:
         model, tok, info = load_model(a.model, a.quantization)
@@ -85,7 +87,9 @@ def main():
         res = train(model, tok, facts, cfg=cfg, anchors=kept, near=near)
         wall = time.perf_counter() - t
         full = f"{wall:.1f}" if res.stopped == "all recalled" else f"> {wall:.1f}"
-        print(f"{n:>6} {res.steps:>6} {res.seconds / max(res.steps, 1):>8.2f} {full:>17} {res.stopped:>13} "
+        part = {k: sum(h["time"][k] for h in res.history) / max(res.steps, 1) for k in ("task", "guard", "update", "check")}
+        print(f"{n:>6} {res.steps:>6} {res.seconds / max(res.steps, 1):>8.2f} {part['task']:>7.2f} {part['guard']:>8.2f} "
+              f"{part['update']:>9.3f} {part['check']:>8.2f} {full:>17} {res.stopped:>13} "
               f"{peak_memory_mb(info.device):>9.0f}", flush=True)
 
 

@@ -87,8 +87,11 @@ def test_locality_guard_keeps_anchor_text_closer_to_base(tiny_dir):
     kls = []
     for w in (0.0, 5.0):
         model, tok, cfg = _tiny(tiny_dir, steps=30, early_stop=False, locality_guard=w)
-        train(model, tok, FACTS, cfg=cfg, anchors=anchors)
+        res = train(model, tok, FACTS, cfg=cfg, anchors=anchors)
         kls.append(_anchor_kl(model, tok, anchors))
+        # the per-step profile: the guard's own seconds appear only when it runs
+        assert all(h["time"]["task"] > 0 and h["time"]["update"] > 0 for h in res.history)
+        assert all((h["time"]["guard"] > 0) == (w > 0) for h in res.history)
     assert kls[1] < kls[0] * 0.7
 
 
