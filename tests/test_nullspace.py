@@ -62,3 +62,18 @@ def test_null_space_on_the_four_bit_model(tiny_dir):
     for n, m in nullspace.lora_layers(model).items():
         a = m.lora_A["default"].weight.detach().float()
         assert float((a @ u[n]).norm()) < 1e-3 * float(a.norm()), n
+
+
+def test_a_run_with_the_null_space_and_no_guard_still_builds_anchors_and_reports_it(tiny_dir):
+    from core.config import InjectConfig
+    from core.models import load_model
+    from core.pipeline import run
+
+    cfg = InjectConfig().updated(model=tiny_dir, steps=3, interference=False, plots=False, categorize_samples=0,
+                                 model_rewordings=0, locality_guard=0.0, null_space=0.99, sampled_anchors=8,
+                                 guard_anchors="sampled")
+    rep = run(FACTS[:2], {"probes": FACTS[2:]}, cfg, model=load_model(tiny_dir))
+    s = rep.summary
+    assert s["null_space"] == 0.99 and s["locality_guard"] == 0.0 and s["guard_anchors"] == "sampled"
+    assert rep.to_dict()["guard"]["anchors"] > 0
+    assert all(h["time"]["guard"] == 0.0 for h in rep.to_dict()["training"]["history"])
