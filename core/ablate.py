@@ -34,7 +34,7 @@ VARIANTS = {
     "full + file anchors": {**FULL, "guard_anchors": "neighbours,sampled,file"},
     "full: LoRA on MLP only": {**FULL, "lora_modules": "mlp"},
     "full: sibling neighbours": {**FULL, "guard_anchors": "siblings,sampled"},
-    "full: guard batch 16": {**FULL, "guard_batch": 16},
+    "full: guard batch 8": {**FULL, "guard_batch": 8},      # the default until stop 20
     "+rewordings + null space 0.99": {**OFF, "rewordings": True, "null_space": 0.99},
     "full + null space 0.99": {**FULL, "null_space": 0.99},
     "full + null space 0.999": {**FULL, "null_space": 0.999},
