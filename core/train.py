@@ -4,7 +4,9 @@ One step = one mini-batch of facts (all of them when they fit in one batch). The
 mean target-token NLL of each fact, times that fact's weight, averaged over the batch. The
 locality guard adds W * KL(base || tuned) on unrelated anchor text: the base model's
 next-token distributions are computed once, with the adapter disabled, and the tuned model
-is pulled towards them, so it learns the facts without rewriting what it knew.
+is pulled towards them, so it learns the facts without rewriting what it knew. With `null_space`,
+LoRA's A matrices are also kept out of the input directions the anchors use (core/nullspace.py),
+projected once before training and again after every optimiser step.
 
 Early stop is free: the training forward pass already holds the logits of every target
 token; when the argmax matches every target token of every fact, greedy decoding would
