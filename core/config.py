@@ -68,6 +68,11 @@ class TrainConfig:
         _check(self)
 
     @property
+    def reads_anchors(self) -> bool:
+        """The guard or the null-space constraint needs anchors."""
+        return self.locality_guard > 0 or self.null_space > 0
+
+    @property
     def target_modules(self):
         return MLP_MODULES if self.lora_modules == "mlp" else "all-linear"
 

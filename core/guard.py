@@ -271,7 +271,7 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
     neighbours and sampled text written by the base model, and/or the shipped file. Anchors that
     restate a probe are left out so that locality is measured on knowledge the guard did not see;
     those that restate a kept fact are left out so the guard does not hold the old answer."""
-    if (cfg.train.locality_guard <= 0 and cfg.train.null_space <= 0) or not facts:  # nothing reads anchors
+    if not cfg.train.reads_anchors or not facts:   # no anchors to make or embed
         return [], [], None
     pool, sources = [], guard_sources(cfg.guard_anchors)
     if cfg.anchors_file and "file" not in sources:   # the visitor's own anchors: the file source reads them

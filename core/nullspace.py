@@ -21,31 +21,35 @@ import torch
 def lora_layers(model) -> dict[str, torch.nn.Module]:
     """peft's LoRA layers of the model by name (those with a lora_A for the active adapter)."""
     name = getattr(model, "active_adapter", "default")
-    return {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and name in getattr(m, "lora_A", {})}
+    return {n: m for n, m in model.named_modules() if name in getattr(m, "lora_A", {})}
 
 
 @torch.no_grad()
 def input_covariances(model, tok, texts: list[str], batch_size: int = 16) -> dict[str, torch.Tensor]:
     """K0ᵀK0 / n of each LoRA layer's inputs over every token of `texts` (adapter off). Layers that
-    read the same input tensor (q, k, v; gate, up) share one product."""
+    read the same input tensor (q, k, v; gate, up) share one matrix: the same tensor object."""
+    from .evaluate import collate
+
     layers = lora_layers(model)
     dev = next(model.parameters()).device
     sums: dict[str, torch.Tensor] = {}
-    batch: list[tuple[torch.Tensor, torch.Tensor]] = []    # (input, its product) in this forward
+    alias: dict[str, str] = {}                 # layer -> the first layer that read the same input
+    batch: list[tuple[torch.Tensor, str]] = []  # (input, first layer that read it) in this forward
     state = {"mask": None, "n": 0}
 
     def hook(name):
         def pre(mod, args):
             x = args[0]
-            prod = next((p for y, p in batch if y is x), None)
-            if prod is None:
-                rows = x[state["mask"]].float()
-                # Each token counts the same: a few tokens with activations 100x the rest (the first
-                # one) would otherwise hold nearly all the energy, and the share would cover nothing else.
-                rows = rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-                prod = rows.T @ rows
-                batch.append((x, prod))
-            sums[name] = sums[name] + prod if name in sums else prod.clone()
+            first = next((n for y, n in batch if y is x), None)
+            if first is not None:
+                alias[name] = first
+                return
+            batch.append((x, name))
+            rows = x[state["mask"]].float()
+            # Each token counts the same: a few tokens with activations 100x the rest (the first
+            # one) would otherwise hold nearly all the energy, and the share would cover nothing else.
+            rows = rows / rows.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+            sums[name] = sums[name] + rows.T @ rows if name in sums else rows.T @ rows
         return pre
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
@@ -53,9 +57,7 @@ def input_covariances(model, tok, texts: list[str], batch_size: int = 16) -> dic
         with model.disable_adapter():
             for b in range(0, len(texts), batch_size):
                 enc = [tok(t, add_special_tokens=True).input_ids[:128] for t in texts[b:b + batch_size]]
-                width = max(map(len, enc))
-                ids = torch.tensor([e + [tok.pad_token_id] * (width - len(e)) for e in enc], device=dev)
-                mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in enc], device=dev)
+                ids, mask, _ = collate([(e, []) for e in enc], tok.pad_token_id, dev)
                 state["mask"], batch[:] = mask.bool(), []
                 model(input_ids=ids, attention_mask=mask)
                 state["n"] += int(mask.sum())
@@ -63,20 +65,21 @@ def input_covariances(model, tok, texts: list[str], batch_size: int = 16) -> dic
         for h in handles:
             h.remove()
         batch.clear()
-    return {n: (c / max(state["n"], 1)).float() for n, c in sums.items()}
+    covs = {n: c / max(state["n"], 1) for n, c in sums.items()}
+    return {n: covs[alias.get(n, n)] for n in layers if alias.get(n, n) in covs}
 
 
 def bases(covs: dict[str, torch.Tensor], share: float = 0.99) -> dict[str, torch.Tensor]:
-    """Per layer, U: the top eigenvectors of its input covariance that hold `share` of the energy."""
-    out, cache = {}, {}
+    """Per layer, U: the top eigenvectors of its input covariance that hold `share` of the energy
+    (one decomposition per distinct matrix: layers that share an input share it)."""
+    out, done = {}, {}
     for n, c in covs.items():
-        key = (c.shape[0], float(c.trace()), float(c[0, 0]))   # shared inputs give the same matrix
-        if key not in cache:
+        if id(c) not in done:
             vals, vecs = torch.linalg.eigh(c.double())
             vals, vecs = vals.flip(0).clamp(min=0), vecs.flip(1)
             k = int((vals.cumsum(0) / vals.sum() < share).sum()) + 1
-            cache[key] = vecs[:, :k].float().contiguous()
-        out[n] = cache[key]
+            done[id(c)] = vecs[:, :k].float().contiguous()
+        out[n] = done[id(c)]
     return out
 
 

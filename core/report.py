@@ -84,7 +84,7 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
         "training_wordings": sum(map(len, prompts)), "rewordings": cfg.rewordings,
         "model_rewordings": sum(map(len, written["prompts"])),
         "model_rewordings_left_out": written["left_out"],
-        "guard_anchors": cfg.guard_anchors if t.locality_guard > 0 or t.null_space > 0 else None,
+        "guard_anchors": cfg.guard_anchors if t.reads_anchors else None,
         "steps": result.steps, "stopped": result.stopped, "train_seconds": result.seconds,
         "seconds_per_step": round(result.seconds / max(result.steps, 1), 3),
         "device": info.device, "quantization": info.quantization, "model": info.model,
