@@ -46,31 +46,68 @@ def _device(model):
     return next(model.parameters()).device
 
 
+PREFIX_MIN = 16   # shared prompt tokens worth computing once (a few-shot prompt, a chat template's system turn)
+
+
+def _shared_prefix(enc: list[list[int]]) -> int:
+    """Length of the token prefix every prompt shares, leaving each at least one token of its own."""
+    n = min(map(len, enc)) - 1
+    for k in range(n):
+        t = enc[0][k]
+        if any(e[k] != t for e in enc):
+            return k
+    return max(n, 0)
+
+
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], max_new_tokens: int | list[int] = 12, batch_size: int = 32,
              sample: bool = False, temperature: float = 0.7, generator_seed: int | None = None,
-             top_p: float = 1.0) -> list[str]:
-    """Batched greedy (or sampled) completions, left-padded. max_new_tokens may be one per prompt.
+             top_p: float = 1.0, stop: str | None = None) -> list[str]:
+    """Batched greedy (or sampled) completions. max_new_tokens may be one per prompt.
 
     Greedy prompts are batched by token length (little padding) and each row is cut to its own
     budget: greedy decoding is causal, so a row's text is what it would be alone. Sampled prompts
-    keep their order, so a seed draws the same texts as before."""
+    keep their order, so a seed draws the same texts as before.
+    A token prefix that all prompts share (16 tokens or more: a few-shot prompt, a chat template's
+    system turn) is run once and its KV cache copied to every row: on a CPU the prompt pass is most of
+    the cost of short answers. Rows are laid out [prefix, padding, own tokens], the padding masked;
+    positions come from the mask, so each row reads as it would alone.
+    stop: a batch ends early once every row has produced a token containing this text (the text after it
+    is the caller's to cut)."""
+    import copy
+
     dev, pad = _device(model), tok.pad_token_id
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
     enc = [tok(p, add_special_tokens=True).input_ids for p in prompts]
+    if not enc:
+        return []
+    shared = _shared_prefix(enc)
+    shared = shared if shared >= PREFIX_MIN else 0
+    cache = model(input_ids=torch.tensor([enc[0][:shared]], device=dev), use_cache=True).past_key_values \
+        if shared else None
+    kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p) if sample else dict(do_sample=False)
+    if stop is not None:
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None) or tok.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        texts = tok.batch_decode([[i] for i in range(len(tok))])
+        kw["eos_token_id"] = eos + [i for i, t in enumerate(texts) if stop in t and i not in eos]
     order = list(range(len(prompts))) if sample else sorted(range(len(prompts)), key=lambda i: len(enc[i]))
     out: list[str] = [""] * len(prompts)
     for b in range(0, len(order), batch_size):
         rows = order[b:b + batch_size]
-        ids = [enc[i] for i in rows]
-        width = max(map(len, ids))
-        input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=dev)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=dev)
-        kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p) if sample else dict(do_sample=False)
+        own = [enc[i][shared:] for i in rows]
+        width = max(map(len, own))
+        head = enc[rows[0]][:shared]
+        input_ids = torch.tensor([head + [pad] * (width - len(x)) + x for x in own], device=dev)
+        mask = torch.tensor([[1] * shared + [0] * (width - len(x)) + [1] * len(x) for x in own], device=dev)
+        extra = {}
+        if cache is not None:
+            extra["past_key_values"] = copy.deepcopy(cache)
+            extra["past_key_values"].batch_repeat_interleave(len(rows))
         gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max(budgets[i] for i in rows),
-                             pad_token_id=pad, **kw)[:, width:]
+                             pad_token_id=pad, **kw, **extra)[:, shared + width:]
         for r, i in enumerate(rows):
             out[i] = tok.decode(gen[r, :budgets[i]], skip_special_tokens=True)
     return out
@@ -90,12 +127,29 @@ def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int, device):
     return ids.to(device), mask.to(device), labels.to(device)
 
 
+def length_groups(lengths: list[int], ratio: float = 1.5) -> list[list[int]]:
+    """Row indices grouped by length, no group's longest row more than `ratio` times its shortest."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and lengths[i] <= ratio * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def decoder_states(model, ids, mask):
+    """The decoder's last hidden states [B, T, d] (after the final norm), without the LM head: callers
+    apply the head only where they need logits (over a 49k vocabulary it is about 40% of the work)."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return causal.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
 def forward_targets(model, ids, mask, labels):
     """Run the model but apply the LM head only where a target token is predicted: on a small
     model the head over a 49k vocabulary is about 40% of a training step.
     Returns (logits [n_tok, V], labels [n_tok], row of each token, col of each token, hidden [B, T, d])."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
-    h = causal.base_model(input_ids=ids, attention_mask=mask).last_hidden_state  # after the final norm
+    h = decoder_states(model, ids, mask)
     lab = labels[:, 1:]
     rows, cols = (lab != -100).nonzero(as_tuple=True)  # row-major: each row's first target comes first
     logits = model.get_output_embeddings()(h[rows, cols])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import guard, semantic
+from . import guard, precision, semantic
 from .config import GUARD_SOURCES, InjectConfig, guard_sources  # noqa: F401 (the app reads them here)
 from .evaluate import evaluate_facts
 from .facts import Fact, load_facts
@@ -79,6 +79,12 @@ def _emitter(progress, stages: _Stages | None = None):
     return emit
 
 
+def _writes_bf16(model, cfg: InjectConfig) -> bool:
+    """The base model writes (rewordings, anchors, sampled answers) with bf16 frozen layers where
+    training would use them (core/precision.py); greedy recall is always measured without."""
+    return precision.resolve(cfg.train.compute, model) == "bf16"
+
+
 def analyze(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, model=None, progress=None,
             stages=None) -> Analysis:
     """Everything that happens before training and does not depend on keep/drop choices:
@@ -97,8 +103,9 @@ def analyze(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, mod
     emit("before", "measuring recall before training")
     before = evaluate_facts(model, tok, unique, probes, cfg.train_paraphrases, neutral_text=neutral_text())
     emit("categorize", "sampling answers: known, update or new")
-    cats = semantic.categorize(model, tok, unique, [r["answer"] for r in before["facts"]],
-                               samples=cfg.categorize_samples, seed=cfg.train.seed)
+    with precision.frozen_bf16(model, _writes_bf16(model, cfg)):   # sampled answers: noise well above bf16's
+        cats = semantic.categorize(model, tok, unique, [r["answer"] for r in before["facts"]],
+                                   samples=cfg.categorize_samples, seed=cfg.train.seed)
     emit("distance", "semantic distances")
     dist = semantic.semantic_distances(model, tok, unique)
     feats = semantic.embed(embedder(), [f"{f.prompt} {f.target}" for f in unique])
@@ -215,8 +222,9 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
 
     # 2. what training needs: layers, guard anchors, rewordings, the adapter
     layers, layer_info = _where_to_train(model, tok, kept_facts, cfg, emit)
-    anchors, near, guard_info = guard.build_anchors(model, tok, kept_facts, probes, cfg, embedder(), emit)
-    written = _model_rewordings(model, tok, kept_facts, cfg, emit)
+    with precision.frozen_bf16(model, _writes_bf16(model, cfg)):
+        anchors, near, guard_info = guard.build_anchors(model, tok, kept_facts, probes, cfg, embedder(), emit)
+        written = _model_rewordings(model, tok, kept_facts, cfg, emit)
     earlier = None
     if cfg.continue_from:  # sequential injection: train on top of an earlier run's adapter, watching its facts
         from peft import PeftModel
@@ -247,6 +255,7 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
 
     prompts = [training_prompts(f, tok, forms=None if cfg.rewordings else (), own_paraphrases=cfg.train_paraphrases,
                                 seed=cfg.train.seed) + extra for f, extra in zip(kept_facts, written["prompts"])]
+    compute = precision.resolve(cfg.train.compute, model)
     emit("train", f"training LoRA (rank {cfg.train.rank}) on {len(kept_facts)} facts, {sum(map(len, prompts))} "
                   "wordings" + (f", layers {layers[0]}-{layers[-1]}" if layers else ""))
     if torch.cuda.is_available():
@@ -270,7 +279,7 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
         earlier["after"] = evaluate_facts(model, tok, earlier["facts"], forms=False)["facts"]
 
     # 5. the report
-    report = build_report(cfg, info, analysis, kept_facts, reasons, weights, after, dist_after, result,
+    report = build_report(cfg, info, analysis, kept_facts, reasons, weights, after, dist_after, result, compute=compute,
                           prompts=prompts, written=written, trajectories=trajectories, interference=inter,
                           guard=guard_info, layers=layers, layer_info=layer_info, merge=merge_info, earlier=earlier)
     stages.enter("report")

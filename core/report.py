@@ -110,12 +110,20 @@ def _earlier_record(cfg, earlier) -> dict:
             "lost": [f.id for f, b, a in zip(earlier["facts"], before, after) if b["recalled"] and not a["recalled"]]}
 
 
-def build_report(cfg, info, analysis, kept_facts, reasons, weights, after, dist_after, result, *, prompts, written,
+# What the report says ran (core/precision.py).
+COMPUTE_NOTE = {"bf16": "bf16 matmuls in the frozen layers while training and while the base model wrote "
+                        "rewordings and anchors; recall measured in the model's own precision",
+                "fp32": "the model's own precision throughout"}
+
+
+def build_report(cfg, info, analysis, kept_facts, reasons, weights, after, dist_after, result, *, compute="fp32",
+                 prompts, written,
                  trajectories, interference, guard, layers, layer_info, merge, earlier) -> Report:
     records = fact_records(analysis, kept_facts, reasons, weights, after, dist_after, cfg.train_paraphrases)
     by_id = {r["id"]: r for r in records}
     summary = summarize(cfg, info, analysis, [by_id[f.id] for f in kept_facts], len(reasons), after, result, prompts,
                         written, layers)
+    summary["compute"] = COMPUTE_NOTE[compute]
     earlier_rec = _earlier_record(cfg, earlier) if earlier else None
     if earlier_rec:
         summary["earlier_recall_before"] = earlier_rec["recall_before"]

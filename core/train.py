@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import TrainConfig
-from .evaluate import collate, encode_pair, first_targets, forward_targets, target_stats
-from . import nullspace
+from .evaluate import collate, encode_pair, first_targets, forward_targets, length_groups, target_stats
+from . import nullspace, precision
 from .guard import anchor_targets, anchor_text, guard_loss, guard_picks
 
 
@@ -99,23 +99,12 @@ def _batches(n: int, batch_size: int, rng: random.Random, order: list[int] | Non
             yield idx[i:i + batch_size]
 
 
-def _length_groups(lengths: list[int], ratio: float = 1.5) -> list[list[int]]:
-    """Row indices grouped by length, no group's longest row more than `ratio` times its shortest."""
-    groups: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if groups and lengths[i] <= ratio * lengths[groups[-1][0]]:
-            groups[-1].append(i)
-        else:
-            groups.append([i])
-    return groups
-
-
 def _forward_rows(model, pairs, pad_id, device):
     """Per row of a training batch: mean target NLL (with grad), teacher-forced hit, and the hidden state
     at the last prompt token. Rows run in groups of similar length, one backward for all: a batch that
     mixes 60-token chat wordings with 12-token plain ones would otherwise spend most of its work on padding."""
     nll, hit, h_last, at = [], [], [], []
-    for g in _length_groups([len(p) + len(t) for p, t in pairs]):
+    for g in length_groups([len(p) + len(t) for p, t in pairs]):
         ids, mask, labels = collate([pairs[i] for i in g], pad_id, device)
         logits, lab, rows, cols, h = forward_targets(model, ids, mask, labels)
         _, nl, ht, _ = target_stats(logits, lab, rows, len(g))
@@ -190,8 +179,12 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
         return result
     item_hit = [False] * n_items
     guard = cfg.locality_guard > 0 and len(anchors) > 0
+    # The step's passes run with bf16 frozen layers where that is faster; the early-stop check runs
+    # without, so "all recalled" holds in the precision recall is measured in.
+    fast = precision.FrozenBf16(model, precision.resolve(cfg.compute, model) == "bf16")
     if guard:
-        guard_set = anchor_targets(model, tok, list(anchors), device)
+        with fast.active():   # the same precision as the step's passes: KL is 0 before the first update
+            guard_set = anchor_targets(model, tok, list(anchors), device)
     null = None
     if cfg.null_space > 0 and len(anchors) > 0:
         null = nullspace.bases(nullspace.input_covariances(model, tok, [anchor_text(a) for a in anchors]),
@@ -224,20 +217,21 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
             # and each part's seconds can be told apart: the profile the report keeps per step.
             clock = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            nll, hit, h_last = _forward_rows(model, [pairs[k] for k in idx], tok.pad_token_id, device)
-            nll_d = nll.detach()
-            wb = w[fidx]
-            if u is not None:
-                wb = wb * _dynamic_weights(h_last.detach(), u[fidx])
-            task = (nll * wb).mean()
-            task.backward()
-            t_task, clock = time.perf_counter() - clock, time.perf_counter()
-            g = torch.zeros(())
-            if guard:
-                picks = guard_picks(rng, len(anchors), near, cfg.guard_batch, cfg.guard_near)
-                g = guard_loss(model, guard_set, picks, tok.pad_token_id, device)
-                (cfg.locality_guard * g).backward()
-            t_guard, clock = time.perf_counter() - clock, time.perf_counter()
+            with fast.active():
+                nll, hit, h_last = _forward_rows(model, [pairs[k] for k in idx], tok.pad_token_id, device)
+                nll_d = nll.detach()
+                wb = w[fidx]
+                if u is not None:
+                    wb = wb * _dynamic_weights(h_last.detach(), u[fidx])
+                task = (nll * wb).mean()
+                task.backward()
+                t_task, clock = time.perf_counter() - clock, time.perf_counter()
+                g = torch.zeros(())
+                if guard:
+                    picks = guard_picks(rng, len(anchors), near, cfg.guard_batch, cfg.guard_near)
+                    g = guard_loss(model, guard_set, picks, tok.pad_token_id, device)
+                    (cfg.locality_guard * g).backward()
+                t_guard, clock = time.perf_counter() - clock, time.perf_counter()
             loss = task.detach() + cfg.locality_guard * g.detach()
             opt.step()
             if null is not None:

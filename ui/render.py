@@ -190,7 +190,7 @@ def results_view(report: dict, run_dir: Path, root: Path | None = None, n_layers
     lines += [f"- {s['steps']} steps{orders} ({stopped}); training {seconds(s['train_seconds'])}, "
               f"whole run {seconds(s['total_seconds'])}",
               f"- {s['model']} on **{s['device']}**, quantisation **{s['quantization']}**, "
-              f"peak memory {s['peak_memory_mb']:.0f} MB",
+              f"peak memory {s['peak_memory_mb']:.0f} MB" + (f"; {s['compute']}" if s.get("compute") else ""),
               f"- {s['facts_in']} facts in, {s['facts_kept']} trained, {s['dropped']} dropped",
               f"- run folder: `{shown}`"]
     lines += setup_md(report, n_layers)

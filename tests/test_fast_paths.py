@@ -1,0 +1,82 @@
+"""The fast paths compute what the plain ones did (tiny random model): bf16 frozen layers, a shared
+prompt prefix run once in generation, and a guard batch run in length groups with the LM head on
+real tokens only."""
+import pytest
+import torch
+
+from core import evaluate, guard, precision
+from core.evaluate import score
+from core.train import train
+from tests.test_train import FACTS, FACT_ANCHORS, _tiny
+
+
+def _logits(model, tok, text):
+    with torch.no_grad():
+        return model(input_ids=tok(text, return_tensors="pt").input_ids).logits[0]
+
+
+def test_frozen_bf16_stays_close_and_gives_the_fp32_weights_back(tiny_dir):
+    model, tok, _ = _tiny(tiny_dir)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ref = _logits(model, tok, "The capital of Chile is Santiago.")
+    with precision.frozen_bf16(model):
+        linear = next(m for m in model.modules() if type(m) is torch.nn.Linear and not m.weight.requires_grad)
+        assert linear.weight.dtype == torch.bfloat16
+        fast = _logits(model, tok, "The capital of Chile is Santiago.")
+    assert fast.dtype == torch.float32
+    assert 0 < (fast - ref).abs().max() < 0.05 * ref.abs().max()      # bf16 rounding, not another model
+    with pytest.raises(RuntimeError):
+        with precision.frozen_bf16(model):
+            raise RuntimeError("a cancel or an error inside")
+    for n, p in model.named_parameters():
+        assert p.dtype == torch.float32 and torch.equal(p, before[n]), n
+    assert torch.equal(_logits(model, tok, "The capital of Chile is Santiago."), ref)
+
+
+def test_bf16_training_learns_the_facts_and_its_stop_holds_in_fp32(tiny_dir):
+    model, tok, cfg = _tiny(tiny_dir, compute="bf16")
+    assert precision.resolve("bf16", model) == "bf16" and precision.resolve("fp32", model) == "fp32"
+    res = train(model, tok, FACTS, cfg=cfg)
+    assert res.stopped == "all recalled" and res.steps < cfg.steps
+    # the stop was confirmed without bf16: recall measured in fp32 agrees
+    assert all(score(model, tok, [f.prompt for f in FACTS], [f.target for f in FACTS])["hit"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_shared_prefix_runs_once_and_generates_what_the_plain_path_does(tiny_dir, monkeypatch):
+    model, tok, _ = _tiny(tiny_dir)
+    lead = "Sentence: The head chef of Lorimer Bistro is Anna Pell.\nIn other words: Lorimer Bistro's kitchen is run by"
+    prompts = [f"{lead} {x}" for x in ("its chef.\nSentence: The mayor of Dunmore is", "a cook", "Anna",
+                                       "the head chef, whose name is")]
+    assert evaluate._shared_prefix([tok(p).input_ids for p in prompts]) >= evaluate.PREFIX_MIN
+    calls = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape) or real(*a, **k))
+    fast = evaluate.generate(model, tok, prompts, max_new_tokens=6)
+    assert calls[0][0] == 1                                    # the prefix, once
+    assert all(shape[1] < 20 for shape in calls[1:])           # rows never run the prefix again
+    monkeypatch.setattr(evaluate, "PREFIX_MIN", 10**9)
+    assert evaluate.generate(model, tok, prompts, max_new_tokens=6) == fast
+
+
+def test_grouped_guard_loss_equals_each_anchor_alone(tiny_dir):
+    model, tok, cfg = _tiny(tiny_dir, locality_guard=0.0, compute="fp32")
+    train(model, tok, FACTS, cfg=cfg)                           # the adapter now moves the anchors
+    anchors = FACT_ANCHORS + ["A long plain sentence about rivers, bridges and the towns that grew up beside "
+                              "them over many hundreds of years, told slowly."]
+    targets = guard.anchor_targets(model, tok, anchors, "cpu")
+    enc, start, _ = targets
+    picks = list(range(len(anchors)))
+    got = guard.guard_loss(model, targets, picks, tok.pad_token_id, "cpu")
+    want = 0.0
+    with torch.no_grad():
+        for i in picks:
+            ids = torch.tensor([enc[i]])
+            tuned = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            with model.disable_adapter():
+                base = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            kl = (base.exp() * (base - tuned)).sum(-1)
+            want += 0.5 * kl.mean() + 0.5 * kl[start[i]:].mean() if start[i] else kl.mean()
+    want /= len(picks)
+    assert float(want) > 1e-4
+    assert float(got.detach()) == pytest.approx(float(want), rel=0.02)   # base log-probs are stored in bf16
