@@ -182,18 +182,22 @@ def target_stats(logits, labels, rows, n_rows: int):
 
 @torch.no_grad()
 def score(model, tok, prompts: list[str], targets: list[str], batch_size: int = 32):
-    """Teacher-forced log-prob, greedy-hit flag and first-token rank for each pair (batched by length)."""
+    """Teacher-forced log-prob, greedy-hit flag and first-token rank for each pair (batched by length),
+    and `next`: the greedy token after the whole target (what decides whether it ends at a word boundary)."""
     dev = _device(model)
     pairs = [encode_pair(tok, p, t) for p, t in zip(prompts, targets)]
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    res = {"logprob": [0.0] * len(pairs), "hit": [False] * len(pairs), "rank": [0] * len(pairs)}
+    res = {"logprob": [0.0] * len(pairs), "hit": [False] * len(pairs), "rank": [0] * len(pairs),
+           "next": [0] * len(pairs)}
     for b in range(0, len(order), batch_size):
         rows = order[b:b + batch_size]
         ids, mask, labels = collate([pairs[i] for i in rows], tok.pad_token_id, dev)
-        logits, lab, r, _, _ = forward_targets(model, ids, mask, labels)
+        logits, lab, r, _, h = forward_targets(model, ids, mask, labels)
         lp, _, hit, rank = target_stats(logits, lab, r, len(rows))
-        for i, x, h, k in zip(rows, lp.tolist(), hit.tolist(), rank.tolist()):
-            res["logprob"][i], res["hit"][i], res["rank"][i] = round(x, 4), h, k
+        ends = mask.sum(1) - 1                                     # each row's last token
+        nxt = model.get_output_embeddings()(h[torch.arange(len(rows), device=dev), ends]).argmax(-1)
+        for i, x, ht, k, n in zip(rows, lp.tolist(), hit.tolist(), rank.tolist(), nxt.tolist()):
+            res["logprob"][i], res["hit"][i], res["rank"][i], res["next"][i] = round(x, 4), ht, k, n
     return res
 
 
@@ -205,7 +209,8 @@ def recall_table(model, tok, prompts: list[str], targets: list[str], batch_size:
 def recall_tables(model, tok, groups: list[tuple[list[str], list[str]]], batch_size: int = 64) -> list[list[dict]]:
     """recall_table of each (prompts, targets) group, in one generation pass: each group keeps its own
     answer length (its longest target + 3 tokens), and small decode batches cost about what big ones do
-    on a CPU, so one pass over all groups is the cheap way."""
+    on a CPU, so one pass over all groups is the cheap way. A row whose target teacher forcing already
+    recalls is not generated: its answer is the target and the one greedy token after it."""
     prompts = [p for ps, _ in groups for p in ps]
     targets = [t for _, ts in groups for t in ts]
     budgets = []
@@ -214,8 +219,15 @@ def recall_tables(model, tok, groups: list[tuple[list[str], list[str]]], batch_s
         budgets += [n_new] * len(ts)
     if not prompts:
         return [[] for _ in groups]
-    answers = generate(model, tok, prompts, max_new_tokens=budgets, batch_size=batch_size)
+    # Where teacher forcing already picks every target token, greedy decoding writes the target, and
+    # the token after it decides the word boundary: only the other rows need generating (after
+    # training that is most of them saved).
     s = score(model, tok, prompts, targets, batch_size=batch_size)
+    todo = [i for i, hit in enumerate(s["hit"]) if not hit]
+    answers = [" " + t + tok.decode([n], skip_special_tokens=True) for t, n in zip(targets, s["next"])]
+    for i, a in zip(todo, generate(model, tok, [prompts[i] for i in todo], max_new_tokens=[budgets[i] for i in todo],
+                                   batch_size=batch_size)):
+        answers[i] = a
     recs = [dict(answer=a.strip(), recalled=recalls(a, t), logprob=lp, rank=r)
             for a, t, lp, r in zip(answers, targets, s["logprob"], s["rank"])]
     out, at = [], 0

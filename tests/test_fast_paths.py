@@ -80,3 +80,16 @@ def test_grouped_guard_loss_equals_each_anchor_alone(tiny_dir):
     want /= len(picks)
     assert float(want) > 1e-4
     assert float(got.detach()) == pytest.approx(float(want), rel=0.02)   # base log-probs are stored in bf16
+
+
+def test_recall_without_generating_what_teacher_forcing_already_recalls(tiny_dir):
+    model, tok, cfg = _tiny(tiny_dir, compute="fp32")
+    train(model, tok, FACTS[:2], cfg=cfg)                       # two facts recalled, two not
+    prompts, targets = [f.prompt for f in FACTS], [f.target for f in FACTS]
+    recs = evaluate.recall_table(model, tok, prompts, targets)
+    budget = max(len(evaluate.encode_pair(tok, "", t)[1]) for t in targets) + 3   # as recall_table's
+    full = evaluate.generate(model, tok, prompts, max_new_tokens=budget)
+    assert [r["recalled"] for r in recs] == [evaluate.recalls(a, t) for a, t in zip(full, targets)]
+    assert [r["recalled"] for r in recs][:2] == [True, True]
+    for r, a in zip(recs, full):
+        assert a.strip().startswith(r["answer"]), (r["answer"], a)   # the same greedy text, cut shorter
