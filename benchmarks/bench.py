@@ -246,7 +246,7 @@ def measure_vanilla(a, facts):
     from core.train import attach_lora, train
 
     cfg = InjectConfig().updated(rewordings=False, model_rewordings=0, locality_guard=0, weighting="uniform",
-                                 filter=False, steps=a.max_steps).train
+                                 filter=False, steps=a.max_steps, compute=a.compute).train
 
     def fresh():
         model, tok, info = load_model(a.model, a.quantization)
@@ -295,7 +295,7 @@ def one_size(a, n: int) -> dict:
     out = {"facts": n, "load_seconds": round(time.perf_counter() - t, 2), "model_info": info.to_dict()}
 
     # a. the whole run at default settings (the budget is --max-steps: 300 by default, as Beacon's)
-    cfg = InjectConfig().updated(model=a.model, quantization=a.quantization, steps=a.max_steps)
+    cfg = InjectConfig().updated(model=a.model, quantization=a.quantization, steps=a.max_steps, compute=a.compute)
     print(f"[{n} facts] a. Beacon whole run", file=sys.stderr, flush=True)
     sync()
     t = time.perf_counter()
@@ -318,7 +318,8 @@ def one_size(a, n: int) -> dict:
 def run_size(a, n: int) -> dict:
     """Run one size in a child process; its progress goes to stderr, its result comes back as JSON."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--model", a.model,
-           "--quantization", a.quantization, "--max-steps", str(a.max_steps), "--seed", str(a.seed)]
+           "--quantization", a.quantization, "--max-steps", str(a.max_steps), "--seed", str(a.seed),
+           "--compute", a.compute]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     found = None
     for line in proc.stdout.splitlines():
@@ -436,6 +437,8 @@ def main():
     ap.add_argument("--sizes", default="10,30,100", help="comma-separated fact counts (300 works too)")
     ap.add_argument("--max-steps", type=int, default=300, help="step budget of every loop (Beacon's default 300)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the invented facts")
+    ap.add_argument("--compute", default=InjectConfig().train.compute, choices=["fp32", "bf16"],
+                    help="Beacon's --compute for the whole run and its vanilla loop (the plain loop stays fp32)")
     ap.add_argument("--skip-cold", action="store_true", help="skip the cold model load")
     ap.add_argument("--json", help="also write every result to this JSON file")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)   # child mode: one size, JSON on stdout

@@ -60,7 +60,7 @@ def test_a_shared_prefix_runs_once_and_generates_what_the_plain_path_does(tiny_d
 
 
 def test_grouped_guard_loss_equals_each_anchor_alone(tiny_dir):
-    model, tok, cfg = _tiny(tiny_dir, locality_guard=0.0, compute="fp32")
+    model, tok, cfg = _tiny(tiny_dir, locality_guard=0.0)
     train(model, tok, FACTS, cfg=cfg)                           # the adapter now moves the anchors
     anchors = FACT_ANCHORS + ["A long plain sentence about rivers, bridges and the towns that grew up beside "
                               "them over many hundreds of years, told slowly."]
@@ -83,7 +83,7 @@ def test_grouped_guard_loss_equals_each_anchor_alone(tiny_dir):
 
 
 def test_recall_without_generating_what_teacher_forcing_already_recalls(tiny_dir):
-    model, tok, cfg = _tiny(tiny_dir, compute="fp32")
+    model, tok, cfg = _tiny(tiny_dir)
     train(model, tok, FACTS[:2], cfg=cfg)                       # two facts recalled, two not
     prompts, targets = [f.prompt for f in FACTS], [f.target for f in FACTS]
     recs = evaluate.recall_table(model, tok, prompts, targets)

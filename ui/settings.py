@@ -21,7 +21,6 @@ from core.config import InjectConfig
 from core.facts import MAX_BYTES, MAX_FACTS, load_facts
 from core.layers import parse_layers
 from core.models import DEFAULT_MODEL, pick_device, resolve_model, resolve_quantization
-from core.precision import cpu_has_bf16
 
 from .render import pct
 
@@ -238,9 +237,6 @@ def device_note(quant) -> str:
     how = ("4-bit NF4 (bitsandbytes, QLoRA)" if q == "4bit" else
            "full precision (float32)" if dev.type == "cpu" else "no quantisation (bfloat16)")
     note = f"Runs on **{dev.type}** with **{how}**."
-    if dev.type == "cpu" and q != "4bit" and cpu_has_bf16():
-        note += (" This CPU has bf16 instructions: training and the model's own writing use bf16 matmuls in the"
-                 " frozen layers (about 2x faster); recall is measured in float32.")
     if quant == "auto":
         note += " *auto*: 4-bit NF4 on a CUDA GPU, full precision on a CPU (bitsandbytes' 4-bit CPU step is ~20x slower)."
     elif q == "4bit" and dev.type == "cpu":
