@@ -62,7 +62,7 @@ class TrainConfig:
                                 min=0.0, max=0.9999)
     # fp32 by default: on seed 0 bf16 cost general locality on all three samples it ran on (README, Speed).
     compute: str = setting("fp32", "matmul precision of the frozen layers while training and while the base model "
-                           "writes rewordings and anchors: fp32, or bf16 on a CPU (a step about 1.8x faster where "
+                           "writes rewordings and anchors: fp32, or bf16 on a CPU (a step about 1.3x faster where "
                            "the CPU has bf16 instructions); recall is always measured in the model's own precision",
                            choices=("fp32", "bf16"))
     early_stop: bool = setting(True, "stop once every wording of every fact is recalled")

@@ -11,7 +11,7 @@ it casts every frozen weight again at every call and runs attention in bf16.
 Recall is measured outside this context, in the model's own precision, so before and after are
 compared as the person will run the model. What ran is in the report (`compute`).
 
-Off by default (`--compute bf16` turns it on): one seed on three samples, it made a step about 1.8x
+Off by default (`--compute bf16` turns it on): one seed on three samples, it made a step about 1.3x
 faster and cost 2-8 points of general locality (README, Speed).
 """
 from __future__ import annotations
