@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .config import GUARD_SOURCES, guard_sources  # noqa: F401 (the sources are declared with the settings)
-from .evaluate import decoder_states, encode_pair, generate, length_groups, normalise
+from .evaluate import collate, decoder_states, encode_pair, generate, length_groups, normalise
 
 ANCHORS_FILE = Path(__file__).resolve().parent.parent / "assets" / "anchors.txt"
 ANSWER_MARK = " | "
@@ -315,9 +315,7 @@ def anchor_targets(model, tok, anchors: list[str], device, batch_size: int = 32)
     with model.disable_adapter():
         for b in range(0, len(order), batch_size):
             rows = order[b:b + batch_size]
-            width = max(len(enc[i]) for i in rows)
-            ids = torch.tensor([enc[i] + [tok.pad_token_id] * (width - len(enc[i])) for i in rows], device=device)
-            mask = torch.tensor([[1] * len(enc[i]) + [0] * (width - len(enc[i])) for i in rows], device=device)
+            ids, mask, _ = collate([(enc[i], []) for i in rows], tok.pad_token_id, device)
             h = decoder_states(model, ids, mask)
             for r, i in enumerate(rows):
                 lp = torch.log_softmax(model.get_output_embeddings()(h[r, :len(enc[i])]).float(), -1)
@@ -334,12 +332,7 @@ def guard_loss(model, anchors, picks, pad_id, device):
     total = torch.zeros((), device=device)
     for g in length_groups([len(enc[i]) for i in picks]):
         rows = [picks[j] for j in g]
-        width = max(len(enc[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(rows):
-            ids[r, :len(enc[i])] = torch.tensor(enc[i], device=device)
-            mask[r, :len(enc[i])] = 1
+        ids, mask, _ = collate([(enc[i], []) for i in rows], pad_id, device)
         h = decoder_states(model, ids, mask)
         at_r, at_c = mask.nonzero(as_tuple=True)                      # row-major: row by row, in order
         logp = torch.log_softmax(model.get_output_embeddings()(h[at_r, at_c]).float(), -1)
