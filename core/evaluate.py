@@ -7,6 +7,7 @@ same text is trained and tested.
 """
 from __future__ import annotations
 
+import copy
 import re
 import string
 
@@ -74,8 +75,6 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int | list[int] = 1
     positions come from the mask, so each row reads as it would alone.
     stop: a batch ends early once every row has produced a token containing this text (the text after it
     is the caller's to cut)."""
-    import copy
-
     dev, pad = _device(model), tok.pad_token_id
     budgets = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     if generator_seed is not None:

@@ -315,12 +315,19 @@ def anchor_targets(model, tok, anchors: list[str], device, batch_size: int = 32)
     with model.disable_adapter():
         for b in range(0, len(order), batch_size):
             rows = order[b:b + batch_size]
-            ids, mask, _ = collate([(enc[i], []) for i in rows], tok.pad_token_id, device)
-            h = decoder_states(model, ids, mask)
-            for r, i in enumerate(rows):
-                lp = torch.log_softmax(model.get_output_embeddings()(h[r, :len(enc[i])]).float(), -1)
-                base[i] = lp.to(torch.bfloat16)
+            lp = _real_logprobs(model, [enc[i] for i in rows], tok.pad_token_id, device).to(torch.bfloat16)
+            for i, x in zip(rows, lp.split([len(enc[i]) for i in rows])):
+                base[i] = x
     return enc, start, base
+
+
+def _real_logprobs(model, seqs: list[list[int]], pad_id, device):
+    """Log-probs at every real position of `seqs`, row after row ([sum of lengths, V]): one right-padded
+    pass, the LM head only on real tokens."""
+    ids, mask, _ = collate([(s, []) for s in seqs], pad_id, device)
+    h = decoder_states(model, ids, mask)
+    rows, cols = mask.nonzero(as_tuple=True)                       # row-major: row by row, in order
+    return torch.log_softmax(model.get_output_embeddings()(h[rows, cols]).float(), -1)
 
 
 def guard_loss(model, anchors, picks, pad_id, device):
@@ -332,10 +339,7 @@ def guard_loss(model, anchors, picks, pad_id, device):
     total = torch.zeros((), device=device)
     for g in length_groups([len(enc[i]) for i in picks]):
         rows = [picks[j] for j in g]
-        ids, mask, _ = collate([(enc[i], []) for i in rows], pad_id, device)
-        h = decoder_states(model, ids, mask)
-        at_r, at_c = mask.nonzero(as_tuple=True)                      # row-major: row by row, in order
-        logp = torch.log_softmax(model.get_output_embeddings()(h[at_r, at_c]).float(), -1)
+        logp = _real_logprobs(model, [enc[i] for i in rows], pad_id, device)
         p_base = torch.cat([base[i] for i in rows]).float()
         kl = (p_base.exp() * (p_base - logp)).sum(-1)                  # per real position
         at = 0

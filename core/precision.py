@@ -21,7 +21,6 @@ from contextlib import contextmanager
 import torch
 
 
-
 def resolve(choice: str, model) -> str:
     """What runs: "bf16" where asked for on a CPU with an fp32 model; a GPU and a 4-bit model keep their
     own compute dtype (bitsandbytes sets it), reported as "fp32" (the model's own precision)."""
