@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .config import TrainConfig
-from .evaluate import collate, encode_pair, first_targets, forward_targets, length_groups, target_stats
+from .evaluate import collate, encode_pair, first_targets, forward_targets, prefix_groups, target_stats
 from . import nullspace, precision
 from .guard import anchor_targets, anchor_text, guard_loss, guard_picks
 
@@ -102,11 +102,12 @@ def _batches(n: int, batch_size: int, rng: random.Random, order: list[int] | Non
 def _forward_rows(model, pairs, pad_id, device):
     """Per row of a training batch: mean target NLL (with grad), teacher-forced hit, and the hidden state
     at the last prompt token. Rows run in groups of similar length, one backward for all: a batch that
-    mixes 60-token chat wordings with 12-token plain ones would otherwise spend most of its work on padding."""
+    mixes 60-token chat wordings with 12-token plain ones would otherwise spend most of its work on padding.
+    Chat wordings share the template's system turn, run once per group (evaluate.prefix_groups)."""
     nll, hit, h_last, at = [], [], [], []
-    for g in length_groups([len(p) + len(t) for p, t in pairs]):
-        ids, mask, labels = collate([pairs[i] for i in g], pad_id, device)
-        logits, lab, rows, cols, h = forward_targets(model, ids, mask, labels)
+    for shared, g in prefix_groups(pairs):
+        ids, mask, labels = collate([(pairs[i][0][shared:], pairs[i][1]) for i in g], pad_id, device)
+        logits, lab, rows, cols, h = forward_targets(model, ids, mask, labels, prefix=pairs[g[0]][0][:shared])
         _, nl, ht, _ = target_stats(logits, lab, rows, len(g))
         first = first_targets(rows)
         nll.append(nl), hit.append(ht), h_last.append(h[rows[first], cols[first]]), at.extend(g)

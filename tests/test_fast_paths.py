@@ -93,3 +93,37 @@ def test_recall_without_generating_what_teacher_forcing_already_recalls(tiny_dir
     assert [r["recalled"] for r in recs][:2] == [True, True]
     for r, a in zip(recs, full):
         assert a.strip().startswith(r["answer"]), (r["answer"], a)   # the same greedy text, cut shorter
+
+
+def test_chat_wordings_share_their_system_turn_in_training_and_scoring(tiny_dir, monkeypatch):
+    from core.rewordings import chat_prompt
+    from core.train import _forward_rows
+
+    model, tok, cfg = _tiny(tiny_dir, locality_guard=0.0)
+    train(model, tok, FACTS, cfg=cfg)                           # LoRA's B is no longer zero: the prefix matters
+    prompts = [chat_prompt(tok, f"Finish the sentence: {f.prompt}") for f in FACTS] + [f.prompt for f in FACTS]
+    targets = [f.target for f in FACTS] * 2
+    pairs = [evaluate.encode_pair(tok, p, t, end=True) for p, t in zip(prompts, targets)]
+    groups = evaluate.prefix_groups(pairs)
+    assert sorted(i for _, g in groups for i in g) == list(range(len(pairs)))
+    assert {i for s, g in groups if s >= evaluate.PREFIX_MIN for i in g} == set(range(len(FACTS)))
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        nll, hit, h = _forward_rows(model, pairs, tok.pad_token_id, "cpu")
+        nll.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return nll.detach(), hit, h.detach(), grads, score(model, tok, prompts, targets)
+
+    model.train()
+    fast = run()
+    monkeypatch.setattr(evaluate, "PREFIX_MIN", 10**9)          # every row runs its whole prompt
+    assert all(s == 0 for s, _ in evaluate.prefix_groups(pairs))
+    plain = run()
+    assert torch.allclose(fast[0], plain[0], atol=1e-5) and torch.equal(fast[1], plain[1])
+    assert torch.allclose(fast[2], plain[2], atol=1e-4)
+    assert any(g.abs().max() > 0 for g in plain[3].values())
+    for n, g in plain[3].items():
+        assert torch.allclose(fast[3][n], g, atol=1e-6, rtol=1e-3), n   # gradients reach the prefix's LoRA too
+    assert fast[4]["hit"] == plain[4]["hit"] and fast[4]["next"] == plain[4]["next"]
+    assert fast[4]["logprob"] == pytest.approx(plain[4]["logprob"], abs=1e-3)
