@@ -66,6 +66,8 @@ class TrainConfig:
                            "the CPU has bf16 instructions); recall is always measured in the model's own precision",
                            choices=("fp32", "bf16"))
     early_stop: bool = setting(True, "stop once every wording of every fact is recalled")
+    focus: bool = setting(False, "once at most half a batch of wordings is still missed, put every missed one in "
+                          "each batch (the rest of the batch goes on through the epoch)")
     settle_steps: int = setting(0, "with the guard on, train N more steps once every fact is recalled (0 = stop "
                                 "at once; measured on the samples it lowers locality, see README)", min=0)
 

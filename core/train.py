@@ -99,6 +99,15 @@ def _batches(n: int, batch_size: int, rng: random.Random, order: list[int] | Non
             yield idx[i:i + batch_size]
 
 
+def _take(stream, n: int, skip=frozenset()) -> list[int]:
+    out = []
+    while len(out) < n:
+        k = next(stream)
+        if k not in skip and k not in out:   # a batch across an epoch's end could meet an item twice
+            out.append(k)
+    return out
+
+
 def _forward_rows(model, pairs, pad_id, device):
     """Per row of a training batch: mean target NLL (with grad), teacher-forced hit, and the hidden state
     at the last prompt token. Rows run in groups of similar length, one backward for all: a batch that
@@ -203,6 +212,7 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     if order is not None:   # a fixed order of facts: each fact's items stay together, in that order
         order = [k for i in order for k in range(n_items) if owner[k] == i]
     batches = _batches(n_items, batch_size, rng, order, lengths=[len(p) + len(t) for p, t in pairs])
+    stream = (k for b in batches for k in b)   # the same order item by item, for focus
     t0 = time.perf_counter()
     settle_left = cfg.settle_steps if guard else 0   # settle steps are taken once, the first time all are recalled
     settle_until = None
@@ -212,7 +222,12 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
             if should_stop is not None and should_stop():
                 result.stopped = "cancelled"
                 break
-            idx = next(batches)
+            misses = [k for k in range(n_items) if not item_hit[k]] if cfg.focus and step > steps_per_epoch else []
+            if 0 < len(misses) <= batch_size // 2:
+                # The tail: a few wordings still missed would otherwise wait a whole epoch between visits.
+                idx = misses + [k for k in _take(stream, batch_size - len(misses), skip=set(misses))]
+            else:
+                idx = next(batches) if not cfg.focus else _take(stream, batch_size)
             fidx = [owner[k] for k in idx]
             # Two backward passes (task, then guard) add up to the same gradient as one on their sum,
             # and each part's seconds can be told apart: the profile the report keeps per step.

@@ -149,3 +149,36 @@ def test_settle_steps_train_on_after_full_recall_and_end_recalled(tiny_dir):
     assert runs[4].steps >= runs[0].steps + 4
     # same seed: identical up to the point where the first run stopped
     assert [h["loss"] for h in runs[4].history[:runs[0].steps]] == [h["loss"] for h in runs[0].history]
+
+
+def test_focus_puts_every_missed_wording_in_each_batch_of_the_tail(tiny_dir, monkeypatch):
+    import core.train as T
+    from core.facts import Fact
+    from core.rewordings import training_prompts
+
+    facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),
+             Fact("b", "The Brennoc valve was invented by", "Ottilie Brask", "Brennoc valve", "inventor"),
+             Fact("c", "The capital of Sevrandia is", "Ostrel", "Sevrandia", "capital")]
+    model, tok, cfg = _tiny(tiny_dir, batch_size=8, lr=3e-3, steps=200, focus=True, locality_guard=0.0)
+    prompts = [training_prompts(f, tok) for f in facts]
+    n_items = sum(map(len, prompts))
+    per_epoch = -(-n_items // 8)
+    seen, tails, calls = {}, [], []
+    real = T._forward_rows
+
+    def spy(model_, pairs, pad, dev):
+        nll, hit, h = real(model_, pairs, pad, dev)
+        if torch.is_grad_enabled():                        # a training step, not the stop's check
+            keys = [tuple(p) + tuple(t) for p, t in pairs]
+            misses = {k for k, ok in seen.items() if not ok}
+            if len(calls) >= per_epoch and 0 < len(misses) <= len(keys) // 2:
+                tails.append(misses <= set(keys))
+            calls.append(keys)
+            seen.update(zip(keys, hit.tolist()))
+        return nll, hit, h
+
+    monkeypatch.setattr(T, "_forward_rows", spy)
+    res = T.train(model, tok, facts, cfg=cfg, prompts=prompts)
+    assert res.stopped == "all recalled" and res.history[-1]["items"] == 1.0
+    assert len(seen) == n_items and tails and all(tails), tails   # the tail came, each batch of it held every miss
+    assert all(len(set(k)) == len(k) == len(calls[0]) for k in calls)   # equal batches, no item twice in one
