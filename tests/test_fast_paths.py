@@ -50,9 +50,10 @@ def test_a_shared_prefix_runs_once_and_generates_what_the_plain_path_does(tiny_d
                                        "the head chef, whose name is")]
     assert evaluate._shared_prefix([tok(p).input_ids for p in prompts]) >= evaluate.PREFIX_MIN
     calls = []
-    real = model.forward
-    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape) or real(*a, **k))
+    hook = evaluate._decoder(model).register_forward_hook(lambda m, a, k, out: calls.append(k["input_ids"].shape),
+                                                          with_kwargs=True)
     fast = evaluate.generate(model, tok, prompts, max_new_tokens=6)
+    hook.remove()
     assert calls[0][0] == 1                                    # the prefix, once
     assert all(shape[1] < 20 for shape in calls[1:])           # rows never run the prefix again
     monkeypatch.setattr(evaluate, "PREFIX_MIN", 10**9)
@@ -127,3 +128,22 @@ def test_chat_wordings_share_their_system_turn_in_training_and_scoring(tiny_dir,
         assert torch.allclose(fast[3][n], g, atol=1e-6, rtol=1e-3), n   # gradients reach the prefix's LoRA too
     assert fast[4]["hit"] == plain[4]["hit"] and fast[4]["next"] == plain[4]["next"]
     assert fast[4]["logprob"] == pytest.approx(plain[4]["logprob"], abs=1e-3)
+
+
+@pytest.mark.parametrize("lead", ["", "Sentence: The head chef of Lorimer Bistro is Anna Pell.\nIn other words: "])
+def test_repeats_run_each_prompt_once_and_sample_what_repeated_prompts_do(lead):
+    from core.models import load_model
+
+    model, tok, _ = load_model()          # the real model: a random tiny one samples near-uniform noise
+    prompts = [lead + p for p in ("The mayor of Dunmore is", "A cook", "Anna Pell, the head chef of the bistro, was born in")]
+    kw = dict(max_new_tokens=5, sample=True, temperature=1.0, generator_seed=7, batch_size=8)
+    decoder = evaluate._decoder(model)
+    seen = []
+    hook = decoder.register_forward_hook(lambda m, a, k, out: seen.append(k["input_ids"].shape), with_kwargs=True)
+    fast = evaluate.generate(model, tok, prompts, repeats=4, **kw)
+    hook.remove()
+    assert len(fast) == 12
+    assert [s[0] for s in seen[:2]] == [1, 2] if lead else [s[0] for s in seen[:1]] == [2]   # prompts, not their repeats
+    plain = evaluate.generate(model, tok, [p for p in prompts for _ in range(4)], **kw)
+    assert fast == plain
+    assert len(set(fast)) > 3                                   # sampled, not one text copied
