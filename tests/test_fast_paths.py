@@ -147,3 +147,28 @@ def test_repeats_run_each_prompt_once_and_sample_what_repeated_prompts_do(lead):
     plain = evaluate.generate(model, tok, [p for p in prompts for _ in range(4)], **kw)
     assert fast == plain
     assert len(set(fast)) > 3                                   # sampled, not one text copied
+
+
+@pytest.mark.parametrize("top_p", [0.9, 1.0])
+def test_the_sampler_draws_from_transformers_nucleus_distribution(top_p):
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    torch.manual_seed(0)
+    # after temperature 0.8: p = 0.5, 0.3, 0.15 and the rest spread thin; at top_p 0.9 the nucleus is the
+    # three (the mass above the third, 0.8, is below 0.9)
+    peaked = 0.8 * torch.log(torch.tensor([0.5, 0.3, 0.15] + [0.05 / 4997] * 4997))
+    flat = torch.randn(5000) * 0.05                        # the nucleus: thousands of tokens (the full-sort path)
+    n = 20000
+    scores = torch.stack([peaked] * n + [flat] * n)
+    got = evaluate._Sampler(0.8, top_p)(None, scores)
+    assert ((got == 0).sum(1) == 1).all()                  # one token left open per row
+    drawn = got.argmax(1)
+    for row, base in ((0, peaked), (n, flat)):
+        want = TemperatureLogitsWarper(0.8)(None, base[None])
+        if top_p < 1:
+            want = TopPLogitsWarper(top_p)(None, want)
+        want = want.softmax(-1)[0]
+        freq = torch.bincount(drawn[row:row + n], minlength=len(base)).float() / n
+        assert (freq[want == 0] == 0).all()                # nothing outside the nucleus
+        assert (freq - want).abs().max() < 4 * (want.max() / n) ** 0.5 + 1e-3
+    assert len(set(drawn[n:].tolist())) > 1000             # the flat row really reached past the top 256
