@@ -35,6 +35,7 @@ VARIANTS = {
     "full: LoRA on MLP only": {**FULL, "lora_modules": "mlp"},
     "full: sibling neighbours": {**FULL, "guard_anchors": "siblings,sampled"},
     "full: guard batch 8": {**FULL, "guard_batch": 8},      # the default until stop 20
+    "full: no focus": {**FULL, "focus": False},             # the default until stop 22
     "+rewordings + null space 0.99": {**OFF, "rewordings": True, "null_space": 0.99},
     "full + null space 0.99": {**FULL, "null_space": 0.99},
     "full + null space 0.999": {**FULL, "null_space": 0.999},
