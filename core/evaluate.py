@@ -143,7 +143,7 @@ class _Sampler:
     def __call__(self, input_ids, scores):
         logp = torch.log_softmax(scores.float() / self.temperature, -1)
         if self.top_p >= 1.0:
-            pick = (logp - torch.log(-torch.log(torch.rand_like(logp).clamp_min(1e-20)))).argmax(-1)
+            pick = _gumbel_max(logp)
         else:
             top, idx = logp.topk(min(self.TOP, logp.shape[-1]), -1)
             wide = top.exp().sum(-1) < self.top_p
@@ -156,8 +156,12 @@ class _Sampler:
     def _draw(self, top, idx):
         p = top.exp()
         keep = (p.cumsum(-1) - p) < self.top_p          # the mass above each token, in descending order
-        g = -torch.log(-torch.log(torch.rand_like(top).clamp_min(1e-20)))
-        return idx.gather(1, torch.where(keep, top + g, float("-inf")).argmax(-1, keepdim=True))[:, 0]
+        return idx.gather(1, _gumbel_max(torch.where(keep, top, float("-inf")))[:, None])[:, 0]
+
+
+def _gumbel_max(logp):
+    """One draw per row from softmax(logp): argmax of logp plus Gumbel noise."""
+    return (logp - torch.log(-torch.log(torch.rand_like(logp).clamp_min(1e-20)))).argmax(-1)
 
 
 def _decoder(model):

@@ -225,7 +225,7 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
             misses = [k for k in range(n_items) if not item_hit[k]] if cfg.focus and step > steps_per_epoch else []
             if 0 < len(misses) <= batch_size // 2:
                 # The tail: a few wordings still missed would otherwise wait a whole epoch between visits.
-                idx = misses + [k for k in _take(stream, batch_size - len(misses), skip=set(misses))]
+                idx = misses + _take(stream, batch_size - len(misses), skip=set(misses))
             else:
                 idx = next(batches) if not cfg.focus else _take(stream, batch_size)
             fidx = [owner[k] for k in idx]
