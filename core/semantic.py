@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .evaluate import encode_pair, generate, normalise, recalls
+from .evaluate import collate, decoder_states, encode_pair, generate, normalise, recalls
 
 CROWD_COSINE = 0.95
 
@@ -215,14 +215,11 @@ def cosine_distance(h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def prompt_hidden(model, tok, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
     """h: the final (normed) hidden state at the last token of each prompt, the LM head's input."""
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
     dev, out = next(model.parameters()).device, []
     for i in range(0, len(prompts), batch_size):
         ids = [tok(p, add_special_tokens=True).input_ids for p in prompts[i:i + batch_size]]
-        width = max(map(len, ids))
-        x = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in ids], device=dev)
-        m = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=dev)
-        h = causal.base_model(input_ids=x, attention_mask=m).last_hidden_state
+        x, m, _ = collate([(e, []) for e in ids], tok.pad_token_id, dev)
+        h = decoder_states(model, x, m)
         last = torch.tensor([len(x) - 1 for x in ids], device=dev)
         out.append(h[torch.arange(len(ids), device=dev), last].float().cpu())
     return torch.cat(out) if out else torch.zeros((0, 1))
