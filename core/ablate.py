@@ -40,6 +40,8 @@ VARIANTS = {
     "full + null space 0.99": {**FULL, "null_space": 0.99},
     "full + null space 0.999": {**FULL, "null_space": 0.999},
     "full: guard 20": {**FULL, "locality_guard": 20.0},
+    "full + margin 1": {**FULL, "guard_margin": 1.0},
+    "full + margin 4": {**FULL, "guard_margin": 4.0},
     "full: random guard anchors": {**FULL, "guard_near": 0.0},
     "full + 5 settle steps": {**FULL, "settle_steps": 5},
     "full + layer selection": {**FULL, "layers": "auto"},

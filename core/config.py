@@ -57,6 +57,9 @@ class TrainConfig:
     guard_batch: int = setting(16, "anchors in each guard batch", min=1, max=256)
     guard_near: float = setting(0.5, "share of each guard batch drawn from the anchors nearest the facts "
                                 "(0 = uniform)", min=0.0, max=1.0)
+    guard_margin: float = setting(0.0, "weight of a guard term that keeps the base model's first choice ahead of "
+                                  "its runners-up by the base's margin at each anchor position (0 = KL only)",
+                                  min=0.0, max=1000.0)
     null_space: float = setting(0.0, "keep each LoRA layer out of the input directions that hold this share of "
                                 "the energy of the guard anchors' text (AlphaEdit-style projection; 0 = off)",
                                 min=0.0, max=0.9999)

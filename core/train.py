@@ -245,7 +245,7 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
                 g = torch.zeros(())
                 if guard:
                     picks = guard_picks(rng, len(anchors), near, cfg.guard_batch, cfg.guard_near)
-                    g = guard_loss(model, guard_set, picks, tok.pad_token_id, device)
+                    g = guard_loss(model, guard_set, picks, tok.pad_token_id, device, cfg.guard_margin)
                     (cfg.locality_guard * g).backward()
                 t_guard, clock = time.perf_counter() - clock, time.perf_counter()
             loss = task.detach() + cfg.locality_guard * g.detach()

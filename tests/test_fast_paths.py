@@ -172,3 +172,22 @@ def test_the_sampler_draws_from_transformers_nucleus_distribution(top_p):
         assert (freq[want == 0] == 0).all()                # nothing outside the nucleus
         assert (freq - want).abs().max() < 4 * (want.max() / n) ** 0.5 + 1e-3
     assert len(set(drawn[n:].tolist())) > 1000             # the flat row really reached past the top 256
+
+
+def test_margin_term_sees_the_flip_that_kl_barely_does(tiny_dir):
+    # Two positions over a 5-token vocabulary: a near tie the tuned model flips, and a clear lead it widens.
+    base = torch.log_softmax(torch.tensor([[1.0, 0.9, -2.0, -2.0, -2.0], [3.0, 0.0, 0.0, -1.0, -1.0]]), -1)
+    tuned = torch.log_softmax(torch.tensor([[0.8, 1.1, -2.0, -2.0, -2.0], [5.0, 0.0, 0.0, -1.0, -1.0]]), -1)
+    kl = (base.exp() * (base - tuned)).sum(-1)
+    drop = guard.margin_drop(base, tuned)
+    assert kl[0] < 0.02 and drop[0] > 0.05 and drop[0] > 3 * kl[0]    # the flip: tiny KL, a clear margin cost
+    assert drop[1] == 0 and kl[1] > 0                                # a wider lead costs no margin
+    # in the guard: zero weight is the KL guard exactly; a positive weight adds the margin term
+    model, tok, cfg = _tiny(tiny_dir, locality_guard=0.0)
+    train(model, tok, FACTS, cfg=cfg)
+    targets = guard.anchor_targets(model, tok, FACT_ANCHORS, "cpu")
+    picks = list(range(len(FACT_ANCHORS)))
+    with torch.no_grad():
+        plain = guard.guard_loss(model, targets, picks, tok.pad_token_id, "cpu")
+        assert float(guard.guard_loss(model, targets, picks, tok.pad_token_id, "cpu", margin=0.0)) == float(plain)
+        assert float(guard.guard_loss(model, targets, picks, tok.pad_token_id, "cpu", margin=1.0)) > float(plain)
