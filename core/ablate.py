@@ -13,8 +13,13 @@ from .config import InjectConfig
 from .pipeline import analyze, run
 
 # name -> overrides on top of the user's config. "vanilla" switches every part off.
-OFF = dict(filter=False, weighting="uniform", locality_guard=0.0, rewordings=False, layers="all", orders=1)
-FULL = dict(filter=True, weighting="semantic", locality_guard=None, rewordings=True, layers="all", orders=1)
+OFF = dict(filter=False, weighting="uniform", locality_guard=0.0, rewordings=False, layers="all", orders=1,
+           gate="none")
+FULL = dict(filter=True, weighting="semantic", locality_guard=None, rewordings=True, layers="all", orders=1,
+            gate=None)
+# The full method until stop 23: every token trained, the locality guard holding other knowledge. The
+# variants that study the guard start from it (behind the gate the guard has nothing to do).
+GUARDED = {**FULL, "gate": "none"}
 # Parts a variant does not name keep the user's setting (guard anchors, near share, settle steps).
 VARIANTS = {
     "vanilla": OFF,
@@ -24,29 +29,30 @@ VARIANTS = {
     "+rewordings": {**OFF, "rewordings": True},
     "+locality guard": {**OFF, "locality_guard": None},     # None: the user's (default) guard weight
     "full method": FULL,
+    "full: no gate (guard)": GUARDED,
     "full: uniform weights": {**FULL, "weighting": "uniform"},
     "full: dynamic weights": {**FULL, "weighting": "dynamic"},
     "full: no rewordings": {**FULL, "rewordings": False},
     "full: no model-written rewordings": {**FULL, "model_rewordings": 0},
-    "full: anchors from the file only": {**FULL, "guard_anchors": "file"},
-    "full: neighbour anchors only": {**FULL, "guard_anchors": "neighbours"},
-    "full: sampled text anchors only": {**FULL, "guard_anchors": "sampled"},
-    "full + file anchors": {**FULL, "guard_anchors": "neighbours,sampled,file"},
+    "full: anchors from the file only": {**GUARDED, "guard_anchors": "file"},
+    "full: neighbour anchors only": {**GUARDED, "guard_anchors": "neighbours"},
+    "full: sampled text anchors only": {**GUARDED, "guard_anchors": "sampled"},
+    "full + file anchors": {**GUARDED, "guard_anchors": "neighbours,sampled,file"},
     "full: LoRA on MLP only": {**FULL, "lora_modules": "mlp"},
-    "full: sibling neighbours": {**FULL, "guard_anchors": "siblings,sampled"},
-    "full: guard batch 8": {**FULL, "guard_batch": 8},      # the default until stop 20
-    "full: no focus": {**FULL, "focus": False},             # the default until stop 22
+    "full: sibling neighbours": {**GUARDED, "guard_anchors": "siblings,sampled"},
+    "full: guard batch 8": {**GUARDED, "guard_batch": 8},      # the default until stop 20
+    "full: no focus": {**GUARDED, "focus": False},          # the default until stop 22 (measured with the guard)
     "+rewordings + null space 0.99": {**OFF, "rewordings": True, "null_space": 0.99},
-    "full + null space 0.99": {**FULL, "null_space": 0.99},
-    "full + null space 0.999": {**FULL, "null_space": 0.999},
-    "full: guard 20": {**FULL, "locality_guard": 20.0},
-    "full + margin 1": {**FULL, "guard_margin": 1.0},
-    "full + margin 4": {**FULL, "guard_margin": 4.0},
-    "full: random guard anchors": {**FULL, "guard_near": 0.0},
-    "full + 5 settle steps": {**FULL, "settle_steps": 5},
+    "full + null space 0.99": {**GUARDED, "null_space": 0.99},
+    "full + null space 0.999": {**GUARDED, "null_space": 0.999},
+    "full: guard 20": {**GUARDED, "locality_guard": 20.0},
+    "full + margin 1": {**GUARDED, "guard_margin": 1.0},
+    "full + margin 4": {**GUARDED, "guard_margin": 4.0},
+    "full: random guard anchors": {**GUARDED, "guard_near": 0.0},
+    "full + 5 settle steps": {**GUARDED, "settle_steps": 5},
     "full + layer selection": {**FULL, "layers": "auto"},
-    "full + merge of 3 orders (select)": {**FULL, "orders": 3, "merge": "select"},
-    "full + merge of 3 orders (average)": {**FULL, "orders": 3, "merge": "average"},
+    "full + merge of 3 orders (select)": {**GUARDED, "orders": 3, "merge": "select"},
+    "full + merge of 3 orders (average)": {**GUARDED, "orders": 3, "merge": "average"},
 }
 METRICS = ("recall_after", "paraphrase_after", "question_after", "chat_after", "locality_after",
            "locality_general_after", "neutral_nll_ratio", "steps", "train_seconds")

@@ -18,8 +18,14 @@ _LOCK = threading.Lock()  # one cached model is shared by every visitor of the a
 def _tuned(adapter_dir: str, model: str, quantization: str):
     from peft import PeftModel
 
+    from .gate import load_gate
+
     base, tok, _ = load_model(model, quantization)
-    return PeftModel.from_pretrained(base, adapter_dir).eval(), tok
+    tuned = PeftModel.from_pretrained(base, adapter_dir).eval()
+    gate = load_gate(tok, adapter_dir)
+    if gate is not None:
+        gate.attach(tuned)
+    return tuned, tok
 
 
 def _answers(model, tok, prompt: str, target: str | None, max_new_tokens: int) -> dict:

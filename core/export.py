@@ -71,7 +71,13 @@ def merged_model(run_dir, progress=None):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .gate import GATE_FILE
+
     run = read_run(run_dir)
+    if (Path(run_dir) / "adapter" / GATE_FILE).is_file():
+        raise ValueError(f"{run_dir}: this adapter was trained behind the subject gate (adapter/{GATE_FILE}); "
+                         "merged into the weights it would act on every token, which is not the model that "
+                         "was measured. Use the adapter with the gate (core.gate.load_gate), or train with --gate none")
     path, _ = resolve_model(run["model"])
     note = " (trained in 4-bit: merged into the full-precision base)" if run["quantization"] == "4bit" else ""
     _emit(progress, "load", f"loading {run['model']} in float32{note}")

@@ -77,6 +77,7 @@ def train_orders_and_merge(model, tok, facts, weights, cfg, layers, anchors, on_
     import random
 
     from .evaluate import encode_pair
+    from .gate import reattach
     from .train import TrainResult, _all_hits, add_lora, train
 
     tcfg = cfg.train
@@ -112,6 +113,7 @@ def train_orders_and_merge(model, tok, facts, weights, cfg, layers, anchors, on_
     K = len(names)
     if cfg.merge == "average":   # peft's concatenation is the exact mean: rank K*r, no truncation
         model.add_weighted_adapter(names, [1.0 / K] * K, MERGED, combination_type="cat")
+        reattach(model)
         err = 0.0
     else:                        # per-element selection is not one of peft's rules: SVD back to rank K*r
         add_lora(model, MERGED, tcfg, layers, rank=tcfg.rank * K)

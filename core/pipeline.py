@@ -230,9 +230,19 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
         from peft import PeftModel
         earlier = {"facts": _load_earlier(cfg.continue_from)}
         model = PeftModel.from_pretrained(model, str(Path(cfg.continue_from) / "adapter"), is_trainable=True)
+        from .gate import load_gate
+        if (earlier_gate := load_gate(tok, Path(cfg.continue_from) / "adapter")) is not None:
+            if cfg.train.gate != "subject":
+                raise ValueError(f"{cfg.continue_from} trained behind the subject gate: continue it with gate 'subject'")
+            earlier_gate.attach(model)   # its facts are measured as they were trained
         earlier["before"] = evaluate_facts(model, tok, earlier["facts"], forms=False)["facts"]
     else:
         model = attach_lora(model, cfg.train, "nf4" in info.quantization, layers)
+    gate = None
+    if cfg.train.gate == "subject":
+        from .gate import SubjectGate, gate_key
+        gate = SubjectGate(tok, [gate_key(f) for f in kept_facts + (earlier["facts"] if earlier else [])])
+        gate.attach(model)
     inter = None
     if cfg.interference and len(kept_facts) >= 2:
         emit("interference", "measuring interference between facts")
@@ -255,6 +265,8 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
 
     prompts = [training_prompts(f, tok, forms=None if cfg.rewordings else (), own_paraphrases=cfg.train_paraphrases,
                                 seed=cfg.train.seed) + extra for f, extra in zip(kept_facts, written["prompts"])]
+    if gate is not None:   # a wording that does not name the subject cannot move under the gate
+        prompts = [[p for j, p in enumerate(ps) if j == 0 or gate.covers(tok, p)] for ps in prompts]
     compute = precision.resolve(cfg.train.compute, model)
     emit("train", f"training LoRA (rank {cfg.train.rank}) on {len(kept_facts)} facts, {sum(map(len, prompts))} "
                   "wordings" + (f", layers {layers[0]}-{layers[-1]}" if layers else ""))

@@ -90,7 +90,8 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
         "device": info.device, "quantization": info.quantization, "model": info.model,
         "model_source": info.source, "peak_memory_mb": peak_memory_mb(info.device),
         "weighting": t.weighting, "filter": cfg.filter, "locality_guard": t.locality_guard,
-        "null_space": t.null_space,
+        "null_space": t.null_space, "gate": t.gate,
+        "guard_active": t.guarded,
         "layers": layers or "all", "orders": cfg.orders, "merge": cfg.merge if cfg.orders > 1 else None,
     }
 

@@ -79,8 +79,11 @@ def attach_lora(model, cfg: TrainConfig, quantized: bool, layers: list[int] | No
 
 def add_lora(model, name: str, cfg: TrainConfig, layers: list[int] | None = None, rank: int | None = None):
     """One more adapter `name` beside the model's others (a PeftModel), drawn from cfg.seed."""
+    from .gate import reattach
+
     torch.manual_seed(cfg.seed)
     model.add_adapter(name, lora_config(model, cfg, layers, rank))
+    reattach(model)
 
 
 def _batches(n: int, batch_size: int, rng: random.Random, order: list[int] | None, lengths=None):
@@ -172,6 +175,9 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     every guard batch comes from them, the rest from all anchors.
     """
     cfg = cfg or TrainConfig()
+    if cfg.gate == "subject" and getattr(model, "_beacon_gate", None) is None:
+        from .gate import SubjectGate, gate_key
+        SubjectGate(tok, [gate_key(f) for f in facts]).attach(model)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     device = next(p for p in model.parameters()).device
@@ -188,7 +194,7 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     if n == 0:
         return result
     item_hit = [False] * n_items
-    guard = cfg.locality_guard > 0 and len(anchors) > 0
+    guard = cfg.guarded and len(anchors) > 0
     # The step's passes run with bf16 frozen layers where that is faster; the early-stop check runs
     # without, so "all recalled" holds in the precision recall is measured in.
     fast = precision.FrozenBf16(model, precision.resolve(cfg.compute, model) == "bf16")
@@ -304,6 +310,8 @@ def save_adapter(model, out_dir) -> None:
 
     name, out = model.active_adapter, Path(out_dir)
     model.save_pretrained(str(out), safe_serialization=True, selected_adapters=[name])
+    if getattr(model, "_beacon_gate", None) is not None:
+        model._beacon_gate.save(out)
     if name != "default":
         for f in (out / name).iterdir():
             f.replace(out / f.name)

@@ -63,7 +63,7 @@ def test_build_anchors_reads_the_visitors_file(tmp_path):
     p.write_text("\n".join(mine), encoding="utf-8")
     facts = [Fact(id="f1", prompt="The Zorblat river flows into", target="Lake Quen")]
     # "file" missing from the sources: the file is added, and the model is never asked (no model given)
-    cfg = InjectConfig().updated(guard_anchors="file", anchors_file=str(p))
+    cfg = InjectConfig().updated(gate="none", guard_anchors="file", anchors_file=str(p))
     anchors, near, about = build_anchors(None, None, facts, {}, cfg, HashEmbedder())
     assert sorted(anchors) == sorted(mine) and about["file"] == "mine.txt" and about["source"] == "file"
     # an anchor that restates a probe is left out, whichever file it came from
@@ -78,7 +78,7 @@ def test_anchors_file_adds_the_file_source(tmp_path, monkeypatch):
     p = tmp_path / "mine.txt"
     p.write_text("Cats like to sleep.\n", encoding="utf-8")
     monkeypatch.setattr(guard, "sampled_anchors", lambda *a, **k: ["The base model wrote this."])
-    cfg = InjectConfig().updated(guard_anchors="sampled", anchors_file=str(p))
+    cfg = InjectConfig().updated(gate="none", guard_anchors="sampled", anchors_file=str(p))
     anchors, _, about = build_anchors(None, None, [Fact(id="f1", prompt="Zorblat is in", target="Quen")], {}, cfg,
                                       HashEmbedder())
     assert sorted(anchors) == ["Cats like to sleep.", "The base model wrote this."]

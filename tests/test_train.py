@@ -16,7 +16,8 @@ FACTS = [Fact(id=f"t{i}", prompt=p, target=t) for i, (p, t) in enumerate([
 
 def _tiny(tiny_dir, **kw):
     model, tok, _ = load_model(tiny_dir)
-    cfg = TrainConfig(**{"steps": 150, "lr": 1e-2, "rank": 8, **kw})
+    # The ungated adapter by default: these tests are about the loop and the guard (test_gate: the gate).
+    cfg = TrainConfig(**{"steps": 150, "lr": 1e-2, "rank": 8, "gate": "none", **kw})
     return attach_lora(model, cfg, quantized=False), tok, cfg
 
 

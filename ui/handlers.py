@@ -326,7 +326,7 @@ def review_settings(analysis, sess, model, quant, filt, weighting):
 
 @GPU(duration=_train_seconds)
 def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, rank, guard,
-          layers_choice, layers_custom, orders, merge, earlier, rewordings=None, anchors=None,
+          layers_choice, layers_custom, orders, merge, earlier, rewordings=None, anchors=None, gate=None,
           request: gr.Request = None):
     facts = table_facts(facts_df, sess)
     layers = layers_spec(layers_choice, layers_custom, model)
@@ -335,7 +335,7 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
         raise gr.Error("Continue from trains the earlier run's adapter further, on its own layers and rank: set "
                        "Where to train to all layers and Data orders to 1, or Continue from to none.")
     cfg = make_config(sess, model, quant, filt, weighting, steps, lr, rank, guard, layers, orders, merge,
-                      continue_from, rewordings, anchors)
+                      continue_from, rewordings, anchors, gate)
     measured = run_probes(sess)
     if analysis is not None and getattr(analysis, "probes", {}).get("yours") != (sess.get("probes") or None):
         analysis = None   # Check measured other probes than these: the run measures again

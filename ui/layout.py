@@ -151,9 +151,13 @@ def build_demo() -> gr.Blocks:
                                               " on this server")
                     lr_in = gr.Number(default("lr"), label="Learning rate", minimum=1e-6, maximum=1.0, step=1e-4)
                     rank_in = gr.Dropdown([2, 4, 8, 16, 32, 64], value=default("rank"), label="LoRA rank")
+                    gate_in = gr.Radio([("only on your subjects' tokens", "subject"), ("on every token", "none")],
+                                       value=default("gate"), label="Where the adapter acts", elem_id="gate-in",
+                                       info="subject gate: text that names none of your subjects runs through the "
+                                            "base model unchanged; every token: the locality guard holds the rest")
                     guard_in = gr.Slider(0, 30, value=default("locality_guard"), step=0.5, label="Locality guard",
-                                         info="pulls the model towards the base on unrelated text and on known "
-                                              "facts near yours; 0 = off")
+                                         info="with the adapter on every token: pulls the model towards the base on "
+                                              "unrelated text and on known facts near yours; 0 = off")
                 custom_default = default("layers") not in ("all", "auto")
                 with gr.Accordion("Advanced: where to train, data orders, continue an earlier run", open=False,
                                   elem_id="advanced"):
@@ -346,7 +350,7 @@ def build_demo() -> gr.Blocks:
         train_btn.click(_by_name(train, named),
                         [state, analysis_state, facts_table, model_in, quant_in, filter_in, weighting_in,
                          steps_in, lr_in, rank_in, guard_in, layers_in, layers_custom, orders_in, merge_in,
-                         earlier_in, rewordings_in, anchors_in],
+                         earlier_in, rewordings_in, anchors_in, gate_in],
                         [named[n] for n in TRAIN_OUTPUTS],
                         api_name="train", **model_jobs, trigger_mode="once",
                         show_progress_on=[train_status]

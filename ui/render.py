@@ -115,6 +115,13 @@ def setup_md(report: dict, n_layers: int | None = None) -> list[str]:
     """Markdown lines for the advanced settings the run used: layers, merged data orders, earlier facts.
     n_layers: the model's layer count, used when the report has no layer selection to count them from."""
     lines = []
+    s = report.get("summary") or {}
+    if s.get("gate") == "subject":
+        lines.append("- **Subject gate**: the adapter changes only the tokens that name a trained fact's subject; "
+                     "text that names none runs through the base model unchanged (so no locality guard ran)")
+    elif s.get("gate") == "none":
+        lines.append("- **No gate**: the adapter acts on every token" +
+                     (f"; locality guard {s.get('locality_guard')}" if s.get("guard_active") else ""))
     chosen, sel = report.get("chosen_layers"), report.get("layers")
     total = len(sel["observed"]) if sel and sel.get("observed") else n_layers
     of = f" ({len(chosen)} of {total})" if chosen and total else ""

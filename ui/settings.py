@@ -126,7 +126,8 @@ NO_EARLIER = ("none: start from the base model", "")
 
 
 def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=None, guard=None,
-                layers=None, orders=None, merge=None, continue_from=None, rewordings=None, anchors=None) -> InjectConfig:
+                layers=None, orders=None, merge=None, continue_from=None, rewordings=None, anchors=None,
+                gate=None) -> InjectConfig:
     """The run's settings from the widgets; None keeps the default. layers: the spec from `layers_spec`;
     continue_from: a run folder from `earlier_run_dir` ("" = none)."""
     d = dict(model=allowed_model(model), quantization=quant, filter=bool(filt),
@@ -143,8 +144,11 @@ def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=N
         d["continue_from"] = str(continue_from) or None
     if rewordings is not None:
         d["rewordings"] = bool(rewordings)
+    if gate is not None:
+        d["gate"] = str(gate)
     if anchors is not None:
-        if not anchors and d.get("locality_guard", default("locality_guard")) > 0:
+        if not anchors and d.get("locality_guard", default("locality_guard")) > 0 \
+                and d.get("gate", default("gate")) == "none":
             raise gr.Error("Choose at least one thing for the guard to protect, or set the locality guard to 0.")
         d["guard_anchors"] = ",".join(anchors) or default("guard_anchors")
     try:

@@ -1,0 +1,130 @@
+"""The subject gate: the adapter acts only on the tokens that name a trained fact's subject.
+
+A LoRA update on every token moves every prompt a little, and a probe whose answer leads its runner-up
+by a fraction of a nat flips (README, Results: the lost probes are the thin-margin ones). With the gate,
+each LoRA layer's update is multiplied by a mask that is 1 on the tokens of a subject ("Zentrix
+Robotics") and 0 elsewhere, so:
+* text that names no trained subject runs through the base model exactly;
+* a fact is learned as something about its subject: every wording that names the subject sees the
+  changed subject tokens, and the positions after them read the change through attention (the
+  subject's tokens are where ROME and MEMIT edit too).
+What it cannot do: change an answer to a prompt that does not name the subject as written (a pronoun,
+a description, another spelling). The mask is computed from the token ids of each forward call, so a
+subject split across two calls (a prompt cut between a cached prefix and the rest) is missed.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+GATE_FILE = "beacon_gate.json"
+
+
+def gate_key(fact) -> str:
+    """What the gate opens on for a fact: its subject where its prompt names it, else its whole prompt (a
+    fact without a subject is then learned for that prompt alone, and its paraphrases cannot move)."""
+    subject = (fact.subject or "").strip()
+    return subject if subject and subject.lower() in fact.prompt.lower() else fact.prompt.strip()
+
+
+class SubjectGate:
+    def __init__(self, tok, subjects):
+        self.subjects = sorted({s.strip() for s in subjects if s and s.strip()})
+        seqs = set()
+        for s in self.subjects:
+            # at the start of a text or after punctuation, after a space; "the Brennoc valve" opening a sentence,
+            # "The Beatles" inside one
+            for form in {s, s[0].upper() + s[1:], s[0].lower() + s[1:]}:
+                for text in (form, " " + form):
+                    ids = tok(text, add_special_tokens=False).input_ids
+                    if ids:
+                        seqs.add(tuple(ids))
+        # A one-word subject also opens the gate on words that start with its stem: "the Italian government"
+        # for Italy, "the Norwegian parliament" for Norway (the counterfactual sample's paraphrases missed
+        # these at seed 0 without it). Only tokens that begin a word (GPT-2's "Ġ"): "marigold" is not gold.
+        stems = {w.lower()[:max(4, len(w) - 2)] for w in self.subjects if " " not in w and len(w) >= 4 and w.isalpha()}
+        vocab = tok.convert_ids_to_tokens(list(range(len(tok)))) if stems else []
+        self._stem_ids = torch.tensor([i for i, t in enumerate(vocab) if isinstance(t, str) and t.startswith("Ġ")
+                                       and t[1:].lower().startswith(tuple(stems))], dtype=torch.long)
+        self._by_len: dict[int, torch.Tensor] = {}
+        for n in sorted({len(q) for q in seqs}):
+            self._by_len[n] = torch.tensor(sorted(q for q in seqs if len(q) == n))
+        self.current = None          # the mask of the forward call running now
+        self._handles = []
+
+    def mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] 1.0 on every token that is part of a subject's tokens in `ids` [B, T], else 0.0."""
+        out = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
+        if len(self._stem_ids):
+            out |= torch.isin(ids, self._stem_ids.to(ids.device))
+        for n, seqs in self._by_len.items():
+            if ids.shape[1] < n:
+                continue
+            win = ids.unfold(1, n, 1)                                     # [B, T-n+1, n]
+            hit = (win.unsqueeze(2) == seqs.to(ids.device)).all(-1).any(-1)   # [B, T-n+1]: a subject starts here
+            for j in range(n):
+                out[:, j:j + hit.shape[1]] |= hit
+        return out.float()
+
+    def covers(self, tok, text: str) -> bool:
+        """Whether `text` names a subject the gate knows (so training on it can move the answer)."""
+        return bool(self.mask(torch.tensor([tok(text, add_special_tokens=True).input_ids])).any())
+
+    def attach(self, model) -> "SubjectGate":
+        """Mask every LoRA update of `model` (a PeftModel). The decoder's input ids set the mask before
+        each forward call; a call without ids (embeddings only) gets no update."""
+        from .evaluate import _decoder
+
+        self.detach()
+        if getattr(model, "_beacon_gate", None) is not None:   # one gate at a time: a new one replaces it
+            model._beacon_gate.detach()
+
+        def set_mask(module, args, kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            self.current = self.mask(ids) if ids is not None else None
+
+        def apply(module, args, out):
+            m = self.current
+            if m is None or m.shape != out.shape[:2]:
+                return out * 0
+            return out * m.unsqueeze(-1).to(out.dtype)
+
+        self._handles.append(_decoder(model).register_forward_pre_hook(set_mask, with_kwargs=True))
+        for module in model.modules():
+            lora_a = getattr(module, "lora_A", None)
+            if isinstance(lora_a, torch.nn.ModuleDict):
+                for layer in lora_a.values():
+                    self._handles.append(layer.register_forward_hook(apply))
+        model._beacon_gate = self
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles, self.current = [], None
+
+    def save(self, adapter_dir) -> None:
+        Path(adapter_dir, GATE_FILE).write_text(json.dumps({
+            "gate": "subject", "subjects": self.subjects,
+            "note": "Beacon trained this adapter with its update on these subjects' tokens only "
+                    "(core/gate.py). Loaded without the gate, the update acts on every token."}, indent=1))
+
+
+def reattach(model) -> None:
+    """Cover adapters added since the gate was attached (data orders, their merge)."""
+    gate = getattr(model, "_beacon_gate", None)
+    if gate is not None:
+        gate.attach(model)
+
+
+def load_gate(tok, adapter_dir) -> SubjectGate | None:
+    """The gate saved beside an adapter, or None for an adapter trained without one."""
+    path = Path(adapter_dir, GATE_FILE)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    if data.get("gate") != "subject" or not isinstance(data.get("subjects"), list):
+        raise ValueError(f"{GATE_FILE}: expected a subject gate with a list of subjects")
+    return SubjectGate(tok, [str(s) for s in data["subjects"]])
