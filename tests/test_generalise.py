@@ -12,12 +12,13 @@ from core.pipeline import ASSETS, embedder, neutral_text
 from core.rewordings import chat_form, held_out_paraphrases, question_form, training_prompts
 
 ROOT = ASSETS.parent
-PROBE_FILES = [ASSETS / "probes.csv", ASSETS / "probes_general.csv", ROOT / "benchmarks" / "heldout" / "probes.csv"]
+PROBE_FILES = [ASSETS / "probes.csv", ASSETS / "probes_general.csv", ROOT / "benchmarks" / "heldout" / "probes.csv",
+               ROOT / "benchmarks" / "same_subject" / "counterfactual.csv"]
 SAMPLE_FILES = [ASSETS / n for n in ("invented.csv", "counterfactual.csv", "conflicts.csv", "people.csv")] + \
                [ROOT / "benchmarks" / "heldout" / "facts.csv"]
 
 
-@pytest.mark.parametrize("path", PROBE_FILES, ids=lambda p: p.name if p.parent.name == "assets" else "heldout")
+@pytest.mark.parametrize("path", PROBE_FILES, ids=lambda p: p.name if p.parent.name == "assets" else p.parent.name)
 def test_default_model_recalls_every_probe_of_every_shipped_set(path):
     from core.evaluate import recall_table
 

@@ -415,7 +415,7 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                            "files_out": downloads(run_dir), "ask_prompt": ask_default(report),
                            "ask_target": ask_target(report),
                            "ask_btn": gr.Button(interactive=True), "stop_btn": gr.Button(interactive=False),
-                           "export_btn": gr.Button(interactive=True), "export_status": "",
+                           **_export_state(run_dir),
                            "tabs": gr.Tabs(selected="results"), "loss_plot": loss, "recall_plot": recall,
                            "earlier_in": gr.Dropdown(choices=earlier_runs(sess)),
                            "interference_chart": inter_chart, "distance_chart": dist_chart,
@@ -486,6 +486,21 @@ def ask_model(prompt, sess, target=None, request: gr.Request = None):
         if held:
             jobs._MODEL_LOCK.release()
         jobs.release(visitor)
+
+
+GATED_EXPORT = ("The adapter acts only on your subjects' tokens (the subject gate): merged into the weights it "
+                "would act on every token, which is not the model measured here. The adapter and its "
+                "`beacon_gate.json` are in the downloads; to export a GGUF, train with *Where the adapter acts: on "
+                "every token*.")
+
+
+def _export_state(run_dir: Path) -> dict:
+    """The export button and its note for a run: a gated adapter cannot be merged into the weights."""
+    from core.gate import GATE_FILE
+
+    if (run_dir / "adapter" / GATE_FILE).is_file():
+        return {"export_btn": gr.Button(interactive=False), "export_status": GATED_EXPORT}
+    return {"export_btn": gr.Button(interactive=(run_dir / "adapter").is_dir()), "export_status": ""}
 
 
 def export_gguf(sess, request: gr.Request = None):
@@ -612,8 +627,8 @@ def open_run(name, sess, recent):
     return {"state": sess, "recent": recent, "recent_note": f"Reopened {entry.get('label') or name}.",
             "summary_md": summary, "results_table": table, "plots": gallery, "files_out": downloads(run_dir),
             "ask_prompt": ask_default(report), "ask_target": ask_target(report),
-            "ask_btn": gr.Button(interactive=adapter), "export_btn": gr.Button(interactive=adapter),
-            "export_status": "", "earlier_in": gr.Dropdown(choices=earlier_runs(sess)),
+            "ask_btn": gr.Button(interactive=adapter), **_export_state(run_dir),
+            "earlier_in": gr.Dropdown(choices=earlier_runs(sess)),
             "interference_chart": inter_chart, "distance_chart": dist_chart, "recall_chart": recall_chart}
 
 
