@@ -245,7 +245,7 @@ def measure_plain(a, facts, cfg):
 def measure_vanilla(a, facts):
     from core.train import attach_lora, train
 
-    cfg = InjectConfig().updated(rewordings=False, model_rewordings=0, locality_guard=0, weighting="uniform",
+    cfg = InjectConfig().updated(rewordings=False, model_rewordings=0, locality_guard=0, weighting="uniform", gate="none",
                                  filter=False, steps=a.max_steps, compute=a.compute).train
 
     def fresh():
