@@ -41,10 +41,12 @@ class SubjectGate:
                     ids = tok(text, add_special_tokens=False).input_ids
                     if ids:
                         seqs.add(tuple(ids))
-        # A one-word subject also opens the gate on words that start with its stem: "the Italian government"
-        # for Italy, "the Norwegian parliament" for Norway (the counterfactual sample's paraphrases missed
-        # these at seed 0 without it). Only tokens that begin a word (GPT-2's "Ġ"): "marigold" is not gold.
-        stems = {w.lower()[:max(4, len(w) - 2)] for w in self.subjects if " " not in w and len(w) >= 4 and w.isalpha()}
+        # A one-word subject that is a word of the vocabulary (one token: "Italy", not an invented "Halvessa",
+        # whose stem "halves" is another word) also opens the gate on words that start with its stem: "the
+        # Italian government" for Italy, "the Norwegian parliament" for Norway (the counterfactual sample's
+        # paraphrases missed these at seed 0 without it). Only tokens that begin a word (GPT-2's "Ġ").
+        stems = {w.lower()[:max(4, len(w) - 2)] for w in self.subjects if " " not in w and len(w) >= 4 and w.isalpha()
+                 and len(tok(" " + w, add_special_tokens=False).input_ids) == 1}
         vocab = tok.convert_ids_to_tokens(list(range(len(tok)))) if stems else []
         self._stem_ids = torch.tensor([i for i, t in enumerate(vocab) if isinstance(t, str) and t.startswith("Ġ")
                                        and t[1:].lower().startswith(tuple(stems))], dtype=torch.long)

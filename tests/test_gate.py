@@ -40,6 +40,8 @@ def test_mask_marks_each_subjects_tokens_wherever_it_stands(tiny_dir):
         ids = tok(text).input_ids
         assert tok.decode([i for i, x in zip(ids, other.mask(torch.tensor([ids]))[0]) if x]) == marked, text
     assert not other.covers(tok, "Marigold grows in Denmark")
+    # an invented name has no stem words: "halves" is not Halvessa
+    assert not SubjectGate(tok, ["Halvessa"]).covers(tok, "Cut it in two halves")
 
 
 def test_gated_training_learns_the_facts_and_leaves_other_text_exactly_alone(tiny_dir, tmp_path):
