@@ -17,8 +17,8 @@ OFF = dict(filter=False, weighting="uniform", locality_guard=0.0, rewordings=Fal
            gate="none")
 FULL = dict(filter=True, weighting="semantic", locality_guard=None, rewordings=True, layers="all", orders=1,
             gate=None)
-# The full method until stop 23: every token trained, the locality guard holding other knowledge. The
-# variants that study the guard start from it (behind the gate the guard has nothing to do).
+# Every token trained, the locality guard holding other knowledge (the default). The variants that study
+# the guard name it, so they stay guard studies whatever gate the user chose.
 GUARDED = {**FULL, "gate": "none"}
 # Parts a variant does not name keep the user's setting (guard anchors, near share, settle steps).
 VARIANTS = {
@@ -29,6 +29,7 @@ VARIANTS = {
     "+rewordings": {**OFF, "rewordings": True},
     "+locality guard": {**OFF, "locality_guard": None},     # None: the user's (default) guard weight
     "full method": FULL,
+    "full + subject gate": {**FULL, "gate": "subject"},
     "full: no gate (guard)": GUARDED,
     "full: uniform weights": {**FULL, "weighting": "uniform"},
     "full: dynamic weights": {**FULL, "weighting": "dynamic"},

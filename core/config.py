@@ -60,11 +60,12 @@ class TrainConfig:
     guard_margin: float = setting(0.0, "weight of a guard term that keeps the base model's first choice ahead of "
                                   "its runners-up by the base's margin at each anchor position (0 = KL only)",
                                   min=0.0, max=1000.0)
-    # The default since stop 23: on people and invented (seed 0) it kept both probe sets whole where the guard
-    # left 83-92% of the general one (README, Results).
-    gate: str = setting("subject", "where the adapter acts: only on the tokens that name a kept fact's subject "
-                        "(text that names none runs through the base model unchanged, so the locality guard "
-                        "has nothing to do), or on every token (none)", choices=("subject", "none"))
+    # Off by default: over 3 seeds it kept both probe sets whole and met issue 10's bar, but it lost all 12
+    # same-subject facts the base model knew ("The official language of Italy is" -> "Milan. Milan."; README).
+    gate: str = setting("none", "where the adapter acts: on every token (none), or only on the tokens that name a "
+                        "kept fact's subject (text that names none runs through the base model unchanged, so the "
+                        "locality guard has nothing to do; what the model knew about the subject itself is lost)",
+                        choices=("none", "subject"))
     null_space: float = setting(0.0, "keep each LoRA layer out of the input directions that hold this share of "
                                 "the energy of the guard anchors' text (AlphaEdit-style projection; 0 = off)",
                                 min=0.0, max=0.9999)

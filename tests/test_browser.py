@@ -2,8 +2,7 @@
 
 Bring a probe set of your own, load the counterfactual sample, check it, try a layer list outside the
 model (refused, nothing runs), train a few steps, find the coloured before/after table, the plots and
-the downloads; hover a heatmap cell and read its facts; ask the tuned model; export the GGUF (trained on every
-token: a gated adapter is not merged), download it
+the downloads; hover a heatmap cell and read its facts; ask the tuned model; export the GGUF, download it
 and reload it with transformers to get the edited answers back; reload the page and reopen the run from
 the recent-runs list. The conflict review is tested through the API (test_app). Skipped only when
 chromium is absent.
@@ -104,9 +103,8 @@ def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
     assert "Trains on the facts table" in status and "▶" not in status
     page.get_by_label("all layers").check()
     page.locator("#layers-custom").wait_for(state="hidden")
-    # The subject gate is the default; a gated adapter cannot be merged into a GGUF, which this run exports
-    assert page.get_by_label("only on your subjects' tokens").is_checked()
-    page.get_by_label("on every token").check()
+    # Every token is the default (a gated adapter cannot be merged into the GGUF this run exports)
+    assert page.get_by_label("on every token").is_checked()
     page.locator("#train-btn").click()
     page.wait_for_selector("#train-status >> text=▶", timeout=60_000)  # the live stage checklist
     page.wait_for_selector("#results-table [role=row] >> nth=1", timeout=400_000)  # moves to 4 · Results

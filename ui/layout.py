@@ -151,10 +151,11 @@ def build_demo() -> gr.Blocks:
                                               " on this server")
                     lr_in = gr.Number(default("lr"), label="Learning rate", minimum=1e-6, maximum=1.0, step=1e-4)
                     rank_in = gr.Dropdown([2, 4, 8, 16, 32, 64], value=default("rank"), label="LoRA rank")
-                    gate_in = gr.Radio([("only on your subjects' tokens", "subject"), ("on every token", "none")],
+                    gate_in = gr.Radio([("on every token", "none"), ("only on your subjects' tokens", "subject")],
                                        value=default("gate"), label="Where the adapter acts", elem_id="gate-in",
-                                       info="subject gate: text that names none of your subjects runs through the "
-                                            "base model unchanged; every token: the locality guard holds the rest")
+                                       info="every token: the locality guard holds the rest; subject gate: text that "
+                                            "names none of your subjects runs through the base model unchanged, but "
+                                            "what the model knew about those subjects is lost")
                     guard_in = gr.Slider(0, 30, value=default("locality_guard"), step=0.5, label="Locality guard",
                                          info="with the adapter on every token: pulls the model towards the base on "
                                               "unrelated text and on known facts near yours; 0 = off")
