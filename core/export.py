@@ -71,10 +71,10 @@ def merged_model(run_dir, progress=None):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .gate import GATE_FILE
+    from .gate import GATE_FILE, gated
 
     run = read_run(run_dir)
-    if (Path(run_dir) / "adapter" / GATE_FILE).is_file():
+    if gated(Path(run_dir) / "adapter"):
         raise ValueError(f"{run_dir}: this adapter was trained behind the subject gate (adapter/{GATE_FILE}); "
                          "merged into the weights it would act on every token, which is not the model that "
                          "was measured. Use the adapter with the gate (core.gate.load_gate), or train with --gate none")

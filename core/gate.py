@@ -56,6 +56,11 @@ class SubjectGate:
         self.current = None          # the mask of the forward call running now
         self._handles = []
 
+    @classmethod
+    def for_facts(cls, tok, facts) -> "SubjectGate":
+        """The gate that opens on each fact's key (gate_key)."""
+        return cls(tok, [gate_key(f) for f in facts])
+
     def mask(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, T] 1.0 on every token that is part of a subject's tokens in `ids` [B, T], else 0.0."""
         out = torch.zeros(ids.shape, dtype=torch.bool, device=ids.device)
@@ -121,12 +126,16 @@ def reattach(model) -> None:
         gate.attach(model)
 
 
+def gated(adapter_dir) -> bool:
+    """Whether the adapter in this folder was trained behind the subject gate."""
+    return Path(adapter_dir, GATE_FILE).is_file()
+
+
 def load_gate(tok, adapter_dir) -> SubjectGate | None:
     """The gate saved beside an adapter, or None for an adapter trained without one."""
-    path = Path(adapter_dir, GATE_FILE)
-    if not path.is_file():
+    if not gated(adapter_dir):
         return None
-    data = json.loads(path.read_text())
+    data = json.loads(Path(adapter_dir, GATE_FILE).read_text())
     if data.get("gate") != "subject" or not isinstance(data.get("subjects"), list):
         raise ValueError(f"{GATE_FILE}: expected a subject gate with a list of subjects")
     return SubjectGate(tok, [str(s) for s in data["subjects"]])

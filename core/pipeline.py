@@ -240,8 +240,8 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
         model = attach_lora(model, cfg.train, "nf4" in info.quantization, layers)
     gate = None
     if cfg.train.gate == "subject":
-        from .gate import SubjectGate, gate_key
-        gate = SubjectGate(tok, [gate_key(f) for f in kept_facts + (earlier["facts"] if earlier else [])])
+        from .gate import SubjectGate
+        gate = SubjectGate.for_facts(tok, kept_facts + (earlier["facts"] if earlier else []))
         gate.attach(model)
     inter = None
     if cfg.interference and len(kept_facts) >= 2:

@@ -176,8 +176,8 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     """
     cfg = cfg or TrainConfig()
     if cfg.gate == "subject" and getattr(model, "_beacon_gate", None) is None:
-        from .gate import SubjectGate, gate_key
-        SubjectGate(tok, [gate_key(f) for f in facts]).attach(model)
+        from .gate import SubjectGate
+        SubjectGate.for_facts(tok, facts).attach(model)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     device = next(p for p in model.parameters()).device

@@ -496,9 +496,9 @@ GATED_EXPORT = ("The adapter acts only on your subjects' tokens (the subject gat
 
 def _export_state(run_dir: Path) -> dict:
     """The export button and its note for a run: a gated adapter cannot be merged into the weights."""
-    from core.gate import GATE_FILE
+    from core.gate import gated
 
-    if (run_dir / "adapter" / GATE_FILE).is_file():
+    if gated(run_dir / "adapter"):
         return {"export_btn": gr.Button(interactive=False), "export_status": GATED_EXPORT}
     return {"export_btn": gr.Button(interactive=(run_dir / "adapter").is_dir()), "export_status": ""}
 
