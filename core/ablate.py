@@ -56,8 +56,9 @@ VARIANTS = {
     "full + merge of 3 orders (average)": {**GUARDED, "orders": 3, "merge": "average"},
 }
 METRICS = ("recall_after", "paraphrase_after", "question_after", "chat_after", "locality_after",
-           "locality_general_after", "neutral_nll_ratio", "steps", "train_seconds")
-PCT = {"recall_after", "paraphrase_after", "question_after", "chat_after", "locality_after", "locality_general_after"}
+           "locality_general_after", "neutral_nll_ratio", "subject_repetition_after", "steps", "train_seconds")
+PCT = {"recall_after", "paraphrase_after", "question_after", "chat_after", "locality_after", "locality_general_after",
+       "subject_repetition_after"}
 
 
 def _variant_config(base: InjectConfig, overrides: dict, seed: int) -> InjectConfig:
@@ -121,7 +122,7 @@ def to_markdown(table, n_seeds, steps, n_facts) -> str:
     extra = [m for m in table[0] if m.startswith("locality_") and m.endswith("_after") and m not in METRICS] if table else []
     metrics = list(METRICS) + extra
     head = ["variant", "kept", "recall", "paraphrase (held out)", "question", "chat", "locality: probes",
-            "locality: general", "neutral NLL ratio", "steps", "train s"] + [
+            "locality: general", "neutral NLL ratio", "repetition about a subject", "steps", "train s"] + [
             "locality: " + m.removeprefix("locality_").removesuffix("_after") for m in extra]
     lines = [f"{n_facts} facts, budget {steps} steps, {n_seeds} seeds, mean ± sd; training stops early once every "
              "wording of every kept fact is recalled.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -336,6 +336,26 @@ def chat_table(model, tok, prompts: list[str | None], targets: list[str], batch_
     return out
 
 
+def repetition(text: str) -> float:
+    """The share of a text's word pairs that repeat an earlier pair: 0.06-0.11 on average for the default
+    model's replies about the samples' subjects, more where a reply loops ("Milan. Milan is the capital
+    of Milan. Milan. Milan.")."""
+    words = re.findall(r"\w+", text.lower())
+    pairs = list(zip(words, words[1:]))
+    return round(1 - len(set(pairs)) / len(pairs), 4) if pairs else 0.0
+
+
+def subject_texts(model, tok, facts, max_new_tokens: int = 48) -> list[dict]:
+    """What the model writes when asked about each subject ("Tell me about Italy."), and how much it
+    repeats itself: the text about an edited subject, which the probes and the neutral text never name."""
+    from .rewordings import chat_prompt
+
+    subjects = list(dict.fromkeys(f.subject.strip() for f in facts if f.subject and f.subject.strip()))
+    asks = [chat_prompt(tok, f"Tell me about {s}.") or f"Here is what I know about {s}:" for s in subjects]
+    texts = generate(model, tok, asks, max_new_tokens=max_new_tokens) if asks else []
+    return [{"subject": s, "text": t.strip(), "repetition": repetition(t)} for s, t in zip(subjects, texts)]
+
+
 @torch.no_grad()
 def text_nll(model, tok, text: str, batch_size: int = 8) -> float:
     """Mean NLL per token of `text` (paragraphs scored apart): fluency, compared tuned / base."""
@@ -377,8 +397,10 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
         paras[i].append(r)
     chat = chat_table(model, tok, [chat_form(tok, f) for f in facts], targets) if forms else []
     probes = dict(zip(probe_sets, probe_recs))
+    about = subject_texts(model, tok, facts) if forms else []
     summary = {"recall": _frac(fact_recs), "paraphrase": _frac(para_recs), "question": _frac(question),
                "chat": _frac(chat), "locality": {name: _frac(r) for name, r in probes.items()},
-               "neutral_nll": text_nll(model, tok, neutral_text) if neutral_text else None}
+               "neutral_nll": text_nll(model, tok, neutral_text) if neutral_text else None,
+               "subject_repetition": round(sum(a["repetition"] for a in about) / len(about), 4) if about else None}
     return {"facts": fact_recs, "paraphrases": paras, "question": question, "chat": chat, "probes": probes,
-            "summary": summary}
+            "subject_texts": about, "summary": summary}

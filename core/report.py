@@ -81,6 +81,8 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
         "probe_sets": {k: len(v) for k, v in analysis.probes.items()},
         "neutral_nll_before": nll_b, "neutral_nll_after": nll_a,
         "neutral_nll_ratio": round(nll_a / nll_b, 4) if nll_a and nll_b else None,
+        "subject_repetition_before": before["summary"].get("subject_repetition"),
+        "subject_repetition_after": after["summary"].get("subject_repetition"),
         "training_wordings": sum(map(len, prompts)), "rewordings": cfg.rewordings,
         "model_rewordings": sum(map(len, written["prompts"])),
         "model_rewordings_left_out": written["left_out"],
@@ -138,4 +140,12 @@ def build_report(cfg, info, analysis, kept_facts, reasons, weights, after, dist_
                   "distance_trajectories": trajectories},
         interference=interference, guard=guard,
         training_prompts={f.id: p for f, p in zip(kept_facts, prompts)},
-        layers=layer_info, chosen_layers=layers, merge=merge, earlier_facts=earlier_rec)
+        layers=layer_info, chosen_layers=layers, merge=merge, earlier_facts=earlier_rec,
+        subject_texts=_subject_text_records(analysis.before, after))
+
+
+def _subject_text_records(before, after) -> list[dict]:
+    was = {a["subject"]: a for a in before.get("subject_texts", [])}
+    return [{"subject": a["subject"], "before": was.get(a["subject"], {}).get("text"), "after": a["text"],
+             "repetition_before": was.get(a["subject"], {}).get("repetition"), "repetition_after": a["repetition"]}
+            for a in after.get("subject_texts", [])]

@@ -30,3 +30,24 @@ def test_teacher_forced_hit_agrees_with_generation(probes, invented):
             assert r["answer"].lower().startswith(f.target.lower()), (f.prompt, r["answer"])
     assert sum(s["hit"][:10]) >= 8 and sum(s["hit"][10:]) == 0
     assert all(lp < -5 for lp in s["logprob"][10:])  # invented targets are improbable before training
+
+
+def test_repetition_measures_a_reply_that_loops():
+    from core.evaluate import repetition
+
+    assert repetition("Milan. Milan is the capital of Milan. Milan. Milan. Milan. Milan. Milan. Milan.") >= 0.5
+    assert repetition("Italy is a country in southern Europe. Its capital is Rome, known for its food.") == 0
+    assert repetition("is a city is a city") == 0.4          # 5 pairs, 3 of them new
+    assert repetition("Milan") == 0.0
+
+
+def test_the_default_model_asked_about_known_subjects_writes_without_looping():
+    from core.evaluate import subject_texts
+    from core.facts import Fact
+
+    model, tok, _ = load_model(quantization="none")
+    facts = [Fact(id=str(i), prompt=f"The capital of {s} is", target="x", subject=s) for i, s in
+             enumerate(["Italy", "Japan", "Kenya", "Italy"])]
+    about = subject_texts(model, tok, facts)
+    assert [a["subject"] for a in about] == ["Italy", "Japan", "Kenya"]     # each subject once
+    assert all(len(a["text"].split()) >= 10 and a["repetition"] < 0.3 for a in about), about

@@ -185,7 +185,10 @@ def results_view(report: dict, run_dir: Path, root: Path | None = None, n_layers
              *([f"| **Locality**: your probe set | {pct(s['locality_yours_before'])} | "
                 f"{pct(s['locality_yours_after'])} |"] if s.get("locality_yours_before") is not None else []),
              *([f"| **Fluency**: NLL per token on neutral text, tuned / base | 1.00 | {s['neutral_nll_ratio']:.3f} |"]
-               if s.get("neutral_nll_ratio") else []), ""]
+               if s.get("neutral_nll_ratio") else []),
+             *([f"| **Repetition**: asked about a subject, word pairs the reply repeats | "
+                f"{pct(s['subject_repetition_before'])} | {pct(s['subject_repetition_after'])} |"]
+               if s.get("subject_repetition_after") is not None else []), ""]
     if s["stopped"] == "cancelled":
         lines.append("**Stopped by you**: the adapter holds what was learned in the steps that ran.\n")
     lb, la = s.get("locality_before"), s.get("locality_after")
