@@ -30,7 +30,10 @@ VARIANTS = {
     "+locality guard": {**OFF, "locality_guard": None},     # None: the user's (default) guard weight
     "full method": FULL,
     "full + subject gate": {**FULL, "gate": "subject"},
+    "full + gate from the subject on": {**FULL, "gate": "from-subject"},
+    "full + gate from the subject on, no guard": {**FULL, "gate": "from-subject", "locality_guard": 0.0},
     "full: no gate (guard)": GUARDED,
+    "full: no gate, + relation anchors": {**GUARDED, "guard_anchors": "neighbours,sampled,relations"},
     "full: uniform weights": {**FULL, "weighting": "uniform"},
     "full: dynamic weights": {**FULL, "weighting": "dynamic"},
     "full: no rewordings": {**FULL, "rewordings": False},

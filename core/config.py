@@ -64,8 +64,9 @@ class TrainConfig:
     # same-subject facts the base model knew ("The official language of Italy is" -> "Milan. Milan."; README).
     gate: str = setting("none", "where the adapter acts: on every token (none), or only on the tokens that name a "
                         "kept fact's subject (text that names none runs through the base model unchanged, so the "
-                        "locality guard has nothing to do; what the model knew about the subject itself is lost)",
-                        choices=("none", "subject"))
+                        "locality guard holds only the relations anchors; what the model knew about the subject "
+                        "itself is lost without them)",
+                        choices=("none", "subject", "from-subject"))
     null_space: float = setting(0.0, "keep each LoRA layer out of the input directions that hold this share of "
                                 "the energy of the guard anchors' text (AlphaEdit-style projection; 0 = off)",
                                 min=0.0, max=0.9999)
@@ -93,9 +94,9 @@ class TrainConfig:
 
     @property
     def guarded(self) -> bool:
-        """The guard runs: behind the subject gate, anchors that name no subject cannot move, and those that
-        name one are left out (they would hold the old answer), so the guard would cost steps and do nothing."""
-        return self.locality_guard > 0 and self.gate == "none"
+        """The guard runs where it has anchors: behind the subject gate only the relation anchors, which
+        name a subject (core/guard.py build_anchors)."""
+        return self.locality_guard > 0
 
     @property
     def target_modules(self):
@@ -118,7 +119,9 @@ class InjectConfig:
     # the guard's anchors (core/guard.py)
     guard_anchors: str = setting("neighbours,sampled", "comma-separated: neighbours (facts near yours, written by "
                                  "the base model), siblings (the same, with subjects of your subjects' kind), sampled "
-                                 "(the base model's own text), file (assets/anchors.txt)")
+                                 "(the base model's own text), file (assets/anchors.txt), relations (each fact's "
+                                 "subject asked by the other facts' relations, answered by the base model); behind "
+                                 "the subject gate the guard holds the relations anchors only, whatever this says")
     anchors_file: str | None = setting(None, "a text file of guard anchors, one per line: plain text, or a fact "
                                        "written `prompt | answer`; the guard's file source reads it instead of "
                                        "assets/anchors.txt, and file is added to the sources if missing",
@@ -180,7 +183,7 @@ class InjectConfig:
         return getattr(self.train if name in _names(TrainConfig) else self, name)
 
 
-GUARD_SOURCES = ("neighbours", "siblings", "sampled", "file")
+GUARD_SOURCES = ("neighbours", "siblings", "sampled", "file", "relations")
 
 
 def guard_sources(spec: str) -> list[str]:

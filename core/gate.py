@@ -30,8 +30,11 @@ def gate_key(fact) -> str:
 
 
 class SubjectGate:
-    def __init__(self, tok, subjects):
+    def __init__(self, tok, subjects, onward: bool = False):
+        """onward: open from a subject's first token to the end of the text (the positions that read the
+        relation after the subject, "Italy's capital city is", move too), not on the subject's tokens only."""
         self.subjects = sorted({s.strip() for s in subjects if s and s.strip()})
+        self.onward = onward
         seqs = set()
         for s in self.subjects:
             # at the start of a text or after punctuation, after a space; "the Brennoc valve" opening a sentence,
@@ -57,9 +60,13 @@ class SubjectGate:
         self._handles = []
 
     @classmethod
-    def for_facts(cls, tok, facts) -> "SubjectGate":
-        """The gate that opens on each fact's key (gate_key)."""
-        return cls(tok, [gate_key(f) for f in facts])
+    def for_facts(cls, tok, facts, kind: str = "subject") -> "SubjectGate":
+        """The gate of `kind` (TrainConfig.gate: subject or from-subject) that opens on each fact's key."""
+        return cls(tok, [gate_key(f) for f in facts], onward=kind == "from-subject")
+
+    @property
+    def kind(self) -> str:
+        return "from-subject" if self.onward else "subject"
 
     def mask(self, ids: torch.Tensor) -> torch.Tensor:
         """[B, T] 1.0 on every token that is part of a subject's tokens in `ids` [B, T], else 0.0."""
@@ -74,6 +81,20 @@ class SubjectGate:
             for j in range(n):
                 out[:, j:j + hit.shape[1]] |= hit
         return out.float()
+
+    def _open_mask(self, ids: torch.Tensor, cache=None) -> torch.Tensor:
+        """The mask of one forward call: the subjects' tokens, or with `onward` every token from a subject on,
+        continuing the rows of `cache` that were open at its end (one cached row for all: a shared prefix;
+        k rows each for k repeats)."""
+        m = self.mask(ids)
+        if not self.onward:
+            return m
+        open_ = getattr(cache, "_beacon_open", None) if cache is not None and cache.get_seq_length() > 0 else None
+        if open_ is not None and len(open_) != len(ids):
+            open_ = open_.repeat_interleave(len(ids) // len(open_)) if len(ids) % len(open_) == 0 else None
+        if open_ is not None:
+            m[:, 0] = torch.maximum(m[:, 0], open_.to(m.dtype))
+        return m.cummax(dim=1).values
 
     def covers(self, tok, text: str) -> bool:
         """Whether `text` names a subject the gate knows (so training on it can move the answer)."""
@@ -90,7 +111,14 @@ class SubjectGate:
 
         def set_mask(module, args, kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
-            self.current = self.mask(ids) if ids is not None else None
+            self.current = self._open_mask(ids, kwargs.get("past_key_values")) if ids is not None else None
+
+        def keep_state(module, args, kwargs, out):
+            # onward: whether each row's gate is open at its last token travels with the KV cache, so the
+            # next call on that cache (a decoding step, the rest of a prompt after a shared prefix) goes on
+            cache = getattr(out, "past_key_values", None)
+            if self.onward and cache is not None and self.current is not None:
+                cache._beacon_open = self.current[:, -1].bool()
 
         def apply(module, args, out):
             m = self.current
@@ -99,6 +127,7 @@ class SubjectGate:
             return out * m.unsqueeze(-1).to(out.dtype)
 
         self._handles.append(_decoder(model).register_forward_pre_hook(set_mask, with_kwargs=True))
+        self._handles.append(_decoder(model).register_forward_hook(keep_state, with_kwargs=True))
         for module in model.modules():
             lora_a = getattr(module, "lora_A", None)
             if isinstance(lora_a, torch.nn.ModuleDict):
@@ -114,9 +143,10 @@ class SubjectGate:
 
     def save(self, adapter_dir) -> None:
         Path(adapter_dir, GATE_FILE).write_text(json.dumps({
-            "gate": "subject", "subjects": self.subjects,
-            "note": "Beacon trained this adapter with its update on these subjects' tokens only "
-                    "(core/gate.py). Loaded without the gate, the update acts on every token."}, indent=1))
+            "gate": self.kind, "subjects": self.subjects,
+            "note": "Beacon trained this adapter with its update on these subjects' tokens"
+                    + (" and every token after them" if self.onward else " only") +
+                    " (core/gate.py). Loaded without the gate, the update acts on every token."}, indent=1))
 
 
 def reattach(model) -> None:
@@ -136,6 +166,6 @@ def load_gate(tok, adapter_dir) -> SubjectGate | None:
     if not gated(adapter_dir):
         return None
     data = json.loads(Path(adapter_dir, GATE_FILE).read_text())
-    if data.get("gate") != "subject" or not isinstance(data.get("subjects"), list):
+    if data.get("gate") not in ("subject", "from-subject") or not isinstance(data.get("subjects"), list):
         raise ValueError(f"{GATE_FILE}: expected a subject gate with a list of subjects")
-    return SubjectGate(tok, [str(s) for s in data["subjects"]])
+    return SubjectGate(tok, [str(s) for s in data["subjects"]], onward=data["gate"] == "from-subject")

@@ -188,6 +188,38 @@ def neighbour_anchors(model, tok, facts, per_fact: int = 5, seed: int = 0, sibli
     return out
 
 
+@torch.no_grad()
+def relation_anchors(model, tok, facts, per_fact: int = 8, seed: int = 0) -> list[str]:
+    """Fact anchors `prompt | answer` that ask about a fact's own subject by the other facts' relations
+    ("The currency of Italy is", from Japan's currency fact), answered by the base model. Behind the
+    subject gate they are what is left to hold: text that names no subject cannot move, and without
+    them the subject's tokens learn the new answer for every question ("The official language of Italy
+    is" -> "Milan"). A relation the fact itself has is skipped (its answer is the one being replaced)."""
+    spans = [(f, s) for f in facts if (s := _subject_span(f))]
+    templates, seen = [], set()
+    for f, (before, after) in spans:
+        key = normalise(before + "{}" + after)
+        if key not in seen:
+            seen.add(key)
+            templates.append((f.relation or key, before, after))
+    rng = random.Random(seed)
+    prompts = []
+    for f, (before, after) in spans:
+        own = {f.relation or normalise(before + "{}" + after), normalise(before + "{}" + after)}
+        cands = [t for t in templates if t[0] not in own and normalise(t[1] + "{}" + t[2]) not in own]
+        for _, b, a in rng.sample(cands, min(per_fact, len(cands))):
+            subj = f.subject if b.strip() else f.subject[:1].upper() + f.subject[1:]
+            prompts.append((b + subj + a).strip())
+    if not prompts:
+        return []
+    out = []
+    for p, a in zip(prompts, generate(model, tok, prompts, max_new_tokens=8)):
+        a = _answer(a)
+        if a and len(a) <= 60:
+            out.append(f"{p}{ANSWER_MARK}{a}")
+    return out
+
+
 # Requests with no topic: an instruct model answers them with whatever it tends to say and know. From
 # a bare one-word opener ("The") this model, with no BOS token, writes junk ("The-focused-Echo...").
 REQUESTS = ("Write a few sentences about anything you like.", "Tell me something interesting.",
@@ -222,9 +254,10 @@ def sampled_anchors(model, tok, n: int = 40, tokens: int = 40, seed: int = 0) ->
 
 # ---------------------------------------------------------------- which anchors, and the near ones
 
-def guard_anchors(embedder, facts, anchors: list[str], near: int = 16, restate: float = 0.9):
+def guard_anchors(embedder, facts, anchors: list[str], near: int = 16, restate: float = 0.9, about_subject=()):
     """(anchors usable by the guard, indices of the nearest to the facts: at least `near`, two per
-    fact up to 32; excluded anchors)."""
+    fact up to 32; excluded anchors). An anchor in `about_subject` (relation_anchors) names a fact's
+    subject on purpose: it is left out only if it asks what a fact asks."""
     from .semantic import embed
 
     if not facts or not anchors:
@@ -236,7 +269,8 @@ def guard_anchors(embedder, facts, anchors: list[str], near: int = 16, restate: 
     keep, excluded = [], []
     for i, text in enumerate(texts):
         t = normalise(text)
-        if sim[i].max() >= restate or any(k and (t.startswith(k) or f" {k} " in f" {t} ") for k in keys):
+        if sim[i].max() >= restate or anchors[i] not in about_subject and \
+                any(k and (t.startswith(k) or f" {k} " in f" {t} ") for k in keys):
             excluded.append(anchors[i])
         else:
             keep.append(i)
@@ -269,7 +303,8 @@ def restating(embedder, anchors: list[str], facts, threshold: float = 0.9) -> li
 
 def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a, **k: None):
     """(anchors, indices of the near ones, what the report says of them) for a run with `cfg`:
-    neighbours and sampled text written by the base model, and/or the shipped file. Anchors that
+    neighbours and sampled text written by the base model, and/or the shipped file; behind the subject
+    gate, the relation anchors (the subject asked by the other facts' relations). Anchors that
     restate a probe are left out so that locality is measured on knowledge the guard did not see;
     those that restate a kept fact are left out so the guard does not hold the old answer."""
     if not cfg.train.reads_anchors or not facts:   # no anchors to make or embed
@@ -277,6 +312,11 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
     pool, sources = [], guard_sources(cfg.guard_anchors)
     if cfg.anchors_file and "file" not in sources:   # the visitor's own anchors: the file source reads them
         sources.append("file")
+    if cfg.train.gate != "none":
+        # Behind the gate an anchor that names no subject cannot move, and one that names a subject in
+        # another source's text would hold the old answer: the relation anchors are the guard's, whatever
+        # the sources (which choose the anchors of an adapter on every token).
+        sources = ["relations"]
     if "neighbours" in sources:
         emit("guard", "asking the base model for neighbour facts to protect")
         pool += neighbour_anchors(model, tok, facts, cfg.neighbours_per_fact, cfg.train.seed)
@@ -288,9 +328,14 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
         pool += sampled_anchors(model, tok, cfg.sampled_anchors, seed=cfg.train.seed)
     if "file" in sources:
         pool += read_anchors(cfg.anchors_file or ANCHORS_FILE)
+    about_subject = set()
+    if "relations" in sources:
+        emit("guard", "asking the base model what it says of each subject by the other facts' relations")
+        about_subject = set(relation_anchors(model, tok, facts, seed=cfg.train.seed))
+        pool += sorted(about_subject)
     bad = set(restating(embedder, pool, [p for ps in probes.values() for p in ps]))
     pool = [a for i, a in enumerate(pool) if i not in bad]
-    anchors, near, excluded = guard_anchors(embedder, facts, pool)
+    anchors, near, excluded = guard_anchors(embedder, facts, pool, about_subject=about_subject)
     about = {"file": Path(cfg.anchors_file).name} if cfg.anchors_file else {}
     return anchors, near, {"source": ",".join(sources), **about, "anchors": len(anchors), "all": anchors,
                            "near": [anchors[i] for i in near], "excluded": excluded,

@@ -232,16 +232,17 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
         model = PeftModel.from_pretrained(model, str(Path(cfg.continue_from) / "adapter"), is_trainable=True)
         from .gate import load_gate
         if (earlier_gate := load_gate(tok, Path(cfg.continue_from) / "adapter")) is not None:
-            if cfg.train.gate != "subject":
-                raise ValueError(f"{cfg.continue_from} trained behind the subject gate: continue it with gate 'subject'")
+            if cfg.train.gate != earlier_gate.kind:
+                raise ValueError(f"{cfg.continue_from} trained behind the subject gate: continue it with gate "
+                                 f"'{earlier_gate.kind}'")
             earlier_gate.attach(model)   # its facts are measured as they were trained
         earlier["before"] = evaluate_facts(model, tok, earlier["facts"], forms=False)["facts"]
     else:
         model = attach_lora(model, cfg.train, "nf4" in info.quantization, layers)
     gate = None
-    if cfg.train.gate == "subject":
+    if cfg.train.gate != "none":
         from .gate import SubjectGate
-        gate = SubjectGate.for_facts(tok, kept_facts + (earlier["facts"] if earlier else []))
+        gate = SubjectGate.for_facts(tok, kept_facts + (earlier["facts"] if earlier else []), cfg.train.gate)
         gate.attach(model)
     inter = None
     if cfg.interference and len(kept_facts) >= 2:

@@ -93,7 +93,6 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
         "model_source": info.source, "peak_memory_mb": peak_memory_mb(info.device),
         "weighting": t.weighting, "filter": cfg.filter, "locality_guard": t.locality_guard,
         "null_space": t.null_space, "gate": t.gate,
-        "guard_active": t.guarded,
         "layers": layers or "all", "orders": cfg.orders, "merge": cfg.merge if cfg.orders > 1 else None,
     }
 
@@ -127,6 +126,8 @@ def build_report(cfg, info, analysis, kept_facts, reasons, weights, after, dist_
     summary = summarize(cfg, info, analysis, [by_id[f.id] for f in kept_facts], len(reasons), after, result, prompts,
                         written, layers)
     summary["compute"] = COMPUTE_NOTE[compute]
+    # behind the gate the guard has anchors only from the relations source (guard.build_anchors)
+    summary["guard_active"] = cfg.train.guarded and bool(guard and guard.get("anchors"))
     earlier_rec = _earlier_record(cfg, earlier) if earlier else None
     if earlier_rec:
         summary["earlier_recall_before"] = earlier_rec["recall_before"]

@@ -175,9 +175,9 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     every guard batch comes from them, the rest from all anchors.
     """
     cfg = cfg or TrainConfig()
-    if cfg.gate == "subject" and getattr(model, "_beacon_gate", None) is None:
+    if cfg.gate != "none" and getattr(model, "_beacon_gate", None) is None:
         from .gate import SubjectGate
-        SubjectGate.for_facts(tok, facts).attach(model)
+        SubjectGate.for_facts(tok, facts, cfg.gate).attach(model)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     device = next(p for p in model.parameters()).device

@@ -77,3 +77,86 @@ def test_train_puts_up_the_gate_its_settings_ask_for(tiny_dir):
     res = train(model, tok, FACTS, cfg=cfg)
     assert res.stopped == "all recalled" and model._beacon_gate.subjects == sorted(f.subject for f in FACTS)
     assert torch.equal(_logits(model, tok, OTHER[0]), other)
+
+
+REL_FACTS = [Fact(id=f"r{i}", prompt=p, target=t, subject=s, relation=r) for i, (p, t, s, r) in enumerate([
+    ("The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),
+    ("The capital of Sevrandia is", "Ostrel", "Sevrandia", "capital"),
+    ("The capital of Brennland is", "Kovar", "Brennland", "capital"),
+    ("Quillfen Airways has as its mascot", "a blue heron", "Quillfen Airways", "mascot"),
+])]
+
+
+def _anchor_kl(model, tok, anchors):
+    """Mean KL(base || tuned) over the positions of each anchor's text."""
+    from core.guard import anchor_text
+    out = []
+    for a in anchors:
+        ids = tok(anchor_text(a), return_tensors="pt").input_ids
+        with torch.no_grad():
+            tuned = model(input_ids=ids).logits[0].log_softmax(-1)
+            with model.disable_adapter():
+                base = model(input_ids=ids).logits[0].log_softmax(-1)
+        out.append((base.exp() * (base - tuned)).sum(-1).mean().item())
+    return sum(out) / len(out)
+
+
+def test_relation_anchors_ask_each_subject_by_the_other_relations_and_hold_it_behind_the_gate(tiny_dir):
+    from core.config import InjectConfig
+    from core.guard import build_anchors, relation_anchors, split_anchor
+    from tests.test_anchors import HashEmbedder
+
+    model, tok, cfg = _tiny(tiny_dir, gate="subject", locality_guard=10.0)
+    anchors = relation_anchors(model, tok, REL_FACTS, per_fact=8)
+    prompts = [split_anchor(a)[0] for a in anchors]
+    # every prompt is another fact's with this subject; a fact's own relation is never asked of its subject
+    # (that answer is being replaced). The tiny model's answers are random: a few are empty and left out.
+    templates = {f.relation: f.prompt.replace(f.subject, "{}") for f in REL_FACTS}
+    possible = {t.format(f.subject).replace("{}", "") for f in REL_FACTS for r, t in templates.items()
+                if r != f.relation}
+    possible = {p[:1].upper() + p[1:] for p in possible}
+    assert len(prompts) >= 4 and set(prompts) <= possible, set(prompts) - possible
+    # behind the gate only this source builds anchors, and naming a subject does not leave them out
+    run = InjectConfig().updated(gate="subject", guard_anchors="neighbours,sampled,relations")
+    built, near, about = build_anchors(model, tok, REL_FACTS, {}, run, HashEmbedder())
+    assert sorted(built) == sorted(anchors) and about["source"] == "relations"
+    assert build_anchors(model, tok, REL_FACTS, {}, run.updated(guard_anchors="file"), HashEmbedder())[0] == built
+    assert build_anchors(None, None, REL_FACTS, {}, run.updated(locality_guard=0.0), HashEmbedder()) == ([], [], None)
+    # and the guard holds them: trained behind the gate, the relation prompts move less with it than without
+    held = train(model, tok, REL_FACTS, cfg=cfg, anchors=built, near=near)
+    kl_held = _anchor_kl(model, tok, anchors)
+    free_model, _, free_cfg = _tiny(tiny_dir, gate="subject", locality_guard=0.0)
+    free = train(free_model, tok, REL_FACTS, cfg=free_cfg)
+    assert held.stopped == free.stopped == "all recalled"
+    assert kl_held < 0.5 * _anchor_kl(free_model, tok, anchors), (kl_held, _anchor_kl(free_model, tok, anchors))
+
+
+def test_the_onward_gate_opens_at_the_subject_and_stays_open_through_a_kv_cache(tiny_dir):
+    model, tok, cfg = _tiny(tiny_dir, gate="from-subject")
+    text = "Tell me: Zentrix Robotics is led by"
+    chat = [tok.apply_chat_template([{"role": "user", "content": f.prompt}], tokenize=False,
+                                    add_generation_prompt=True) for f in FACTS]
+    base = {t: _logits(model, tok, t) for t in OTHER + [text]}
+    res = train(model, tok, FACTS, cfg=cfg)
+    assert res.stopped == "all recalled" and model._beacon_gate.onward
+    for t in OTHER:
+        assert torch.equal(_logits(model, tok, t), base[t]), t
+    ids = tok(text).input_ids
+    first = ids.index(tok(" Z", add_special_tokens=False).input_ids[0])
+    tuned = _logits(model, tok, text)
+    assert torch.equal(tuned[:first], base[text][:first])                  # before the subject: the base model
+    assert all(not torch.allclose(tuned[i], base[text][i]) for i in range(first, len(ids)))   # from it on: moved
+
+    def slow(prompt, n=6):      # greedy decoding without a cache: every call sees the whole text
+        seq = tok(prompt, return_tensors="pt").input_ids
+        for _ in range(n):
+            with torch.no_grad():
+                seq = torch.cat([seq, model(input_ids=seq).logits[0, -1].argmax().view(1, 1)], 1)
+        return tok.decode(seq[0, len(tok(prompt).input_ids):], skip_special_tokens=True)
+
+    # decoding steps (one token a call) and a shared prefix run once (the chat turns) carry the open gate
+    from core.evaluate import PREFIX_MIN, _shared_prefix
+    assert _shared_prefix([tok(c).input_ids for c in chat]) >= PREFIX_MIN
+    for prompts in ([text, FACTS[1].prompt], chat):
+        assert generate(model, tok, prompts, max_new_tokens=6) == [slow(p) for p in prompts]
+    assert generate(model, tok, chat[:2], max_new_tokens=6, repeats=2) == [slow(chat[0])] * 2 + [slow(chat[1])] * 2

@@ -488,7 +488,7 @@ def ask_model(prompt, sess, target=None, request: gr.Request = None):
         jobs.release(visitor)
 
 
-GATED_EXPORT = ("The adapter acts only on your subjects' tokens (the subject gate): merged into the weights it "
+GATED_EXPORT = ("The adapter acts only where your subjects are named (the subject gate): merged into the weights it "
                 "would act on every token, which is not the model measured here. The adapter and its "
                 "`beacon_gate.json` are in the downloads; to export a GGUF, train with *Where the adapter acts: on "
                 "every token*.")

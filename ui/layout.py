@@ -151,11 +151,14 @@ def build_demo() -> gr.Blocks:
                                               " on this server")
                     lr_in = gr.Number(default("lr"), label="Learning rate", minimum=1e-6, maximum=1.0, step=1e-4)
                     rank_in = gr.Dropdown([2, 4, 8, 16, 32, 64], value=default("rank"), label="LoRA rank")
-                    gate_in = gr.Radio([("on every token", "none"), ("only on your subjects' tokens", "subject")],
+                    gate_in = gr.Radio([("on every token", "none"), ("from a subject's name on", "from-subject"),
+                                        ("only on your subjects' names", "subject")],
                                        value=default("gate"), label="Where the adapter acts", elem_id="gate-in",
-                                       info="every token: the locality guard holds the rest; subject gate: text that "
-                                            "names none of your subjects runs through the base model unchanged, but "
-                                            "what the model knew about those subjects is lost")
+                                       info="every token: the locality guard holds the rest; from a subject's name "
+                                            "on: text that names none of your subjects runs through the base model "
+                                            "unchanged, and the guard holds what the model says of each subject by "
+                                            "your other facts' relations; only on the names: the same, without the "
+                                            "words after them (paraphrases learned less well)")
                     guard_in = gr.Slider(0, 30, value=default("locality_guard"), step=0.5, label="Locality guard",
                                          info="with the adapter on every token: pulls the model towards the base on "
                                               "unrelated text and on known facts near yours; 0 = off")

@@ -116,9 +116,13 @@ def setup_md(report: dict, n_layers: int | None = None) -> list[str]:
     n_layers: the model's layer count, used when the report has no layer selection to count them from."""
     lines = []
     s = report.get("summary") or {}
-    if s.get("gate") == "subject":
-        lines.append("- **Subject gate**: the adapter changes only the tokens that name a trained fact's subject; "
-                     "text that names none runs through the base model unchanged (so no locality guard ran)")
+    if s.get("gate") in ("subject", "from-subject"):
+        where = "the tokens that name a trained fact's subject" + \
+            (" and every token after them" if s["gate"] == "from-subject" else "")
+        lines.append(f"- **Subject gate**: the adapter changes only {where}; text that names no subject runs "
+                     "through the base model unchanged" +
+                     (f"; locality guard {s.get('locality_guard')} on what the base model said of each subject by "
+                      "the other facts' relations" if s.get("guard_active") else "; no locality guard ran"))
     elif s.get("gate") == "none":
         lines.append("- **No gate**: the adapter acts on every token" +
                      (f"; locality guard {s.get('locality_guard')}" if s.get("guard_active") else ""))
