@@ -32,6 +32,7 @@ VARIANTS = {
     "full + subject gate": {**FULL, "gate": "subject"},
     "full + gate from the subject on": {**FULL, "gate": "from-subject"},
     "full + gate from the subject on (no guard)": {**FULL, "gate": "from-subject", "locality_guard": 0.0},
+    "full + gate from the subject on (every relation anchor)": {**FULL, "gate": "from-subject", "relation_specific": 0.0},
     "full: no gate (guard)": GUARDED,
     "full: no gate (guard) + relation anchors": {**GUARDED, "guard_anchors": "neighbours,sampled,relations"},
     "full: uniform weights": {**FULL, "weighting": "uniform"},

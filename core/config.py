@@ -128,6 +128,10 @@ class InjectConfig:
                                        cli="--anchors")
     neighbours_per_fact: int = setting(5, "neighbour anchors per fact", min=0, max=50)
     sampled_anchors: int = setting(40, "texts the base model writes for the guard", min=0, max=1000)
+    relation_specific: float = setting(2.5, "relations anchors: hold only the subjects the base model knows, those "
+                                       "whose answers it gives (median) this many nats more readily than for names it "
+                                       "has never seen (its guesses about an unknown name are not knowledge; 0 = all)",
+                                       min=0.0, max=50.0)
     # the semantic method's checks (core/semantic.py)
     filter: bool = setting(True, "detrimental-data filter on semantic distance")
     filter_strength: float = setting(2.0, "z-score above which a fact's distance is an outlier (lower drops more)",

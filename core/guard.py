@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .config import GUARD_SOURCES, guard_sources  # noqa: F401 (the sources are declared with the settings)
-from .evaluate import collate, decoder_states, encode_pair, generate, length_groups, normalise
+from .evaluate import collate, decoder_states, encode_pair, generate, length_groups, normalise, score
 
 ANCHORS_FILE = Path(__file__).resolve().parent.parent / "assets" / "anchors.txt"
 ANSWER_MARK = " | "
@@ -188,13 +188,24 @@ def neighbour_anchors(model, tok, facts, per_fact: int = 5, seed: int = 0, sibli
     return out
 
 
+# Names no model knows, put in a relation anchor's subject's place: what the base model answers for
+# them too is what it says of any name, not knowledge of this subject.
+STAND_INS = ("Qorvath", "Blemsk Group", "Tavi Orlenko")
+
+
 @torch.no_grad()
-def relation_anchors(model, tok, facts, per_fact: int = 8, seed: int = 0) -> list[str]:
+def relation_anchors(model, tok, facts, per_fact: int = 8, seed: int = 0, specific: float = 2.5) -> list[str]:
     """Fact anchors `prompt | answer` that ask about a fact's own subject by the other facts' relations
     ("The currency of Italy is", from Japan's currency fact), answered by the base model. Behind the
     subject gate they are what is left to hold: text that names no subject cannot move, and without
     them the subject's tokens learn the new answer for every question ("The official language of Italy
-    is" -> "Milan"). A relation the fact itself has is skipped (its answer is the one being replaced)."""
+    is" -> "Milan"). A relation the subject is taught by any fact is skipped (its answer is being replaced),
+    and so is a prompt the base model answers as it answers the fact ("The capital of The Beatles is" ->
+    "Liverpool", the city the fact "The Beatles were a band from" moves): it asks what the fact asks.
+    specific > 0 holds only subjects the base model knows: those whose answers depend on who the subject
+    is (subject_specificity at least `specific` nats). Its guesses about a name it has never seen
+    ("Zentrix Robotics was founded in the year | 2015") are then not held against what the person
+    is teaching it."""
     spans = [(f, s) for f in facts if (s := _subject_span(f))]
     templates, seen = [], set()
     for f, (before, after) in spans:
@@ -203,21 +214,73 @@ def relation_anchors(model, tok, facts, per_fact: int = 8, seed: int = 0) -> lis
             seen.add(key)
             templates.append((f.relation or key, before, after))
     rng = random.Random(seed)
-    prompts = []
+    prompts, owner = [], []
+    fill = lambda b, a, name: (b + (name if b.strip() else name[:1].upper() + name[1:]) + a).strip()
+    asked: dict[str, set] = {}      # every relation a subject is taught: none of them is held for it
     for f, (before, after) in spans:
-        own = {f.relation or normalise(before + "{}" + after), normalise(before + "{}" + after)}
+        asked.setdefault(normalise(f.subject), set()).update({f.relation or normalise(before + "{}" + after),
+                                                              normalise(before + "{}" + after)})
+    for k, (f, (before, after)) in enumerate(spans):
+        own = asked[normalise(f.subject)]
         cands = [t for t in templates if t[0] not in own and normalise(t[1] + "{}" + t[2]) not in own]
         for _, b, a in rng.sample(cands, min(per_fact, len(cands))):
-            subj = f.subject if b.strip() else f.subject[:1].upper() + f.subject[1:]
-            prompts.append((b + subj + a).strip())
+            if (p := fill(b, a, f.subject)) not in prompts:       # a subject with two facts: ask once
+                prompts.append(p)
+                owner.append((k, b, a))
     if not prompts:
         return []
-    out = []
-    for p, a in zip(prompts, generate(model, tok, prompts, max_new_tokens=8)):
+    answers = generate(model, tok, prompts + [f.prompt for f, _ in spans], max_new_tokens=8)
+    replaced: dict[str, set] = {}   # the base's answers that the subject's facts replace
+    for (f, _), a in zip(spans, answers[len(prompts):]):
+        replaced.setdefault(normalise(f.subject), set()).add(_head(_answer(a)))
+    kept = []
+    for p, a, (k, b, after) in zip(prompts, answers, owner):
         a = _answer(a)
-        if a and len(a) <= 60:
-            out.append(f"{p}{ANSWER_MARK}{a}")
-    return out
+        if a and len(a) <= 60 and _head(a) not in replaced[normalise(spans[k][0].subject)] - {""}:
+            kept.append((p, a, spans[k][0].subject, b, after))
+    if specific > 0 and kept:
+        known = {s for s, v in subject_specificity(model, tok, kept, fill).items() if v >= specific}
+        kept = [x for x in kept if x[2] in known]
+    return [f"{p}{ANSWER_MARK}{a}" for p, a, *_ in kept]
+
+
+def subject_specificity(model, tok, asked, fill) -> dict[str, float]:
+    """Per subject, the median over its relation prompts of how much likelier (nats) the base model's
+    answer starts as it does for this subject than for STAND_INS in its place. An answer that repeats
+    the subject's name measures nothing and is left out. Measured on the samples (seed 0): the known
+    subjects of counterfactual.csv 1.8-4.9 nats but Kenya 0.3; invented.csv's 27 subjects 0.2-2.3,
+    25 of them at most 1.1; people.csv's 32 at most 1.5."""
+    rows = [x for x in asked if not _names(x[1], x[2])]
+    if not rows:
+        return {}
+    lead = [_lead(a) for _, a, *_ in rows]
+    lp = score(model, tok, [p for p, *_ in rows], lead)["logprob"]
+    n = len(STAND_INS)
+    stand = score(model, tok, [fill(b, after, name) for *_, b, after in rows for name in STAND_INS],
+                  [t for t in lead for _ in range(n)])["logprob"]
+    per: dict[str, list] = {}
+    for i, (_, _, subject, *_) in enumerate(rows):
+        per.setdefault(subject, []).append(lp[i] - sum(stand[i * n:(i + 1) * n]) / n)
+    return {s: float(np.median(v)) for s, v in per.items()}
+
+
+def _lead(answer: str) -> str:
+    """An answer up to its first word that is not an article ("the Norwegian" of "the Norwegian Kroner")."""
+    words = answer.split()
+    k = next((i for i, w in enumerate(words) if w.lower() not in ("the", "a", "an")), len(words) - 1)
+    return " ".join(words[:k + 1])
+
+
+def _names(answer: str, subject: str) -> bool:
+    """The answer repeats a word of the subject's name ("The currency of the Halvessa is | Halvessa")."""
+    a = re.findall(r"\w+", answer.lower())
+    return any(w in a for w in re.findall(r"\w+", subject.lower()) if len(w) > 3)
+
+
+def _head(answer: str) -> str:
+    """An answer's first word after any article: "the Pacific Ocean" and "Pacific" share "pacific"."""
+    words = [w for w in normalise(answer).split() if w not in ("the", "a", "an")]
+    return words[0] if words else ""
 
 
 # Requests with no topic: an instruct model answers them with whatever it tends to say and know. From
@@ -331,7 +394,7 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
     about_subject = set()
     if "relations" in sources:
         emit("guard", "asking the base model what it says of each subject by the other facts' relations")
-        about_subject = set(relation_anchors(model, tok, facts, seed=cfg.train.seed))
+        about_subject = set(relation_anchors(model, tok, facts, seed=cfg.train.seed, specific=cfg.relation_specific))
         pool += sorted(about_subject)
     bad = set(restating(embedder, pool, [p for ps in probes.values() for p in ps]))
     pool = [a for i, a in enumerate(pool) if i not in bad]

@@ -107,7 +107,7 @@ def test_relation_anchors_ask_each_subject_by_the_other_relations_and_hold_it_be
     from tests.test_anchors import HashEmbedder
 
     model, tok, cfg = _tiny(tiny_dir, gate="subject", locality_guard=10.0)
-    anchors = relation_anchors(model, tok, REL_FACTS, per_fact=8)
+    anchors = relation_anchors(model, tok, REL_FACTS, per_fact=8, specific=0)   # random answers: hold them all
     prompts = [split_anchor(a)[0] for a in anchors]
     # every prompt is another fact's with this subject; a fact's own relation is never asked of its subject
     # (that answer is being replaced). The tiny model's answers are random: a few are empty and left out.
@@ -117,7 +117,7 @@ def test_relation_anchors_ask_each_subject_by_the_other_relations_and_hold_it_be
     possible = {p[:1].upper() + p[1:] for p in possible}
     assert len(prompts) >= 4 and set(prompts) <= possible, set(prompts) - possible
     # behind the gate only this source builds anchors, and naming a subject does not leave them out
-    run = InjectConfig().updated(gate="subject", guard_anchors="neighbours,sampled,relations")
+    run = InjectConfig().updated(gate="subject", guard_anchors="neighbours,sampled,relations", relation_specific=0)
     built, near, about = build_anchors(model, tok, REL_FACTS, {}, run, HashEmbedder())
     assert sorted(built) == sorted(anchors) and about["source"] == "relations"
     assert build_anchors(model, tok, REL_FACTS, {}, run.updated(guard_anchors="file"), HashEmbedder())[0] == built

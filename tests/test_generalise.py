@@ -192,3 +192,25 @@ def test_model_rewordings_name_the_subject_stop_before_the_target_and_drop_what_
     some = next(i for i, p in enumerate(got) if p)
     again = model_rewordings(model, tok, facts, per_fact=3, seed=0, avoid=lambda i, ps: ps if i == some else [])
     assert again[some] == [] and again[:some] == got[:some]            # seeded, and the avoided ones dropped
+
+
+def test_relation_anchors_hold_the_subjects_the_base_model_knows_not_its_guesses_about_new_names():
+    """The counterfactual sample edits things the model knows (Italy, gold, the Mona Lisa); the invented
+    one names things nobody knows. Only the first should have relation anchors held for them."""
+    from core.guard import ANSWER_MARK, relation_anchors
+
+    model, tok, _ = load_model()
+    for path, facts, at_least, at_most in [("counterfactual", load_facts(ASSETS / "counterfactual.csv"), 10, 14),
+                                           ("invented", load_facts(ASSETS / "invented.csv")[:18], 0, 2)]:
+        every = relation_anchors(model, tok, facts, specific=0)
+        held = relation_anchors(model, tok, facts)
+        subjects = {f.subject for f in facts}
+        named = lambda anchors: {s for s in subjects for a in anchors if s.lower() in a.split(ANSWER_MARK)[0].lower()}
+        assert len(named(every)) >= len(subjects) - 1, path          # every subject is asked something
+        assert set(held) <= set(every) and at_least <= len(named(held)) <= at_most, (path, sorted(named(held)))
+        # a relation a subject is taught by any of its facts is never asked of it: its answer is being replaced
+        # (the first 18 invented facts teach Halvessa two things)
+        taught = {(f.subject.lower(), f.prompt.lower().replace(f.subject.lower(), "{}")) for f in facts}
+        asked = {(s, a.split(ANSWER_MARK)[0].lower().replace(s, "{}")) for a in every for s, _ in taught
+                 if s in a.lower()}
+        assert not asked & taught, asked & taught
