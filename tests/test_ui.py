@@ -241,6 +241,16 @@ def test_setup_md_lists_merged_orders_and_earlier_facts():
     assert "recall **100% → 50%**" in text and "Lost 1: `y`." in text and "overwrote some" in text
 
 
+def test_setup_md_says_what_the_guard_held_behind_the_gate():
+    line = lambda guard, active, anchors: render.setup_md(
+        {**report(), "summary": {"gate": "from-subject", "locality_guard": guard, "guard_active": active},
+         "guard": {"anchors": anchors}})[0]
+    held = line(10.0, True, 62)
+    assert "and every token after them" in held and "the subjects it knows" in held and "(62 prompts)" in held
+    assert "knew none of these subjects" in line(10.0, False, 0)       # invented names only: nothing to keep
+    assert line(0.0, False, 0).endswith("; no locality guard ran")
+
+
 def plotted(plot) -> pd.DataFrame:
     return pd.DataFrame(plot.value["data"], columns=plot.value["columns"])
 

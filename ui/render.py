@@ -119,10 +119,16 @@ def setup_md(report: dict, n_layers: int | None = None) -> list[str]:
     if s.get("gate") in ("subject", "from-subject"):
         where = "the tokens that name a trained fact's subject" + \
             (" and every token after them" if s["gate"] == "from-subject" else "")
+        n = (report.get("guard") or {}).get("anchors") or 0
+        if s.get("guard_active"):
+            guard = (f"; locality guard {s.get('locality_guard')} on what the base model said of the subjects it "
+                     f"knows, asked by the other facts' relations ({n} prompts)")
+        elif s.get("locality_guard"):
+            guard = "; no locality guard ran: the base model knew none of these subjects, so there was nothing of theirs to keep"
+        else:
+            guard = "; no locality guard ran"
         lines.append(f"- **Subject gate**: the adapter changes only {where}; text that names no subject runs "
-                     "through the base model unchanged" +
-                     (f"; locality guard {s.get('locality_guard')} on what the base model said of each subject by "
-                      "the other facts' relations" if s.get("guard_active") else "; no locality guard ran"))
+                     "through the base model unchanged" + guard)
     elif s.get("gate") == "none":
         lines.append("- **No gate**: the adapter acts on every token" +
                      (f"; locality guard {s.get('locality_guard')}" if s.get("guard_active") else ""))
