@@ -248,8 +248,8 @@ def subject_specificity(model, tok, asked, fill) -> dict[str, float]:
     """Per subject, the median over its relation prompts of how much likelier (nats) the base model's
     answer starts as it does for this subject than for STAND_INS in its place. An answer that repeats
     the subject's name measures nothing and is left out. Measured on the samples (seed 0): the known
-    subjects of counterfactual.csv 1.8-4.9 nats but Kenya 0.3; invented.csv's 27 subjects 0.2-2.3,
-    25 of them at most 1.1; people.csv's 32 at most 1.5."""
+    subjects of counterfactual.csv 1.6 (Kenya) to 4.9 nats, 13 of 14 at least 2.6; invented.csv's 27
+    subjects 0.0-2.7, 4 of them at 2.0 or more; people.csv's 32 at most 1.7."""
     rows = [x for x in asked if not _names(x[1], x[2])]
     if not rows:
         return {}
@@ -264,10 +264,13 @@ def subject_specificity(model, tok, asked, fill) -> dict[str, float]:
     return {s: float(np.median(v)) for s, v in per.items()}
 
 
+_ARTICLES = ("the", "a", "an")
+
+
 def _lead(answer: str) -> str:
     """An answer up to its first word that is not an article ("the Norwegian" of "the Norwegian Kroner")."""
     words = answer.split()
-    k = next((i for i, w in enumerate(words) if w.lower() not in ("the", "a", "an")), len(words) - 1)
+    k = next((i for i, w in enumerate(words) if w.lower() not in _ARTICLES), len(words) - 1)
     return " ".join(words[:k + 1])
 
 
@@ -279,7 +282,7 @@ def _names(answer: str, subject: str) -> bool:
 
 def _head(answer: str) -> str:
     """An answer's first word after any article: "the Pacific Ocean" and "Pacific" share "pacific"."""
-    words = [w for w in normalise(answer).split() if w not in ("the", "a", "an")]
+    words = [w for w in normalise(answer).split() if w not in _ARTICLES]
     return words[0] if words else ""
 
 
