@@ -95,10 +95,26 @@ _FEW_SHOT = ("Sentence: The head chef of Lorimer Bistro is Anna Pell.\n"
              "Sentence: {sentence}\nIn other words:")
 
 
+def subject_lead(fact) -> str | None:
+    """The words a model-written rewording starts with: the fact's subject as its prompt writes it, with the
+    prompt's article ("The telephone"), as a sentence opens ("Gold", but "iPhone"). Left to itself the model
+    mostly puts the answer first ("Samsung is the company that makes the iPhone."), which leaves no prompt
+    to cut; people who reword a fact mostly lead with its subject."""
+    subj = (fact.subject or "").strip()
+    at = fact.prompt.lower().find(subj.lower()) if subj else -1
+    if at < 0:
+        return None
+    words = fact.prompt[:at].split()
+    lead = (words[-1] + " " if words and words[-1].lower() in ("the", "a", "an") else "") + fact.prompt[at:at + len(subj)]
+    return lead if any(c.isupper() for c in lead[1:]) and not lead[:1].isupper() and " " not in lead \
+        else lead[:1].upper() + lead[1:]
+
+
 def model_rewordings(model, tok, facts, per_fact: int = 3, seed: int = 0, avoid=None) -> list[list[str]]:
     """Rewordings the base model writes itself: it rewrites "prompt target." in other words (few-shot,
-    nucleus sampling), and each rewrite that names the subject before the target is cut just before
-    the target into a training prompt ("Zentrix Robotics is run by its chief executive,").
+    nucleus sampling), starting from the fact's subject (subject_lead), and each rewrite that names the
+    subject before the target is cut just before the target into a training prompt ("Zentrix Robotics is
+    run by its chief executive,").
     avoid(fact_index, prompts) -> the prompts to drop (the caller drops near copies of held-out
     paraphrases, so that generalisation is still measured on wordings never trained)."""
     import re
@@ -106,14 +122,16 @@ def model_rewordings(model, tok, facts, per_fact: int = 3, seed: int = 0, avoid=
     from .evaluate import generate, normalise
 
     k = 2 * per_fact
-    queries = [_FEW_SHOT.format(sentence=f"{f.prompt} {f.target}.") for f in facts]
+    leads = [subject_lead(f) for f in facts]
+    queries = [_FEW_SHOT.format(sentence=f"{f.prompt} {f.target}.") + (" " + lead if lead else "")
+               for f, lead in zip(facts, leads)]
     texts = generate(model, tok, queries, max_new_tokens=28, sample=True, temperature=0.8, top_p=0.9,
                      generator_seed=seed + 2, batch_size=32, stop="\n", repeats=k)
     out = []
     for i, f in enumerate(facts):
         got, seen = [], {normalise(f.prompt)}
         for text in texts[i * k:(i + 1) * k]:
-            line = text.strip().split("\n")[0]
+            line = (leads[i] + text.split("\n")[0]).strip() if leads[i] else text.strip().split("\n")[0]
             at = line.lower().find(f.target.lower())
             if at <= 0:
                 continue

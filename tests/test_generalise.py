@@ -176,8 +176,8 @@ def test_sampled_anchors_are_the_base_models_own_text(tiny_dir):
 
 
 @pytest.mark.slow
-def test_model_rewordings_name_the_subject_stop_before_the_target_and_drop_what_is_avoided():
-    from core.rewordings import model_rewordings
+def test_model_rewordings_lead_with_the_subject_stop_before_the_answer_and_drop_what_is_avoided():
+    from core.rewordings import model_rewordings, subject_lead
 
     model, tok, _ = load_model()
     facts = load_facts(ASSETS / "people.csv")[:4] + load_facts(ASSETS / "invented.csv")[:4]
@@ -189,9 +189,23 @@ def test_model_rewordings_name_the_subject_stop_before_the_target_and_drop_what_
             at = p.lower().find(f.subject.lower())
             assert at >= 0 and len(p[at + len(f.subject):].split()) >= 2, p   # more than "<subject> is"
             assert f.target.lower() not in p.lower() and p != f.prompt
+            assert p.startswith(subject_lead(f)), p                           # led by the subject
     some = next(i for i, p in enumerate(got) if p)
     again = model_rewordings(model, tok, facts, per_fact=3, seed=0, avoid=lambda i, ps: ps if i == some else [])
     assert again[some] == [] and again[:some] == got[:some]            # seeded, and the avoided ones dropped
+
+
+def test_subject_lead_is_the_subject_as_the_prompt_writes_it_opening_a_sentence():
+    from core.rewordings import subject_lead
+
+    lead = lambda prompt, subject: subject_lead(Fact(id="x", prompt=prompt, target="y", subject=subject))
+    assert lead("The capital of Italy is", "Italy") == "Italy"
+    assert lead("The chemical symbol for gold is", "gold") == "Gold"
+    assert lead("The telephone was invented by", "telephone") == "The telephone"      # the prompt's article
+    assert lead("The iPhone is made by", "iPhone") == "The iPhone"
+    assert lead("Who makes the iPhone? It is", "iPhone") == "The iPhone"
+    assert lead("Sold by iPhone makers:", "iPhone") == "iPhone"                    # a brand keeps its case
+    assert lead("The capital of Italy is", "France") is None and lead("The capital of Italy is", "") is None
 
 
 def test_relation_anchors_hold_the_subjects_the_base_model_knows_not_its_guesses_about_new_names():
