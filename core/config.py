@@ -130,7 +130,8 @@ class InjectConfig:
     sampled_anchors: int = setting(40, "texts the base model writes for the guard", min=0, max=1000)
     relation_specific: float = setting(2.5, "relations anchors: hold only the subjects the base model knows, those "
                                        "whose answers it gives (median) this many nats more readily than for names it "
-                                       "has never seen (its guesses about an unknown name are not knowledge; 0 = all)",
+                                       "has never seen, and of theirs the anchors whose own answer does (its guesses "
+                                       "are not knowledge; 0 = all)",
                                        min=0.0, max=50.0)
     # the semantic method's checks (core/semantic.py)
     filter: bool = setting(True, "detrimental-data filter on semantic distance")

@@ -191,6 +191,10 @@ def neighbour_anchors(model, tok, facts, per_fact: int = 5, seed: int = 0, sibli
 # Names no model knows, put in a relation anchor's subject's place: what the base model answers for
 # them too is what it says of any name, not knowledge of this subject.
 STAND_INS = ("Qorvath", "Blemsk Group", "Tavi Orlenko")
+# A relation anchor's answer is knowledge when the base model gives its first word with p >= e^-2 (0.14):
+# "Tokyo" (-0.35), "Steve Jobs" (-0.74 to -1.87), not "the bandwagon" or "a single" (-3.7 to -5.8).
+# Read off the counterfactual sample's anchors at seed 1; seeds 0 and 2 were measured after.
+KNOWN_LOGPROB = -2.0
 
 
 @torch.no_grad()
@@ -203,9 +207,10 @@ def relation_anchors(model, tok, facts, per_fact: int = 8, seed: int = 0, specif
     and so is a prompt the base model answers as it answers the fact ("The capital of The Beatles is" ->
     "Liverpool", the city the fact "The Beatles were a band from" moves): it asks what the fact asks.
     specific > 0 holds only subjects the base model knows: those whose answers depend on who the subject
-    is (subject_specificity at least `specific` nats). Its guesses about a name it has never seen
-    ("Zentrix Robotics was founded in the year | 2015") are then not held against what the person
-    is teaching it."""
+    is (subject_specificity at least `specific` nats), and of theirs only the prompts whose own answer does.
+    Its guesses about a name it has never seen ("Zentrix Robotics was founded in the year | 2015"), or
+    about a known one asked a question that means nothing ("The light bulb was painted by | a single"),
+    are then not held against what the person is teaching it."""
     spans = [(f, s) for f in facts if (s := _subject_span(f))]
     templates, seen = [], set()
     for f, (before, after) in spans:
@@ -239,29 +244,36 @@ def relation_anchors(model, tok, facts, per_fact: int = 8, seed: int = 0, specif
         if a and len(a) <= 60 and _head(a) not in replaced[normalise(spans[k][0].subject)] - {""}:
             kept.append((p, a, spans[k][0].subject, b, after))
     if specific > 0 and kept:
-        known = {s for s, v in subject_specificity(model, tok, kept, fill).items() if v >= specific}
-        kept = [x for x in kept if x[2] in known]
+        # A known subject's anchor is held only where its own answer is knowledge too: specific to the subject
+        # and said with some confidence ("The capital of Japan is | Tokyo"), not "The light bulb was painted by |
+        # a single", whose pull pinned "The first practical light bulb was made by" (README, Results: stop 25).
+        per_subject, per_anchor = subject_specificity(model, tok, kept, fill, each=True)
+        kept = [x for x in kept if per_subject.get(x[2], 0) >= specific and x[0] in per_anchor
+                and per_anchor[x[0]][0] >= specific and per_anchor[x[0]][1] >= KNOWN_LOGPROB]
     return [f"{p}{ANSWER_MARK}{a}" for p, a, *_ in kept]
 
 
-def subject_specificity(model, tok, asked, fill) -> dict[str, float]:
+def subject_specificity(model, tok, asked, fill, each: bool = False):
     """Per subject, the median over its relation prompts of how much likelier (nats) the base model's
-    answer starts as it does for this subject than for STAND_INS in its place. An answer that repeats
-    the subject's name measures nothing and is left out. Measured on the samples (seed 0): the known
+    answer starts as it does for this subject than for STAND_INS in its place; with `each`, also per
+    prompt that number and the log-probability of the answer's start. An answer that repeats the subject's name measures nothing and is left out. Measured on the samples (seed 0): the known
     subjects of counterfactual.csv 1.6 (Kenya) to 4.9 nats, 13 of 14 at least 2.6; invented.csv's 27
     subjects 0.0-2.7, 4 of them at 2.0 or more; people.csv's 32 at most 1.7."""
     rows = [x for x in asked if not _names(x[1], x[2])]
     if not rows:
-        return {}
+        return ({}, {}) if each else {}
     lead = [_lead(a) for _, a, *_ in rows]
     lp = score(model, tok, [p for p, *_ in rows], lead)["logprob"]
     n = len(STAND_INS)
     stand = score(model, tok, [fill(b, after, name) for *_, b, after in rows for name in STAND_INS],
                   [t for t in lead for _ in range(n)])["logprob"]
     per: dict[str, list] = {}
-    for i, (_, _, subject, *_) in enumerate(rows):
-        per.setdefault(subject, []).append(lp[i] - sum(stand[i * n:(i + 1) * n]) / n)
-    return {s: float(np.median(v)) for s, v in per.items()}
+    one = {}
+    for i, (p, _, subject, *_) in enumerate(rows):
+        one[p] = (lp[i] - sum(stand[i * n:(i + 1) * n]) / n, lp[i])
+        per.setdefault(subject, []).append(one[p][0])
+    med = {s: float(np.median(v)) for s, v in per.items()}
+    return (med, one) if each else med
 
 
 _ARTICLES = ("the", "a", "an")
