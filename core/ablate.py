@@ -17,8 +17,9 @@ OFF = dict(filter=False, weighting="uniform", locality_guard=0.0, rewordings=Fal
            gate="none")
 FULL = dict(filter=True, weighting="semantic", locality_guard=None, rewordings=True, layers="all", orders=1,
             gate=None)
-# Every token trained, the locality guard holding other knowledge (the default). The variants that study
-# the guard name it, so they stay guard studies whatever gate the user chose.
+# Every token trained, the locality guard holding other knowledge (the default until stop 25, when the gate
+# from the subject on became it). The variants that study the guard name it, so they stay guard studies
+# whatever gate the user chose.
 GUARDED = {**FULL, "gate": "none"}
 # Parts a variant does not name keep the user's setting (guard anchors, near share, settle steps).
 VARIANTS = {

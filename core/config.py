@@ -60,12 +60,14 @@ class TrainConfig:
     guard_margin: float = setting(0.0, "weight of a guard term that keeps the base model's first choice ahead of "
                                   "its runners-up by the base's margin at each anchor position (0 = KL only)",
                                   min=0.0, max=1000.0)
-    # Off by default: over 3 seeds it kept both probe sets whole and met issue 10's bar, but it lost all 12
-    # same-subject facts the base model knew ("The official language of Italy is" -> "Milan. Milan."; README).
-    gate: str = setting("none", "where the adapter acts: on every token (none), or only on the tokens that name a "
-                        "kept fact's subject (text that names none runs through the base model unchanged, so the "
-                        "locality guard holds only the relations anchors; what the model knew about the subject "
-                        "itself is lost without them)",
+    # from-subject by default since stop 25: both shipped probe sets whole by construction (every token trained
+    # lost 7-14% of the general one), and with relation anchors on what the model knows of each edited subject
+    # it keeps about as much of that as every-token training did (README, Results). A gated adapter cannot be
+    # merged: train with none for a merged or GGUF export.
+    gate: str = setting("from-subject", "where the adapter acts: on every token (none), from the first token that "
+                        "names a kept fact's subject on (from-subject), or only on those tokens (subject); behind "
+                        "a gate text that names none runs through the base model unchanged, and the locality guard "
+                        "holds the relations anchors only (what the model knows of each subject by other relations)",
                         choices=("none", "subject", "from-subject"))
     null_space: float = setting(0.0, "keep each LoRA layer out of the input directions that hold this share of "
                                 "the energy of the guard anchors' text (AlphaEdit-style projection; 0 = off)",
@@ -130,8 +132,8 @@ class InjectConfig:
     sampled_anchors: int = setting(40, "texts the base model writes for the guard", min=0, max=1000)
     relation_specific: float = setting(2.5, "relations anchors: hold only the subjects the base model knows, those "
                                        "whose answers it gives (median) this many nats more readily than for names it "
-                                       "has never seen, and of theirs the anchors whose own answer does (its guesses "
-                                       "are not knowledge; 0 = all)",
+                                       "has never seen, and of theirs the anchors whose own answer does and is said with "
+                                       "p >= 0.14 (its guesses are not knowledge; 0 = all)",
                                        min=0.0, max=50.0)
     # the semantic method's checks (core/semantic.py)
     filter: bool = setting(True, "detrimental-data filter on semantic distance")

@@ -103,8 +103,9 @@ def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
     assert "Trains on the facts table" in status and "▶" not in status
     page.get_by_label("all layers").check()
     page.locator("#layers-custom").wait_for(state="hidden")
-    # Every token is the default (a gated adapter cannot be merged into the GGUF this run exports)
-    assert page.get_by_label("on every token").is_checked()
+    # From the subject on is the default; a gated adapter cannot be merged into the GGUF this run exports
+    assert page.get_by_label("from a subject's name on").is_checked()
+    page.get_by_label("on every token").check()
     page.locator("#train-btn").click()
     page.wait_for_selector("#train-status >> text=▶", timeout=60_000)  # the live stage checklist
     page.wait_for_selector("#results-table [role=row] >> nth=1", timeout=400_000)  # moves to 4 · Results

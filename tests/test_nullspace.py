@@ -74,7 +74,7 @@ def test_a_run_with_the_null_space_and_no_guard_still_builds_anchors_and_reports
 
     cfg = InjectConfig().updated(model=tiny_dir, steps=3, interference=False, plots=False, categorize_samples=0,
                                  model_rewordings=0, locality_guard=0.0, null_space=0.99, sampled_anchors=8,
-                                 guard_anchors="sampled")
+                                 guard_anchors="sampled", gate="none")
     rep = run(FACTS[:2], {"probes": FACTS[2:]}, cfg, model=load_model(tiny_dir))
     s = rep.summary
     assert s["null_space"] == 0.99 and s["locality_guard"] == 0.0 and s["guard_anchors"] == "sampled"

@@ -117,8 +117,10 @@ def test_make_config_routes_every_widget_to_its_setting():
 def test_make_config_wants_something_for_the_guard_to_protect():
     sess = handlers.new_session()
     with pytest.raises(gr.Error) as err:
-        settings.make_config(sess, "", "auto", True, "semantic", guard=5, anchors=[])
+        settings.make_config(sess, "", "auto", True, "semantic", guard=5, anchors=[], gate="none")
     assert "at least one thing for the guard to protect" in err.value.message
+    # behind the gate the guard holds the relation anchors, whatever the sources say
+    settings.make_config(sess, "", "auto", True, "semantic", guard=5, anchors=[], gate="from-subject")
     off = settings.make_config(sess, "", "auto", True, "semantic", guard=0, anchors=[])
     assert settings.value(off, "guard_anchors") == settings.default("guard_anchors")
 
