@@ -256,7 +256,8 @@ def relation_anchors(model, tok, facts, per_fact: int = 8, seed: int = 0, specif
 def subject_specificity(model, tok, asked, fill, each: bool = False):
     """Per subject, the median over its relation prompts of how much likelier (nats) the base model's
     answer starts as it does for this subject than for STAND_INS in its place; with `each`, also per
-    prompt that number and the log-probability of the answer's start. An answer that repeats the subject's name measures nothing and is left out. Measured on the samples (seed 0): the known
+    prompt that number and the log-probability of the answer's start. An answer that repeats the
+    subject's name measures nothing and is left out. Measured on the samples (seed 0): the known
     subjects of counterfactual.csv 1.6 (Kenya) to 4.9 nats, 13 of 14 at least 2.6; invented.csv's 27
     subjects 0.0-2.7, 4 of them at 2.0 or more; people.csv's 32 at most 1.7."""
     rows = [x for x in asked if not _names(x[1], x[2])]

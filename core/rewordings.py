@@ -105,9 +105,10 @@ def subject_lead(fact) -> str | None:
     if at < 0:
         return None
     words = fact.prompt[:at].split()
-    lead = (words[-1] + " " if words and words[-1].lower() in ("the", "a", "an") else "") + fact.prompt[at:at + len(subj)]
-    return lead if any(c.isupper() for c in lead[1:]) and not lead[:1].isupper() and " " not in lead \
-        else lead[:1].upper() + lead[1:]
+    article = words[-1] + " " if words and words[-1].lower() in ("the", "a", "an") else ""
+    lead = article + fact.prompt[at:at + len(subj)]
+    brand = " " not in lead and lead[:1].islower() and any(c.isupper() for c in lead[1:])   # iPhone, eBay
+    return lead if brand else lead[:1].upper() + lead[1:]
 
 
 def model_rewordings(model, tok, facts, per_fact: int = 3, seed: int = 0, avoid=None) -> list[list[str]]:
