@@ -247,22 +247,22 @@ def relation_anchors(model, tok, facts, per_fact: int = 8, seed: int = 0, specif
         # A known subject's anchor is held only where its own answer is knowledge too: specific to the subject
         # and said with some confidence ("The capital of Japan is | Tokyo"), not "The light bulb was painted by |
         # a single", whose pull pinned "The first practical light bulb was made by" (README, Results: stop 25).
-        per_subject, per_anchor = subject_specificity(model, tok, kept, fill, each=True)
+        per_subject, per_anchor = subject_specificity(model, tok, kept, fill)
         kept = [x for x in kept if per_subject.get(x[2], 0) >= specific and x[0] in per_anchor
                 and per_anchor[x[0]][0] >= specific and per_anchor[x[0]][1] >= KNOWN_LOGPROB]
     return [f"{p}{ANSWER_MARK}{a}" for p, a, *_ in kept]
 
 
-def subject_specificity(model, tok, asked, fill, each: bool = False):
+def subject_specificity(model, tok, asked, fill) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """Per subject, the median over its relation prompts of how much likelier (nats) the base model's
-    answer starts as it does for this subject than for STAND_INS in its place; with `each`, also per
-    prompt that number and the log-probability of the answer's start. An answer that repeats the
+    answer starts as it does for this subject than for STAND_INS in its place; and per prompt, that
+    number and the log-probability of the answer's start. An answer that repeats the
     subject's name measures nothing and is left out. Measured on the samples (seed 0): the known
     subjects of counterfactual.csv 1.6 (Kenya) to 4.9 nats, 13 of 14 at least 2.6; invented.csv's 27
     subjects 0.0-2.7, 4 of them at 2.0 or more; people.csv's 32 at most 1.7."""
     rows = [x for x in asked if not _names(x[1], x[2])]
     if not rows:
-        return ({}, {}) if each else {}
+        return {}, {}
     lead = [_lead(a) for _, a, *_ in rows]
     lp = score(model, tok, [p for p, *_ in rows], lead)["logprob"]
     n = len(STAND_INS)
@@ -274,7 +274,7 @@ def subject_specificity(model, tok, asked, fill, each: bool = False):
         one[p] = (lp[i] - sum(stand[i * n:(i + 1) * n]) / n, lp[i])
         per.setdefault(subject, []).append(one[p][0])
     med = {s: float(np.median(v)) for s, v in per.items()}
-    return (med, one) if each else med
+    return med, one
 
 
 _ARTICLES = ("the", "a", "an")
