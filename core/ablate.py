@@ -32,6 +32,7 @@ VARIANTS = {
     "full method": FULL,
     "full + subject gate": {**FULL, "gate": "subject"},
     "full + gate from the subject on": {**FULL, "gate": "from-subject"},
+    "full: no held texts about the subjects": {**FULL, "held_texts": 0},
     "full + gate from the subject on (no guard)": {**FULL, "gate": "from-subject", "locality_guard": 0.0},
     "full + gate from the subject on (every relation anchor)": {**FULL, "gate": "from-subject", "relation_specific": 0.0},
     "full: no gate (guard)": GUARDED,
@@ -61,7 +62,7 @@ VARIANTS = {
     "full + merge of 3 orders (average)": {**GUARDED, "orders": 3, "merge": "average"},
 }
 METRICS = ("recall_after", "paraphrase_after", "question_after", "chat_after", "locality_after",
-           "locality_general_after", "neutral_nll_ratio", "subject_repetition_after", "steps", "train_seconds")
+           "locality_general_after", "neutral_nll_ratio", "subject_repetition_after", "subject_nll_ratio", "steps", "train_seconds")
 PCT = {"recall_after", "paraphrase_after", "question_after", "chat_after", "locality_after", "locality_general_after",
        "subject_repetition_after"}
 
@@ -127,7 +128,7 @@ def to_markdown(table, n_seeds, steps, n_facts) -> str:
     extra = [m for m in table[0] if m.startswith("locality_") and m.endswith("_after") and m not in METRICS] if table else []
     metrics = list(METRICS) + extra
     head = ["variant", "kept", "recall", "paraphrase (held out)", "question", "chat", "locality: probes",
-            "locality: general", "neutral NLL ratio", "repetition about a subject", "steps", "train s"] + [
+            "locality: general", "neutral NLL ratio", "repetition about a subject", "NLL about a subject", "steps", "train s"] + [
             "locality: " + m.removeprefix("locality_").removesuffix("_after") for m in extra]
     lines = [f"{n_facts} facts, budget {steps} steps, {n_seeds} seeds, mean ± sd; training stops early once every "
              "wording of every kept fact is recalled.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

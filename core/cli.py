@@ -66,7 +66,7 @@ def cmd_inject(a) -> int:
                                          "recall_after", "paraphrase_before", "paraphrase_after",
                                          "question_after", "chat_after", "locality_before", "locality_after",
                                          "locality_general_before", "locality_general_after", "neutral_nll_ratio",
-                                         "subject_repetition_before", "subject_repetition_after",
+                                         "subject_repetition_before", "subject_repetition_after", "subject_nll_ratio",
                                          "training_wordings", "steps", "stopped", "train_seconds",
                                          "device", "quantization")}, indent=1))
     print(f"wrote {out / 'report.json'} and {out / 'adapter'}")

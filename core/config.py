@@ -67,7 +67,7 @@ class TrainConfig:
     gate: str = setting("from-subject", "where the adapter acts: on every token (none), from the first token that "
                         "names a kept fact's subject on (from-subject), or only on those tokens (subject); behind "
                         "a gate text that names none runs through the base model unchanged, and the locality guard "
-                        "holds the relations anchors only (what the model knows of each subject by other relations)",
+                        "holds what the model knows of each subject by other relations and how it writes about each",
                         choices=("none", "subject", "from-subject"))
     null_space: float = setting(0.0, "keep each LoRA layer out of the input directions that hold this share of "
                                 "the energy of the guard anchors' text (AlphaEdit-style projection; 0 = off)",
@@ -135,6 +135,8 @@ class InjectConfig:
                                        "has never seen, and of theirs the anchors whose own answer does and is said with "
                                        "p >= 0.14 (its guesses are not knowledge; 0 = all)",
                                        min=0.0, max=50.0)
+    held_texts: int = setting(16, "behind the gate from the subject on: tokens of the base model's own text after "
+                              "each fact and about each subject that the guard holds (0 = none)", min=0, max=256)
     # the semantic method's checks (core/semantic.py)
     filter: bool = setting(True, "detrimental-data filter on semantic distance")
     filter_strength: float = setting(2.0, "z-score above which a fact's distance is an outlier (lower drops more)",

@@ -345,15 +345,22 @@ def repetition(text: str) -> float:
     return round(1 - len(set(pairs)) / len(pairs), 4) if pairs else 0.0
 
 
-def subject_texts(model, tok, facts, max_new_tokens: int = 48) -> list[dict]:
-    """What the model writes when asked about each subject ("Tell me about Italy."), and how much it
-    repeats itself: the text about an edited subject, which the probes and the neutral text never name."""
+def subject_texts(model, tok, facts, max_new_tokens: int = 48, reference: list[dict] | None = None) -> list[dict]:
+    """What the model writes when asked about each subject ("Tell me about Italy."), how much it repeats
+    itself, and `nll`: its mean NLL per token of the reference reply (`reference`, the base model's replies
+    from before training; without one, its own). A reply that shrinks to the new answer ("Spain.") repeats
+    nothing; the base model's paragraph about Italy then costs the tuned model more nats."""
     from .rewordings import chat_prompt
 
     subjects = list(dict.fromkeys(f.subject.strip() for f in facts if f.subject and f.subject.strip()))
     asks = [chat_prompt(tok, f"Tell me about {s}.") or f"Here is what I know about {s}:" for s in subjects]
-    texts = generate(model, tok, asks, max_new_tokens=max_new_tokens) if asks else []
-    return [{"subject": s, "text": t.strip(), "repetition": repetition(t)} for s, t in zip(subjects, texts)]
+    texts = [t.strip() for t in generate(model, tok, asks, max_new_tokens=max_new_tokens)] if asks else []
+    ref = {a["subject"]: a["text"] for a in reference or ()}
+    refs = [ref.get(s) or t or "." for s, t in zip(subjects, texts)]
+    lp = score(model, tok, asks, refs)["logprob"] if asks else []
+    return [{"subject": s, "text": t, "repetition": repetition(t),
+             "nll": round(-x / max(1, len(encode_pair(tok, a, r)[1])), 4)}
+            for s, t, a, r, x in zip(subjects, texts, asks, refs, lp)]
 
 
 @torch.no_grad()
@@ -377,7 +384,7 @@ def _frac(recs):
 
 
 def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, forms: bool = True,
-                   neutral_text: str | None = None) -> dict:
+                   neutral_text: str | None = None, about_reference: list[dict] | None = None) -> dict:
     """Recall of each fact, of its held-out paraphrases, of its question and chat forms, and of each
     probe set (locality), plus fluency on neutral text. `probe_sets` is {name: facts} or one list.
     Returns {"facts", "paraphrases" (per fact), "question", "chat", "probes" ({name: recs}), "summary"}."""
@@ -397,10 +404,11 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
         paras[i].append(r)
     chat = chat_table(model, tok, [chat_form(tok, f) for f in facts], targets) if forms else []
     probes = dict(zip(probe_sets, probe_recs))
-    about = subject_texts(model, tok, facts) if forms else []
+    about = subject_texts(model, tok, facts, reference=about_reference) if forms else []
     summary = {"recall": _frac(fact_recs), "paraphrase": _frac(para_recs), "question": _frac(question),
                "chat": _frac(chat), "locality": {name: _frac(r) for name, r in probes.items()},
                "neutral_nll": text_nll(model, tok, neutral_text) if neutral_text else None,
-               "subject_repetition": round(sum(a["repetition"] for a in about) / len(about), 4) if about else None}
+               "subject_repetition": round(sum(a["repetition"] for a in about) / len(about), 4) if about else None,
+               "subject_nll": round(sum(a["nll"] for a in about) / len(about), 4) if about else None}
     return {"facts": fact_recs, "paraphrases": paras, "question": question, "chat": chat, "probes": probes,
             "subject_texts": about, "summary": summary}

@@ -26,15 +26,18 @@ from __future__ import annotations
 import random
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .config import GUARD_SOURCES, guard_sources  # noqa: F401 (the sources are declared with the settings)
-from .evaluate import collate, decoder_states, encode_pair, generate, length_groups, normalise, score
+from .evaluate import (collate, decoder_states, encode_pair, generate, length_groups, normalise, prefix_groups,
+                       score)
 
 ANCHORS_FILE = Path(__file__).resolve().parent.parent / "assets" / "anchors.txt"
 ANSWER_MARK = " | "
+HOLD_MARK = " |> "     # "context |> text": the guard holds the text after the context, not the context itself
 
 
 MAX_ANCHOR_BYTES = 2**20   # an anchors file: 1 MB and 2000 lines at most
@@ -81,7 +84,15 @@ def split_anchor(anchor: str) -> tuple[str, str | None]:
     return (prompt.strip(), answer.strip()) if mark else (anchor, None)
 
 
+def split_held(anchor: str) -> tuple[str, str] | None:
+    """"The capital of Italy is Milan. |> It is ..." -> (context, text held); None for other anchors."""
+    context, mark, text = anchor.partition(HOLD_MARK)
+    return (context, text) if mark else None
+
+
 def anchor_text(anchor: str) -> str:
+    if held := split_held(anchor):
+        return held[0] + ("" if held[0][-1:].isspace() else " ") + held[1]
     prompt, answer = split_anchor(anchor)
     return f"{prompt} {answer}" if answer else prompt
 
@@ -299,6 +310,50 @@ def _head(answer: str) -> str:
     return words[0] if words else ""
 
 
+ABOUT = "Here is a short paragraph about {subject}.\n\n"
+ASK_ABOUT = "Write a few sentences about {subject}."   # not the report's "Tell me about ...", which measures
+
+
+@torch.no_grad()
+def subject_text_anchors(model, tok, facts, tokens: int = 16) -> list[str]:
+    """Text anchors `context |> text` that go on after a subject is named, written by the base model
+    (greedy): after each fact as it is taught ("The capital of Italy is Milan. |> The city is ..."), after
+    a line that announces the subject ("Here is a short paragraph about Italy. |> Italy is ...") and, with a
+    chat template, in reply to a request about it (ASK_ABOUT). Behind the
+    gate from the subject on, every position after a subject is open, and the relation anchors cover only
+    the questions of known subjects: without these, the tuned model answered anything about a subject with
+    its new answer ("Tell me about Italy." -> "Spain. Spain. Spain."). Only the text after the context is
+    held, and it is cut before the base model's old answer to any of the subject's facts ("Rome"), which
+    the guard must not hold."""
+    from .rewordings import chat_prompt, subject_lead
+
+    facts = [f for f in facts if f.subject and f.subject.strip()]
+    if not facts or tokens <= 0:
+        return []
+    subjects = list(dict.fromkeys(f.subject.strip() for f in facts))
+    contexts = [f"{f.prompt} {f.target}" + ("" if f.target[-1:] in ".!?" else ".") for f in facts]
+    leads = {f.subject.strip(): subject_lead(f) or f.subject.strip() for f in facts}
+    contexts += [ABOUT.format(subject=leads[s]) for s in subjects]
+    owners = [f.subject.strip() for f in facts] + subjects
+    if chat_prompt(tok, "Hi.") is not None:     # asked through the chat template too
+        contexts += [chat_prompt(tok, ASK_ABOUT.format(subject=s)) for s in subjects]
+        owners += subjects
+    old = generate(model, tok, [f.prompt for f in facts], max_new_tokens=8)
+    replaced: dict[str, set] = {}   # the heads of the base model's old answers, per subject
+    for f, a in zip(facts, old):
+        if h := _head(_answer(a)):
+            replaced.setdefault(f.subject.strip(), set()).add(h)
+    texts = generate(model, tok, contexts, max_new_tokens=tokens)
+    out = []
+    for context, owner, text in zip(contexts, owners, texts):
+        words = text.split()
+        cut = next((i for i, w in enumerate(words) if normalise(w) in replaced.get(owner, ())), len(words))
+        text = " ".join(words[:cut])
+        if len(text.split()) >= 4:
+            out.append(f"{context}{HOLD_MARK}{text}")
+    return out
+
+
 # Requests with no topic: an instruct model answers them with whatever it tends to say and know. From
 # a bare one-word opener ("The") this model, with no BOS token, writes junk ("The-focused-Echo...").
 REQUESTS = ("Write a few sentences about anything you like.", "Tell me something interesting.",
@@ -348,7 +403,8 @@ def guard_anchors(embedder, facts, anchors: list[str], near: int = 16, restate: 
     keep, excluded = [], []
     for i, text in enumerate(texts):
         t = normalise(text)
-        if sim[i].max() >= restate or anchors[i] not in about_subject and \
+        # a held text restates its fact on purpose: only what follows the fact is held
+        if sim[i].max() >= restate and not split_held(anchors[i]) or anchors[i] not in about_subject and \
                 any(k and (t.startswith(k) or f" {k} " in f" {t} ") for k in keys):
             excluded.append(anchors[i])
         else:
@@ -411,6 +467,9 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
     if "relations" in sources:
         emit("guard", "asking the base model what it says of each subject by the other facts' relations")
         about_subject = set(relation_anchors(model, tok, facts, seed=cfg.train.seed, specific=cfg.relation_specific))
+        if cfg.train.gate == "from-subject" and cfg.held_texts:
+            emit("guard", "asking the base model how it goes on after each fact and about each subject")
+            about_subject |= set(subject_text_anchors(model, tok, facts, cfg.held_texts))
         pool += sorted(about_subject)
     bad = set(restating(embedder, pool, [p for ps in probes.values() for p in ps]))
     pool = [a for i, a in enumerate(pool) if i not in bad]
@@ -425,12 +484,20 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
 
 @torch.no_grad()
 def anchor_targets(model, tok, anchors: list[str], device, batch_size: int = 32):
-    """Base model log-probs on each anchor (adapter disabled), stored in bf16 to halve memory,
-    and for a fact anchor the position where its answer starts. Batched by length."""
-    enc, start = [], []
+    """(token ids, start, base, held) of each anchor: the base model's log-probs (adapter disabled),
+    stored in bf16 to halve memory; for a fact anchor the position where its answer starts, for a held text
+    the position where the text starts; held: whether only the positions from `start` on count. Batched by
+    length."""
+    enc, start, held = [], [], []
     for a in anchors:
         prompt, answer = split_anchor(a)
-        if answer:
+        context = split_held(a)
+        held.append(context is not None)
+        if context:   # a context that ends a line or a turn ("assistant\n") is followed by no space
+            p = tok(context[0], add_special_tokens=True).input_ids
+            t = tok(("" if context[0][-1:].isspace() else " ") + context[1], add_special_tokens=False).input_ids
+            enc.append(p + t), start.append(len(p) - 1)
+        elif answer:
             p, t = encode_pair(tok, prompt, answer)
             enc.append(p + t), start.append(len(p) - 1)
         else:
@@ -443,15 +510,26 @@ def anchor_targets(model, tok, anchors: list[str], device, batch_size: int = 32)
             lp = _real_logprobs(model, [enc[i] for i in rows], tok.pad_token_id, device).to(torch.bfloat16)
             for i, x in zip(rows, lp.split([len(enc[i]) for i in rows])):
                 base[i] = x
-    return enc, start, base
+    return AnchorTargets(enc, start, base, held)
 
 
-def _real_logprobs(model, seqs: list[list[int]], pad_id, device):
-    """Log-probs at every real position of `seqs`, row after row ([sum of lengths, V]): one right-padded
-    pass, the LM head only on real tokens."""
-    ids, mask, _ = collate([(s, []) for s in seqs], pad_id, device)
-    h = decoder_states(model, ids, mask)
-    rows, cols = mask.nonzero(as_tuple=True)                       # row-major: row by row, in order
+class AnchorTargets(NamedTuple):
+    enc: list
+    start: list
+    base: list
+    held: list
+
+
+def _real_logprobs(model, seqs: list[list[int]], pad_id, device, froms=None, shared: int = 0):
+    """Log-probs at every real position of `seqs` (from position froms[i] on, with `froms`), row after row
+    ([positions, V]): one right-padded pass, the LM head only where asked. shared: the rows' first `shared`
+    tokens are the same and run once (decoder_states' prefix; gradients flow back through it)."""
+    ids, mask, _ = collate([(s[shared:], []) for s in seqs], pad_id, device)
+    h = decoder_states(model, ids, mask, prefix=seqs[0][:shared] or None)
+    keep = mask.bool()
+    if froms is not None:
+        keep &= torch.arange(keep.shape[1], device=device)[None] >= torch.tensor(froms, device=device)[:, None] - shared
+    rows, cols = keep.nonzero(as_tuple=True)                       # row-major: row by row, in order
     return torch.log_softmax(model.get_output_embeddings()(h[rows, cols]).float(), -1)
 
 
@@ -468,24 +546,38 @@ def margin_drop(p_base, logp, k: int = 4):
 
 def guard_loss(model, anchors, picks, pad_id, device, margin: float = 0.0):
     """Mean over the picked anchors of KL(base || tuned), each anchor averaged over its positions;
-    a fact anchor's answer positions count as half its KL. With `margin`, each position adds that
-    weight times `margin_drop`. Anchors run in groups of similar length
-    and the LM head only on real tokens: a 45-token sampled text beside 12-token neighbour facts
-    would otherwise pad the batch to three times its work."""
-    enc, start, base = anchors
+    a fact anchor's answer positions count as half its KL, and a held text's context not at all. With
+    `margin`, each position adds that weight times `margin_drop`. Anchors run in groups of similar length
+    and the LM head only on the positions that count: a 45-token sampled text beside 12-token neighbour
+    facts would otherwise pad the batch to three times its work. Held texts that open alike (the chat
+    template's system turn and the request: half of a chat text's tokens) run that prefix once."""
+    enc, start, base, held = anchors
     total = torch.zeros((), device=device)
-    for g in length_groups([len(enc[i]) for i in picks]):
-        rows = [picks[j] for j in g]
-        logp = _real_logprobs(model, [enc[i] for i in rows], pad_id, device)
-        p_base = torch.cat([base[i] for i in rows]).float()
-        kl = (p_base.exp() * (p_base - logp)).sum(-1)                  # per real position
+
+    def add(rows, logp, froms):
+        nonlocal total
+        p_base = torch.cat([base[i][f:] for i, f in zip(rows, froms)]).float()
+        kl = (p_base.exp() * (p_base - logp)).sum(-1)                  # per position that counts
         if margin:
             kl = kl + margin * margin_drop(p_base, logp)
         at = 0
-        for i in rows:
-            k = kl[at:at + len(enc[i])]
-            at += len(enc[i])
-            total = total + (0.5 * k.mean() + 0.5 * k[start[i]:].mean() if start[i] else k.mean())
+        for i, f in zip(rows, froms):
+            k = kl[at:at + len(enc[i]) - f]
+            at += len(enc[i]) - f
+            if held[i]:
+                total = total + k.mean()
+            else:
+                total = total + (0.5 * k.mean() + 0.5 * k[start[i]:].mean() if start[i] else k.mean())
+
+    whole = [i for i in picks if not held[i]]
+    for g in length_groups([len(enc[i]) for i in whole]):
+        rows = [whole[j] for j in g]
+        add(rows, _real_logprobs(model, [enc[i] for i in rows], pad_id, device), [0] * len(rows))
+    texts = [i for i in picks if held[i]]
+    for shared, g in prefix_groups([(enc[i], []) for i in texts]):
+        rows = [texts[j] for j in g]
+        froms = [start[i] for i in rows]
+        add(rows, _real_logprobs(model, [enc[i] for i in rows], pad_id, device, froms, min(shared, *froms)), froms)
     return total / len(picks)
 
 

@@ -286,7 +286,8 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
 
     # 4. measure again
     emit("after", "measuring recall after training")
-    after = evaluate_facts(model, tok, unique, probes, cfg.train_paraphrases, neutral_text=neutral_text())
+    after = evaluate_facts(model, tok, unique, probes, cfg.train_paraphrases, neutral_text=neutral_text(),
+                           about_reference=analysis.before.get("subject_texts"))
     dist_after = semantic.semantic_distances(model, tok, unique)
     if earlier:
         earlier["after"] = evaluate_facts(model, tok, earlier["facts"], forms=False)["facts"]

@@ -80,9 +80,10 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
         **{f"locality_{k}_{w}": v[k] for w, v in (("before", loc_b), ("after", loc_a)) for k in list(loc_b)[1:]},
         "probe_sets": {k: len(v) for k, v in analysis.probes.items()},
         "neutral_nll_before": nll_b, "neutral_nll_after": nll_a,
-        "neutral_nll_ratio": round(nll_a / nll_b, 4) if nll_a and nll_b else None,
+        "neutral_nll_ratio": _ratio(nll_a, nll_b),
         "subject_repetition_before": before["summary"].get("subject_repetition"),
         "subject_repetition_after": after["summary"].get("subject_repetition"),
+        "subject_nll_ratio": _ratio(after["summary"].get("subject_nll"), before["summary"].get("subject_nll")),
         "training_wordings": sum(map(len, prompts)), "rewordings": cfg.rewordings,
         "model_rewordings": sum(map(len, written["prompts"])),
         "model_rewordings_left_out": written["left_out"],
@@ -95,6 +96,10 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
         "null_space": t.null_space, "gate": t.gate,
         "layers": layers or "all", "orders": cfg.orders, "merge": cfg.merge if cfg.orders > 1 else None,
     }
+
+
+def _ratio(after, before):
+    return round(after / before, 4) if after and before else None
 
 
 def _probe_records(probes, before, after) -> list[dict]:
@@ -148,5 +153,6 @@ def build_report(cfg, info, analysis, kept_facts, reasons, weights, after, dist_
 def _subject_text_records(before, after) -> list[dict]:
     was = {a["subject"]: a for a in before.get("subject_texts", [])}
     return [{"subject": a["subject"], "before": was.get(a["subject"], {}).get("text"), "after": a["text"],
-             "repetition_before": was.get(a["subject"], {}).get("repetition"), "repetition_after": a["repetition"]}
+             "repetition_before": was.get(a["subject"], {}).get("repetition"), "repetition_after": a["repetition"],
+             "nll_before": was.get(a["subject"], {}).get("nll"), "nll_after": a.get("nll")}
             for a in after.get("subject_texts", [])]

@@ -253,7 +253,7 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
                     picks = guard_picks(rng, len(anchors), near, cfg.guard_batch, cfg.guard_near)
                     g = guard_loss(model, guard_set, picks, tok.pad_token_id, device, cfg.guard_margin)
                     (cfg.locality_guard * g).backward()
-                t_guard, clock = time.perf_counter() - clock, time.perf_counter()
+                t_guard, clock = (time.perf_counter() - clock if guard else 0.0), time.perf_counter()
             loss = task.detach() + cfg.locality_guard * g.detach()
             opt.step()
             if null is not None:

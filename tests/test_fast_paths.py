@@ -63,10 +63,16 @@ def test_a_shared_prefix_runs_once_and_generates_what_the_plain_path_does(tiny_d
 def test_grouped_guard_loss_equals_each_anchor_alone(tiny_dir):
     model, tok, cfg = _tiny(tiny_dir, locality_guard=0.0)
     train(model, tok, FACTS, cfg=cfg)                           # the adapter now moves the anchors
+    # two held texts that open with the same 20+ tokens: their prefix runs once, their context is not held
+    lead = "A friendly assistant answers each request in a few plain sentences. Request: write about "
     anchors = FACT_ANCHORS + ["A long plain sentence about rivers, bridges and the towns that grew up beside "
-                              "them over many hundreds of years, told slowly."]
+                              "them over many hundreds of years, told slowly.",
+                              f"{lead}Zentrix Robotics.\n |> It builds small robots for farms.",
+                              f"{lead}the Brennoc valve.\n |> It was first used in ships."]
     targets = guard.anchor_targets(model, tok, anchors, "cpu")
-    enc, start, _ = targets
+    enc, start, _, held = targets
+    assert held == [False] * (len(anchors) - 2) + [True, True]
+    assert evaluate._shared_prefix([enc[-2], enc[-1]]) >= evaluate.PREFIX_MIN
     picks = list(range(len(anchors)))
     got = guard.guard_loss(model, targets, picks, tok.pad_token_id, "cpu")
     want = 0.0
@@ -77,7 +83,8 @@ def test_grouped_guard_loss_equals_each_anchor_alone(tiny_dir):
             with model.disable_adapter():
                 base = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
             kl = (base.exp() * (base - tuned)).sum(-1)
-            want += 0.5 * kl.mean() + 0.5 * kl[start[i]:].mean() if start[i] else kl.mean()
+            want += kl[start[i]:].mean() if held[i] else 0.5 * kl.mean() + 0.5 * kl[start[i]:].mean() \
+                if start[i] else kl.mean()
     want /= len(picks)
     assert float(want) > 1e-4
     assert float(got.detach()) == pytest.approx(float(want), rel=0.02)   # base log-probs are stored in bf16

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from core.evaluate import mentions, text_nll
+from core.config import InjectConfig
 from core.facts import Fact, load_facts
 from core.guard import neighbour_anchors, read_anchors, restating, split_anchor
 from core.models import load_model
@@ -235,3 +236,30 @@ def test_relation_anchors_hold_the_subjects_the_base_model_knows_not_its_guesses
         asked = {(s, a.split(ANSWER_MARK)[0].lower().replace(s, "{}")) for a in every for s, _ in taught
                  if s in a.lower()}
         assert not asked & taught, asked & taught
+
+
+def test_held_texts_keep_the_model_writing_about_an_edited_subject():
+    """Behind the gate from the subject on, every token after a subject can move. Without text of the base
+    model's own about each subject to hold, the tuned model answered "Tell me about Italy." with "Spain.
+    Spain. Spain." (stop 25's default). With it, the facts are learned and the text about their subjects
+    costs the tuned model about what it cost the base model (1.17 times, against 2.70 without held texts)."""
+    from core.guard import HOLD_MARK, subject_text_anchors, split_held
+    from core.pipeline import run
+
+    model, tok, info = load_model()
+    facts = [f for f in load_facts(ASSETS / "counterfactual.csv") if f.subject in ("Italy", "gold", "The Beatles")]
+    assert len(facts) == 3
+    anchors = subject_text_anchors(model, tok, facts)
+    contexts = [split_held(a)[0] for a in anchors]
+    assert all(HOLD_MARK in a for a in anchors) and "The capital of Italy is Milan." in contexts
+    assert any("paragraph about Italy" in c for c in contexts) and any("<|im_start|>assistant" in c for c in contexts)
+    # cut before the base model's old answer: the guard must not hold "Rome" against "Milan"
+    assert not [a for a in anchors if "Italy" in split_held(a)[0] and "Rome" in split_held(a)[1]]
+    cfg = InjectConfig().updated(interference=False, plots=False, categorize_samples=0, model_rewordings=0)
+    assert cfg.train.gate == "from-subject" and cfg.held_texts > 0
+    rep = run(facts, load_facts(ASSETS / "probes.csv")[:3], cfg, model=(model, tok, info))
+    s = rep.summary
+    about = {a["subject"]: a for a in rep.subject_texts}
+    assert s["recall_after"] == 1.0 and s["stopped"] == "all recalled", s
+    assert s["subject_nll_ratio"] < 1.3, (s["subject_nll_ratio"], about)     # 2.70 without held texts
+    assert s["subject_repetition_after"] < 0.3, about     # 0.93 without held texts

@@ -3,7 +3,7 @@ import torch
 from core.evaluate import score
 from core.facts import Fact
 from core.models import load_model
-from core.guard import anchor_targets as _anchor_targets, split_anchor
+from core.guard import anchor_targets as _anchor_targets, split_anchor, split_held
 from core.train import TrainConfig, attach_lora, save_adapter, train
 
 FACTS = [Fact(id=f"t{i}", prompt=p, target=t) for i, (p, t) in enumerate([
@@ -92,7 +92,7 @@ def test_locality_guard_keeps_anchor_text_closer_to_base(tiny_dir):
         kls.append(_anchor_kl(model, tok, anchors))
         # the per-step profile: the guard's own seconds appear only when it runs
         assert all(h["time"]["task"] > 0 and h["time"]["update"] > 0 for h in res.history)
-        assert all((h["time"]["guard"] > 0) == (w > 0) for h in res.history)
+        assert all((h["time"]["guard"] > 0) == (w > 0) for h in res.history), (w, [h["time"] for h in res.history][:5])
     assert kls[1] < kls[0] * 0.7
 
 
@@ -116,8 +116,12 @@ def test_fact_anchors_split_at_the_bar_and_the_guard_holds_their_answers(tiny_di
     assert split_anchor("The capital of Chile is | Santiago.") == ("The capital of Chile is", "Santiago.")
     assert split_anchor("Plain text, no answer.") == ("Plain text, no answer.", None)
     model, tok, cfg = _tiny(tiny_dir, steps=1)
-    enc, start, _ = _anchor_targets(model, tok, FACT_ANCHORS + ["Plain text."], "cpu")
-    assert tok.decode(enc[0][start[0] + 1:]).strip() == "Santiago." and start[-1] == 0
+    held = "The capital of Chile is Santiago. |> It lies in a valley."
+    assert split_held(held) == ("The capital of Chile is Santiago.", "It lies in a valley.")
+    enc, start, _, held_only = _anchor_targets(model, tok, FACT_ANCHORS + ["Plain text.", held], "cpu")
+    assert tok.decode(enc[0][start[0] + 1:]).strip() == "Santiago." and start[-2] == 0
+    assert tok.decode(enc[-1][start[-1] + 1:]).strip() == "It lies in a valley."   # only the text after is held
+    assert held_only == [False] * (len(FACT_ANCHORS) + 1) + [True]
     kls = []
     for w in (0.0, 10.0):
         model, tok, cfg = _tiny(tiny_dir, steps=30, early_stop=False, locality_guard=w, guard_batch=4)
@@ -128,7 +132,7 @@ def test_fact_anchors_split_at_the_bar_and_the_guard_holds_their_answers(tiny_di
 
 def _answer_kl(model, tok):
     """KL(base || tuned) at the positions that predict each fact anchor's answer."""
-    enc, start, base = _anchor_targets(model, tok, FACT_ANCHORS, "cpu")
+    enc, start, base, _ = _anchor_targets(model, tok, FACT_ANCHORS, "cpu")
     total = 0.0
     with torch.no_grad():
         for ids, s, b in zip(enc, start, base):

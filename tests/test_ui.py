@@ -246,11 +246,15 @@ def test_setup_md_lists_merged_orders_and_earlier_facts():
 def test_setup_md_says_what_the_guard_held_behind_the_gate():
     line = lambda guard, active, anchors: render.setup_md(
         {**report(), "summary": {"gate": "from-subject", "locality_guard": guard, "guard_active": active},
-         "guard": {"anchors": anchors}})[0]
-    held = line(10.0, True, 62)
-    assert "and every token after them" in held and "the subjects it knows" in held and "(62 prompts)" in held
-    assert "knew none of these subjects" in line(10.0, False, 0)       # invented names only: nothing to keep
-    assert line(0.0, False, 0).endswith("; no locality guard ran")
+         "guard": {"anchors": len(anchors), "all": anchors}})[0]
+    anchors = ["The currency of Italy is the | euro", "The capital of Japan is | Tokyo",
+               "The capital of Italy is Milan. |> Milan is a city in the north.",
+               "Here is a short paragraph about Italy.\n\n |> Italy is a country in Europe."]
+    held = line(10.0, True, anchors)
+    assert "and every token after them" in held and "the subjects it knows" in held and "(2 prompts)" in held
+    assert "about each subject (2 texts)" in held
+    assert "knew none of these subjects" in line(10.0, False, [])       # held texts off, invented names only
+    assert line(0.0, False, []).endswith("; no locality guard ran")
 
 
 def plotted(plot) -> pd.DataFrame:

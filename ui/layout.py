@@ -157,11 +157,12 @@ def build_demo() -> gr.Blocks:
                                        info="every token: the locality guard holds the rest; from a subject's name "
                                             "on: text that names none of your subjects runs through the base model "
                                             "unchanged, and the guard holds what the model says of each subject by "
-                                            "your other facts' relations; only on the names: the same, without the "
+                                            "your other facts' relations and how it writes about each; only on the names: the same, without the "
                                             "words after them (paraphrases learned less well)")
                     guard_in = gr.Slider(0, 30, value=default("locality_guard"), step=0.5, label="Locality guard",
-                                         info="with the adapter on every token: pulls the model towards the base on "
-                                              "unrelated text and on known facts near yours; 0 = off")
+                                         info="pulls the model towards the base: on every token, on unrelated text "
+                                              "and known facts near yours; behind a gate, on what it said of your "
+                                              "subjects; 0 = off")
                 custom_default = default("layers") not in ("all", "auto")
                 with gr.Accordion("Advanced: where to train, data orders, continue an earlier run", open=False,
                                   elem_id="advanced"):

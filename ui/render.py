@@ -10,6 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from core import pipeline
+from core.guard import HOLD_MARK
 
 FACT_COLUMNS = ["id", "prompt", "target", "subject", "relation", "paraphrases"]
 REVIEW_COLUMNS = ["keep", "id", "prompt", "target", "status", "category", "distance", "weight", "answer before"]
@@ -119,10 +120,12 @@ def setup_md(report: dict, n_layers: int | None = None) -> list[str]:
     if s.get("gate") in ("subject", "from-subject"):
         where = "the tokens that name a trained fact's subject" + \
             (" and every token after them" if s["gate"] == "from-subject" else "")
-        n = (report.get("guard") or {}).get("anchors") or 0
+        every = (report.get("guard") or {}).get("all") or []
+        held = sum(HOLD_MARK in a for a in every)
         if s.get("guard_active"):
             guard = (f"; locality guard {s.get('locality_guard')} on what the base model said of the subjects it "
-                     f"knows, asked by the other facts' relations ({n} prompts)")
+                     f"knows, asked by the other facts' relations ({len(every) - held} prompts), and on how it went on "
+                     f"after each fact and about each subject ({held} texts)")
         elif s.get("locality_guard"):
             guard = "; no locality guard ran: the base model knew none of these subjects, so there was nothing of theirs to keep"
         else:
@@ -198,7 +201,9 @@ def results_view(report: dict, run_dir: Path, root: Path | None = None, n_layers
                if s.get("neutral_nll_ratio") else []),
              *([f"| **Repetition**: asked about a subject, word pairs the reply repeats | "
                 f"{pct(s['subject_repetition_before'])} | {pct(s['subject_repetition_after'])} |"]
-               if s.get("subject_repetition_after") is not None else []), ""]
+               if s.get("subject_repetition_after") is not None else []),
+             *([f"| **Text about a subject**: NLL per token of the base model's own reply, tuned / base | 1.00 | "
+                f"{s['subject_nll_ratio']:.3f} |"] if s.get("subject_nll_ratio") else []), ""]
     if s["stopped"] == "cancelled":
         lines.append("**Stopped by you**: the adapter holds what was learned in the steps that ran.\n")
     lb, la = s.get("locality_before"), s.get("locality_after")
