@@ -90,9 +90,15 @@ def split_held(anchor: str) -> tuple[str, str] | None:
     return (context, text) if mark else None
 
 
+def _joiner(context: str) -> str:
+    """What goes between a held text's context and its text: a context that ends a line or a turn
+    ("assistant\n") is followed by no space."""
+    return "" if context[-1:].isspace() else " "
+
+
 def anchor_text(anchor: str) -> str:
     if held := split_held(anchor):
-        return held[0] + ("" if held[0][-1:].isspace() else " ") + held[1]
+        return held[0] + _joiner(held[0]) + held[1]
     prompt, answer = split_anchor(anchor)
     return f"{prompt} {answer}" if answer else prompt
 
@@ -311,7 +317,7 @@ def _head(answer: str) -> str:
 
 
 ABOUT = "Here is a short paragraph about {subject}.\n\n"
-ASK_ABOUT = "Write a few sentences about {subject}."   # not the report's "Tell me about ...", which measures
+ASK_ABOUT = "Write a few sentences about {subject}."   # not the report's "Tell me about ...": that one measures
 
 
 @torch.no_grad()
@@ -493,9 +499,9 @@ def anchor_targets(model, tok, anchors: list[str], device, batch_size: int = 32)
         prompt, answer = split_anchor(a)
         context = split_held(a)
         held.append(context is not None)
-        if context:   # a context that ends a line or a turn ("assistant\n") is followed by no space
+        if context:
             p = tok(context[0], add_special_tokens=True).input_ids
-            t = tok(("" if context[0][-1:].isspace() else " ") + context[1], add_special_tokens=False).input_ids
+            t = tok(_joiner(context[0]) + context[1], add_special_tokens=False).input_ids
             enc.append(p + t), start.append(len(p) - 1)
         elif answer:
             p, t = encode_pair(tok, prompt, answer)
