@@ -167,6 +167,9 @@ def test_status_html_marks_done_current_and_coming_stages():
     assert "width:50%" in out and "&lt;b&gt;measuring&lt;/b&gt; · 1 min 35 s" in out
     done = render.status_html(stages, [], "done", 1, "ok")
     assert "▶" not in done and done.count("✓") == len(stages)
+    # A run after Check facts: the check's stages are done; the rewordings show under the guard's label.
+    run = render.status_html(render.STAGES, [k for k, _ in stages] + ["guard"], "rewordings", 0.3, "rewriting")
+    assert "✓ semantic distance" in run and "<b>▶ guard + rewordings</b>" in run and "○ interference" in run
 
 
 def report(**summary):
@@ -277,7 +280,7 @@ def test_span_and_train_stages():
     sess = handlers.new_session()
     auto = settings.make_config(sess, "", "auto", True, "semantic", layers="auto", orders=3)
     labels = [label for _, label in render.train_stages(auto)]
-    assert labels[labels.index("choose layers") + 1] == "interference" and "train 3 orders + merge" in labels
+    assert labels[labels.index("choose layers") + 1] == "guard + rewordings" and "train 3 orders + merge" in labels
     plain = [label for _, label in render.train_stages(settings.make_config(sess, "", "auto", True, "semantic"))]
     assert plain == [label for _, label in render.STAGES]
 
@@ -599,6 +602,7 @@ def test_train_measures_the_visitors_probes_and_passes_their_anchors(sess, tmp_p
 
     def run(facts, probes, cfg, out_dir, progress, analysis, model, should_stop):
         seen.update(probes=probes, cfg=cfg, analysis=analysis)
+        progress({"stage": "check", "message": "1 of 1 facts kept"})
         rep = {**report(), "config": {"model": settings.value(cfg, "model")}}
         rep["summary"] = {**rep["summary"], "locality_yours_before": 1.0, "locality_yours_after": 0.5}
         (out_dir / "report.json").write_text(json.dumps(rep))
@@ -623,9 +627,12 @@ def test_train_measures_the_visitors_probes_and_passes_their_anchors(sess, tmp_p
     assert "| **Locality**: your probe set | 100% | 50% |" in last["summary_md"] and last["ask_target"]
     # a Check that measured these same probes is reused
     again = SimpleNamespace(probes={"probes": [], "yours": list(sess["probes"])})
-    list(handlers.train(sess, again, facts, "", "auto", True, "semantic", 9, 0.002, 8, 1.0, "all", "",
-                        1, "select", "", True, ["sampled"]))
+    updates = list(handlers.train(sess, again, facts, "", "auto", True, "semantic", 9, 0.002, 8, 1.0, "all", "",
+                                  1, "select", "", True, ["sampled"]))
     assert seen["analysis"] is again
+    # while the run builds its guard, the stages Check facts measured show as done
+    kept = [u["train_status"] for u in updates if "1 of 1 facts kept" in u.get("train_status", "")]
+    assert kept and "✓ load model" in kept[0] and "✓ semantic distance" in kept[0] and "○ interference" in kept[0]
 
 
 def test_ask_shows_plain_and_chat_answers_and_the_targets_logprobs(sess, monkeypatch):

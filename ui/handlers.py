@@ -382,7 +382,9 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                                   should_stop=lambda: stop.is_set() or (run_dir / "STOP").exists())
             return report.to_dict()   # rendered and kept as report.json has it; "Ask" loads the saved adapter
 
-        history, seen, current, message = [], [], "check", "starting"
+        # Measured by Check facts: those stages are done before the run starts.
+        reused = [k for k, _ in CHECK_STAGES] if analysis is not None else []
+        history, seen, current, message = [], reused, "check", "starting"
         order, last_step, offset = 0, 0, 0  # with K data orders, each order's steps count from 1 again
         streaming = True   # from here the worker releases the lock, the visitor and the run folder
         for batch in stream(job, f"beacon-train-{sess['id']}", key, run_dir):

@@ -16,9 +16,10 @@ FACT_COLUMNS = ["id", "prompt", "target", "subject", "relation", "paraphrases"]
 REVIEW_COLUMNS = ["keep", "id", "prompt", "target", "status", "category", "distance", "weight", "answer before"]
 RESULT_COLUMNS = ["id", "prompt", "target", "trained", "before", "after", "answer after", "paraphrases after"]
 STAGES = [("check", "check"), ("load", "load model"), ("before", "recall before"), ("categorize", "known / update / new"),
-          ("distance", "semantic distance"), ("interference", "interference"), ("train", "train"),
-          ("after", "recall after"), ("plots", "plots")]
+          ("distance", "semantic distance"), ("guard", "guard + rewordings"), ("interference", "interference"),
+          ("train", "train"), ("after", "recall after"), ("plots", "plots")]
 CHECK_STAGES = STAGES[:5]
+ALIASES = {"rewordings": "guard"}   # pipeline stages shown under another's label
 PLOT_CAPTIONS = {"interference": "Interference: how a step on one fact moves the others",
                  "distance_vs_learned": "Semantic distance before training vs what training gained",
                  "drift": "Drift: semantic distance of each fact during training",
@@ -32,7 +33,7 @@ def train_stages(cfg) -> list[tuple[str, str]]:
     """The run's checklist: a layer-selection stage with layers=auto, K orders and a merge in the label."""
     out = []
     for key, label in STAGES:
-        if key == "interference" and cfg.layers == "auto":
+        if key == "guard" and cfg.layers == "auto":   # chosen before the guard is built
             out.append(("layers", "choose layers"))
         if key == "train" and cfg.orders > 1 and not cfg.continue_from:
             label = f"train {cfg.orders} orders + merge"
@@ -66,6 +67,7 @@ def facts_frame(facts) -> pd.DataFrame:
 def status_html(stages, seen, current, frac, message, elapsed=None, note="") -> str:
     """Stage checklist (✓ done, ▶ now, ○ to come), a progress bar and the latest message."""
     keys = [k for k, _ in stages]
+    current = ALIASES.get(current, current)
     now = keys.index(current) if current in keys else (len(keys) if current == "done" else -1)
     parts = []
     for i, (k, label) in enumerate(stages):
