@@ -270,11 +270,13 @@ def relation_anchors(model, tok, facts, per_fact: int = 8, seed: int = 0, specif
     return [f"{p}{ANSWER_MARK}{a}" for p, a, *_ in kept]
 
 
-def subject_specificity(model, tok, asked, fill) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
+def subject_specificity(model, tok, asked, fill, known: float = KNOWN_LOGPROB
+                        ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """Per subject, the median over its relation prompts of how much likelier (nats) the base model's
     answer starts as it does for this subject than for STAND_INS in its place; and per prompt, that
-    number and the log-probability of the answer's start. An answer that repeats the
-    subject's name measures nothing and is left out. Measured on the samples (seed 0): the known
+    number and the log-probability of the answer's start. Subjects with no answer at log-prob `known`
+    or more are left out (-inf per prompt). An answer that repeats the
+    subject's name measures nothing and is left out. Measured on the samples (seed 0, every subject): the known
     subjects of counterfactual.csv 1.6 (Kenya) to 4.9 nats, 13 of 14 at least 2.6; invented.csv's 27
     subjects 0.0-2.7, 4 of them at 2.0 or more; people.csv's 32 at most 1.7."""
     rows = [x for x in asked if not _names(x[1], x[2])]
@@ -282,13 +284,19 @@ def subject_specificity(model, tok, asked, fill) -> tuple[dict[str, float], dict
         return {}, {}
     lead = [_lead(a) for _, a, *_ in rows]
     lp = score(model, tok, [p for p, *_ in rows], lead)["logprob"]
+    # A subject none of whose answers is said with log-prob `known` has nothing to hold (relation_anchors
+    # drops such rows): its stand-ins, three rows scored for each of its own, are not scored. On invented
+    # names, where nearly nothing is known, that is most of the work.
+    sure = {x[2] for x, v in zip(rows, lp) if v >= known}
+    scored = [i for i, x in enumerate(rows) if x[2] in sure]
     n = len(STAND_INS)
-    stand = score(model, tok, [fill(b, after, name) for *_, b, after in rows for name in STAND_INS],
-                  [t for t in lead for _ in range(n)])["logprob"]
+    stand = score(model, tok, [fill(rows[i][3], rows[i][4], name) for i in scored for name in STAND_INS],
+                  [lead[i] for i in scored for _ in range(n)])["logprob"] if scored else []
     per: dict[str, list] = {}
-    one = {}
-    for i, (p, _, subject, *_) in enumerate(rows):
-        one[p] = (lp[i] - sum(stand[i * n:(i + 1) * n]) / n, lp[i])
+    one = {p: (float("-inf"), lp[i]) for i, (p, *_) in enumerate(rows)}
+    for j, i in enumerate(scored):
+        p, _, subject, *_ = rows[i]
+        one[p] = (lp[i] - sum(stand[j * n:(j + 1) * n]) / n, lp[i])
         per.setdefault(subject, []).append(one[p][0])
     med = {s: float(np.median(v)) for s, v in per.items()}
     return med, one

@@ -209,9 +209,10 @@ def test_subject_lead_is_the_subject_as_the_prompt_writes_it_opening_a_sentence(
     assert lead("The capital of Italy is", "France") is None and lead("The capital of Italy is", "") is None
 
 
-def test_relation_anchors_hold_the_subjects_the_base_model_knows_not_its_guesses_about_new_names():
+def test_relation_anchors_hold_the_subjects_the_base_model_knows_not_its_guesses_about_new_names(monkeypatch):
     """The counterfactual sample edits things the model knows (Italy, gold, the Mona Lisa); the invented
     one names things nobody knows. Only the first should have relation anchors held for them."""
+    from core import guard
     from core.guard import ANSWER_MARK, _names, relation_anchors
 
     model, tok, _ = load_model()
@@ -236,6 +237,20 @@ def test_relation_anchors_hold_the_subjects_the_base_model_knows_not_its_guesses
         asked = {(s, a.split(ANSWER_MARK)[0].lower().replace(s, "{}")) for a in every for s, _ in taught
                  if s in a.lower()}
         assert not asked & taught, asked & taught
+        # The stand-ins are scored only for subjects with an answer said at KNOWN_LOGPROB: the same anchors
+        # as scoring every subject, with fewer rows scored where the subjects are new.
+        scored = []
+        real_score = guard.score
+        monkeypatch.setattr(guard, "score", lambda m, t, ps, ts: scored.append(len(ps)) or real_score(m, t, ps, ts))
+        assert relation_anchors(model, tok, facts) == held, path
+        pruned = scored[:]
+        real = guard.subject_specificity
+        monkeypatch.setattr(guard, "subject_specificity", lambda *a: real(*a, known=float("-inf")))
+        assert relation_anchors(model, tok, facts) == held, path
+        assert pruned[0] == scored[2] and pruned[1] <= scored[3], (path, pruned, scored[2:])
+        if path == "invented":   # 192 stand-in rows of 360 at stop 27
+            assert pruned[1] < scored[3], (pruned, scored[2:])
+        monkeypatch.undo()
 
 
 def test_held_texts_keep_the_model_writing_about_an_edited_subject():
