@@ -57,9 +57,6 @@ class TrainConfig:
     guard_batch: int = setting(16, "anchors in each guard batch", min=1, max=256)
     guard_near: float = setting(0.5, "share of each guard batch drawn from the anchors nearest the facts "
                                 "(0 = uniform)", min=0.0, max=1.0)
-    # A step's guard pass costs about what its task pass does (README, Speed).
-    guard_every: int = setting(1, "compute the guard's gradient every N steps and add the last one computed on the "
-                               "steps between (1 = every step)", min=1, max=16)
     guard_margin: float = setting(0.0, "weight of a guard term that keeps the base model's first choice ahead of "
                                   "its runners-up by the base's margin at each anchor position (0 = KL only)",
                                   min=0.0, max=1000.0)

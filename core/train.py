@@ -206,7 +206,6 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
         return result
     item_hit = [False] * n_items
     guard = cfg.guarded and len(anchors) > 0
-    g, guard_grads = torch.zeros(()), []    # the guard's last loss and, with guard_every > 1, its gradient
     # The step's passes run with bf16 frozen layers where that is faster; the early-stop check runs
     # without, so "all recalled" holds in the precision recall is measured in.
     fast = precision.FrozenBf16(model, precision.resolve(cfg.compute, model) == "bf16")
@@ -260,25 +259,11 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
                 task = (nll * wb).mean()
                 task.backward()
                 t_task, clock = time.perf_counter() - clock, time.perf_counter()
-                if guard and (step - 1) % cfg.guard_every == 0:
+                g = torch.zeros(())
+                if guard:
                     picks = guard_picks(rng, len(anchors), near, cfg.guard_batch, cfg.guard_near)
                     g = guard_loss(model, guard_set, picks, tok.pad_token_id, device, cfg.guard_margin)
-                    if cfg.guard_every > 1:   # kept apart from the task's gradient, for the steps between
-                        task_grads = [p.grad.clone() if p.grad is not None else None for p in params]
-                        opt.zero_grad(set_to_none=True)
-                        (cfg.locality_guard * g).backward()
-                        guard_grads = [p.grad.clone() if p.grad is not None else None for p in params]
-                        for p, t in zip(params, task_grads):
-                            if t is not None:
-                                p.grad = t if p.grad is None else p.grad + t
-                    else:
-                        (cfg.locality_guard * g).backward()
-                elif guard:
-                    # Between guard passes its last gradient is added again: one computed a step or two
-                    # before, on weights that moved by about the learning rate since.
-                    for p, gg in zip(params, guard_grads):
-                        if gg is not None:
-                            p.grad = gg.clone() if p.grad is None else p.grad + gg
+                    (cfg.locality_guard * g).backward()
                 t_guard, clock = (time.perf_counter() - clock if guard else 0.0), time.perf_counter()
             loss = task.detach() + cfg.locality_guard * g.detach()
             opt.step()
