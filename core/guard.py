@@ -499,9 +499,10 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
 @torch.no_grad()
 def anchor_targets(model, tok, anchors: list[str], device, batch_size: int = 32):
     """(token ids, start, base, held) of each anchor: the base model's log-probs (adapter disabled),
-    stored in bf16 to halve memory; for a fact anchor the position where its answer starts, for a held text
-    the position where the text starts; held: whether only the positions from `start` on count. Batched by
-    length."""
+    stored in bf16 to halve memory, of a held text only from `start` on (its context's never count: at 49k
+    log-probs a position, they were about half of the guard's memory); for a fact anchor the position where its
+    answer starts, for a held text the position where the text starts; held: whether only the positions from
+    `start` on count. Batched by length."""
     enc, start, held = [], [], []
     for a in anchors:
         prompt, answer = split_anchor(a)
@@ -523,7 +524,7 @@ def anchor_targets(model, tok, anchors: list[str], device, batch_size: int = 32)
             rows = order[b:b + batch_size]
             lp = _real_logprobs(model, [enc[i] for i in rows], tok.pad_token_id, device).to(torch.bfloat16)
             for i, x in zip(rows, lp.split([len(enc[i]) for i in rows])):
-                base[i] = x
+                base[i] = (x[start[i]:] if held[i] else x).clone()   # a copy: a view would keep the whole batch
     return AnchorTargets(enc, start, base, held)
 
 
@@ -570,7 +571,7 @@ def guard_loss(model, anchors, picks, pad_id, device, margin: float = 0.0):
 
     def add(rows, logp, froms):
         nonlocal total
-        p_base = torch.cat([base[i][f:] for i, f in zip(rows, froms)]).float()
+        p_base = torch.cat([base[i][f - start[i] if held[i] else f:] for i, f in zip(rows, froms)]).float()
         kl = (p_base.exp() * (p_base - logp)).sum(-1)                  # per position that counts
         if margin:
             kl = kl + margin * margin_drop(p_base, logp)
