@@ -10,7 +10,8 @@ peak RSS is that size's alone), on N generated facts with invented names no mode
 
   a. Beacon's whole run with default settings (core.pipeline.run; model load timed apart): total
      seconds, seconds per stage (check, before, categorize, guard, rewordings, interference, train,
-     after...), steps, seconds per step, recall after. Its step budget is --max-steps (300, the default).
+     after...), steps, seconds per step and of training's seconds those of the task's passes, the guard's and
+     the early-stop checks, recall after. Its step budget is --max-steps (300, the default).
   b. A plain peft + transformers loop on the same facts: the same LoraConfig, AdamW and lr, the
      facts' own prompts, `model(..., labels=...).loss` over full logits, stopping once teacher-forced
      argmax hits every target token of every fact (confirmed by one no-grad pass).
@@ -274,7 +275,7 @@ def measure_vanilla(a, facts):
 # ---------------------------------------------------------------- one size, in its own process
 
 SUMMARY_KEYS = ["stage_seconds", "total_seconds", "steps", "stopped", "train_seconds", "recall_after",
-                "seconds_per_step", "quantization", "compute", "compute_dtype", "precision", "facts_kept",
+                "seconds_per_step", "step_seconds", "quantization", "compute", "compute_dtype", "precision", "facts_kept",
                 "training_wordings", "peak_memory_mb"]
 
 
@@ -367,7 +368,7 @@ def table(results, peaks) -> str:
     show_precision = any(precision(r.get("beacon", {})) != "-" for r in results)
     # The stage "load" is the run's own: near 0, the model being loaded beforehand ("model load s").
     cols = (["facts", "kept", "model load s", "whole run s"] + [f"{k} s" for k in stages]
-            + ["Beacon steps", "Beacon s/step", "Beacon train s", "stopped", "plain steps", "plain s", "vanilla steps", "vanilla s",
+            + ["Beacon steps", "Beacon s/step", "Beacon train s", "of it task / guard / check s", "stopped", "plain steps", "plain s", "vanilla steps", "vanilla s",
                "vanilla/plain", "whole/plain", "plain GFLOP/s", "vanilla GFLOP/s", "peak RSS MB", "recall after"]
             + (["compute"] if show_precision else []))
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -382,7 +383,8 @@ def table(results, peaks) -> str:
             return f"{_f(x['gflops'])} ({_pct(x['gflops'], peaks['fp32'])} fp32, {_pct(x['gflops'], peaks['bf16'])} bf16)"
 
         row = ([r["facts"], b.get("facts_kept", "-"), _f(r["load_seconds"]), _f(b["total_seconds"])] + [_f(st.get(k)) for k in stages]
-               + [b["steps"], _f(b["seconds_per_step"], 3), _f(b["train_seconds"]), b["stopped"],
+               + [b["steps"], _f(b["seconds_per_step"], 3), _f(b["train_seconds"]),
+                  " / ".join(_f(b.get("step_seconds", {}).get(k)) for k in ("task", "guard", "check")), b["stopped"],
                   p["steps"], _f(p["seconds"]), v["steps"], _f(v["seconds"]), _ratio(v["seconds"], p["seconds"]),
                   _ratio(b["total_seconds"], p["seconds"]), gf(p), gf(v), _f(r["peak_rss_mb"], 0),
                   _f(b.get("recall_after"), 2)] + ([precision(b)] if show_precision else []))

@@ -90,6 +90,9 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
         "guard_anchors": cfg.guard_anchors if t.reads_anchors else None,
         "steps": result.steps, "stopped": result.stopped, "train_seconds": result.seconds,
         "seconds_per_step": round(result.seconds / max(result.steps, 1), 3),
+        # where training's seconds went: the task's pass, the guard's, the optimiser, the early-stop checks
+        "step_seconds": {k: round(sum(h.get("time", {}).get(k, 0) for h in result.history), 2)
+                         for k in ("task", "guard", "update", "check")},
         "device": info.device, "quantization": info.quantization, "model": info.model,
         "model_source": info.source, "peak_memory_mb": peak_memory_mb(info.device),
         "weighting": t.weighting, "filter": cfg.filter, "locality_guard": t.locality_guard,

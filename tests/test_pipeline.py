@@ -35,6 +35,8 @@ def test_inject_cli_learns_facts_and_writes_report_and_adapter(tmp_path):
     assert s["locality_after"] >= 0.8 * s["locality_before"]
     assert s["locality_general_before"] == 1.0 and s["probe_sets"] == {"probes": 31, "general": 53}
     assert 2 * 6 <= s["training_wordings"] <= 2 * 9 and 0.8 < s["neutral_nll_ratio"] < 1.5
+    parts = s["step_seconds"]   # the default guards: every step has a task pass and a guard pass
+    assert parts["task"] > 0 and parts["guard"] > 0 and sum(parts.values()) <= s["train_seconds"]
     cuda = __import__("torch").cuda.is_available()
     assert s["device"].startswith("cuda") == cuda and ("nf4" in s["quantization"]) == cuda
     for f in rep["facts"]:
