@@ -439,7 +439,7 @@ def main():
     ap.add_argument("--sizes", default="10,30,100", help="comma-separated fact counts (300 works too)")
     ap.add_argument("--max-steps", type=int, default=300, help="step budget of every loop (Beacon's default 300)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the invented facts")
-    ap.add_argument("--compute", default=InjectConfig().train.compute, choices=["fp32", "bf16"],
+    ap.add_argument("--compute", default=InjectConfig().train.compute, choices=["auto", "fp32", "bf16"],
                     help="Beacon's --compute for the whole run and its vanilla loop (the plain loop stays fp32)")
     ap.add_argument("--skip-cold", action="store_true", help="skip the cold model load")
     ap.add_argument("--json", help="also write every result to this JSON file")

@@ -11,21 +11,38 @@ it casts every frozen weight again at every call and runs attention in bf16.
 Recall is measured outside this context, in the model's own precision, so before and after are
 compared as the person will run the model. What ran is in the report (`compute`).
 
-Off by default (`--compute bf16` turns it on): one seed on three samples, it made a step about 1.3x
-faster and cost 2-8 points of general locality (README, Speed).
+On by default where the CPU has bf16 instructions (`--compute auto`; `fp32` turns it off). In stop 18, before
+the subject gate, one seed on three samples cost 2-8 points of general locality; behind the gate, 3 seeds on
+two samples kept the bar (README, Speed).
 """
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 
 def resolve(choice: str, model) -> str:
-    """What runs: "bf16" where asked for on a CPU with an fp32 model; a GPU and a 4-bit model keep their
-    own compute dtype (bitsandbytes sets it), reported as "fp32" (the model's own precision)."""
+    """What runs: "bf16" where asked for on a CPU with an fp32 model, or with "auto" where that CPU has bf16
+    instructions; a GPU and a 4-bit model keep their own compute dtype (bitsandbytes sets it), reported as
+    "fp32" (the model's own precision)."""
     p = next(model.parameters())
-    return "bf16" if choice == "bf16" and p.device.type == "cpu" and _linears(model) else "fp32"
+    if p.device.type != "cpu" or not _linears(model):
+        return "fp32"
+    return ("bf16" if cpu_has_bf16() else "fp32") if choice == "auto" else choice
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX, from /proc/cpuinfo): without, oneDNN
+    emulates bf16, with nothing to gain. Not Linux: False."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def _linears(model) -> list[torch.nn.Linear]:

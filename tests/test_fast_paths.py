@@ -43,6 +43,19 @@ def test_bf16_training_learns_the_facts_and_its_stop_holds_in_fp32(tiny_dir):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+def test_auto_precision_is_bf16_only_on_a_cpu_with_bf16_instructions(tiny_dir, monkeypatch):
+    model, tok, cfg = _tiny(tiny_dir)
+    assert cfg.compute == "auto"
+    flags = open("/proc/cpuinfo").read().split() if __import__("os").path.exists("/proc/cpuinfo") else []
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert precision.cpu_has_bf16() == native
+    assert precision.resolve("auto", model) == ("bf16" if native else "fp32")
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)   # bf16 would be emulated: nothing to gain
+    assert precision.resolve("auto", model) == "fp32" and precision.resolve("bf16", model) == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert precision.resolve("auto", model) == "bf16"
+
+
 def test_a_shared_prefix_runs_once_and_generates_what_the_plain_path_does(tiny_dir, monkeypatch):
     model, tok, _ = _tiny(tiny_dir)
     lead = "Sentence: The head chef of Lorimer Bistro is Anna Pell.\nIn other words: Lorimer Bistro's kitchen is run by"
