@@ -72,10 +72,9 @@ class TrainConfig:
     null_space: float = setting(0.0, "keep each LoRA layer out of the input directions that hold this share of "
                                 "the energy of the guard anchors' text (AlphaEdit-style projection; 0 = off)",
                                 min=0.0, max=0.9999)
-    # auto by default since stop 28: behind the subject gate locality no longer moves with it (stop 18's loss of
-    # general locality was on an adapter on every token); 3 seeds on counterfactual and invented kept the bar
-    # (README, Speed).
-    compute: str = setting("auto", "matmul precision of the frozen layers while training and while the base model "
+    # fp32 by default: in stop 28 bf16 made a step 1.38x faster but the 30-fact benchmark took 55 steps against 39,
+    # the whole run 383 s against 390 s, and the chat form lost points on two of four samples (README, Speed).
+    compute: str = setting("fp32", "matmul precision of the frozen layers while training and while the base model "
                            "writes rewordings and anchors: bf16 on a CPU (a step about 1.4x faster where the CPU has "
                            "bf16 instructions), fp32, or auto (bf16 where the CPU has bf16 instructions); recall is "
                            "always measured in the model's own precision", choices=("auto", "fp32", "bf16"))

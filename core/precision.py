@@ -11,9 +11,9 @@ it casts every frozen weight again at every call and runs attention in bf16.
 Recall is measured outside this context, in the model's own precision, so before and after are
 compared as the person will run the model. What ran is in the report (`compute`).
 
-On by default where the CPU has bf16 instructions (`--compute auto`; `fp32` turns it off). In stop 18, before
-the subject gate, one seed on three samples cost 2-8 points of general locality; behind the gate, 3 seeds on
-two samples kept the bar (README, Speed).
+Off by default (`--compute auto` takes it where the CPU has bf16 instructions, `bf16` anywhere). Behind
+the subject gate (stop 28) it kept the bar on four samples, but on the 30-fact benchmark its faster steps
+were spent on more of them (55 against 39): no whole-run gain measured (README, Speed).
 """
 from __future__ import annotations
 

@@ -45,7 +45,6 @@ def test_bf16_training_learns_the_facts_and_its_stop_holds_in_fp32(tiny_dir):
 
 def test_auto_precision_is_bf16_only_on_a_cpu_with_bf16_instructions(tiny_dir, monkeypatch):
     model, tok, cfg = _tiny(tiny_dir)
-    assert cfg.compute == "auto"
     flags = open("/proc/cpuinfo").read().split() if __import__("os").path.exists("/proc/cpuinfo") else []
     native = "avx512_bf16" in flags or "amx_bf16" in flags
     assert precision.cpu_has_bf16() == native
