@@ -128,33 +128,30 @@ def _forward_rows(model, pairs, pad_id, device):
 
 
 @torch.no_grad()
-def _all_hits(model, tok, pairs, device, batch_size) -> list[bool]:
+def _all_hits(model, tok, pairs, device, batch_size, stop_on_miss: bool = False) -> list[bool]:
+    """Teacher-forced hit of each pair, batch by batch; with stop_on_miss, only up to the first batch with a miss."""
     model.eval()
     hits = []
-    for i in range(0, len(pairs), batch_size):
-        hits += _forward_rows(model, pairs[i:i + batch_size], tok.pad_token_id, device)[1].tolist()
-    model.train()
+    try:
+        for i in range(0, len(pairs), batch_size):
+            hits += _forward_rows(model, pairs[i:i + batch_size], tok.pad_token_id, device)[1].tolist()
+            if stop_on_miss and not all(hits):
+                break
+    finally:
+        model.train()
     return hits
 
 
-@torch.no_grad()
 def _confirm(result, item_hit, own, owner, model, tok, pairs, device, batch_size) -> bool:
     """Teacher-forced check of every item on the current weights; True if all pass. It stops at the first
     batch with a miss: training goes on either way, and the items not checked keep their last result
     (on invented, a confirm that failed cost as much as one that passed, 22 s at one thread)."""
-    model.eval()
-    try:
-        for i in range(0, len(pairs), batch_size):
-            hits = _forward_rows(model, pairs[i:i + batch_size], tok.pad_token_id, device)[1].tolist()
-            for k, ok in enumerate(hits, start=i):
-                item_hit[k] = ok
-                if own[k]:
-                    result.recalled[owner[k]] = ok
-            if not all(hits):
-                return False
-        return True
-    finally:
-        model.train()
+    hits = _all_hits(model, tok, pairs, device, batch_size, stop_on_miss=True)
+    item_hit[:len(hits)] = hits
+    for k, ok in enumerate(hits):
+        if own[k]:
+            result.recalled[owner[k]] = ok
+    return len(hits) == len(pairs) and all(hits)
 
 
 def _dynamic_weights(h, u, temperature: float = 2.0):
