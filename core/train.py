@@ -64,13 +64,15 @@ def lora_config(model, cfg: TrainConfig, layers: list[int] | None = None, rank: 
                       target_modules=targets, layers_to_transform=layers, task_type="CAUSAL_LM")
 
 
-def attach_lora(model, cfg: TrainConfig, quantized: bool, layers: list[int] | None = None):
-    """Wrap the frozen model in a fresh LoRA adapter (peft), on these decoder layers (None = all)."""
+def attach_lora(model, cfg: TrainConfig, quantized: bool, layers: list[int] | None = None, upcast: bool = True):
+    """Wrap the frozen model in a fresh LoRA adapter (peft), on these decoder layers (None = all).
+    upcast: on a 4-bit model, peft's QLoRA preparation, which casts every weight not in 4 bits (norms,
+    and the embeddings the LM head shares) to fp32; False leaves them in the compute dtype (measured
+    apart in benchmarks/bench_cuda.py)."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    if quantized:
-        # Casts norms to fp32 and makes inputs require grad, as QLoRA needs; no checkpointing
-        # because these models are small and it would double the step time.
+    if quantized and upcast:
+        # No checkpointing: these models are small and it would double the step time.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     lcfg = lora_config(model, cfg, layers)
     torch.manual_seed(cfg.seed)  # LoRA's A matrices are drawn here: the seed must cover them
