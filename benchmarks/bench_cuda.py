@@ -6,11 +6,13 @@ loop, side by side on one CUDA GPU. Prints numbers, asserts nothing.
 a. The default model on the invented sample (assets/invented.csv), each trained until every fact is
    recalled: Beacon's whole run (core.pipeline.run, default settings) in 4-bit and in bf16, and the
    Trainer loop. Time to full recall, steps, recall / paraphrase / locality / neutral-text NLL after
-   (core.evaluate, the same measures for all three), peak GPU memory.
+   (core.evaluate, the same measures for all three), peak GPU memory from training on (the pipeline
+   resets the peak where training starts; the Trainer's is reset after its load the same way).
 b. A Llama-architecture model of about 1.5B parameters built from its config (random weights: speed
    and memory only; SmolLM2's tokenizer), trained for --steps steps after 2 warm-up steps on 30 invented
    facts (bench.invented_facts) in Beacon's wordings: training tokens per second (tokens that ran
-   forward and backward, padding not counted, guard anchors counted) and peak GPU memory.
+   forward and backward, padding not counted, guard anchors counted), the peak GPU memory of the load
+   (4-bit quantisation happens there) and of training apart.
 
 The Trainer loop is the usual QLoRA recipe: NF4 with double quantisation and bf16 compute,
 peft's prepare_model_for_kbit_training (gradient checkpointing on, its default), the paged 32-bit
@@ -89,6 +91,8 @@ def trainer_qlora(path, facts, cfg, steps, warm=0, stop_on_recall=True, prompts=
     model = prepare_model_for_kbit_training(model)           # gradient checkpointing on: the recipe's default
     torch.manual_seed(cfg.seed)
     model = get_peft_model(model, lora_config(model, cfg))
+    load_peak = peak_gb()
+    torch.cuda.reset_peak_memory_stats()   # from here on: training's own peak
     rows = []
     for f, ps in zip(facts, prompts or [[f.prompt] for f in facts]):
         for p in ps:
@@ -137,13 +141,14 @@ def trainer_qlora(path, facts, cfg, steps, warm=0, stop_on_recall=True, prompts=
         trainer.train()
     torch.cuda.synchronize()
     seconds = time.perf_counter() - clock["t0"]
+    train_peak = peak_gb()
     counter.close()
     model.eval()
     n_steps = trainer.state.global_step
     return model, tok, {"steps": n_steps, "seconds": round(seconds, 2),
                         "stopped": "all recalled" if "recalled" in clock else "budget",
                         "tokens_per_second": round((counter.n - clock["tokens0"]) / seconds, 1),
-                        "quantization": info.quantization}
+                        "quantization": info.quantization, "load_peak_gb": load_peak, "peak_gb": train_peak}
 
 
 # ---------------------------------------------------------------- a. the default model on the invented sample
@@ -194,8 +199,7 @@ def part_a(a) -> list[dict]:
                     "locality": loc.get("probes"), "locality_general": loc.get("general"),
                     "locality_before": before["locality"].get("probes"),
                     "locality_general_before": before["locality"].get("general"),
-                    "neutral_nll_ratio": round(after["neutral_nll"] / before["neutral_nll"], 3),
-                    "peak_gb": peak_gb()})
+                    "neutral_nll_ratio": round(after["neutral_nll"] / before["neutral_nll"], 3)})
     except Exception as e:
         import traceback
         traceback.print_exc()
@@ -233,6 +237,8 @@ def beacon_speed(path, facts, prompts, quant, steps, warm, upcast=True) -> dict:
     cfg = InjectConfig().updated(steps=warm + steps, early_stop=False).train
     model, tok, info = load_model(path, quant)
     model = attach_lora(model, cfg, "nf4" in info.quantization, upcast=upcast)
+    load_peak = peak_gb()
+    torch.cuda.reset_peak_memory_stats()
     counter = TokenCounter(model)
     clock = {}
 
@@ -246,7 +252,7 @@ def beacon_speed(path, facts, prompts, quant, steps, warm, upcast=True) -> dict:
     (t0, n0), (t1, n1) = clock[warm], clock[warm + steps]
     del model
     return {"tokens_per_second": round((n1 - n0) / (t1 - t0), 1), "seconds_per_step": round((t1 - t0) / steps, 4),
-            "steps": res.steps, "quantization": info.quantization, "peak_gb": peak_gb()}
+            "steps": res.steps, "quantization": info.quantization, "load_peak_gb": load_peak, "peak_gb": peak_gb()}
 
 
 def part_b(a, tok_dir) -> dict:
@@ -284,7 +290,7 @@ def trainer_speed(path, facts, prompts, cfg, steps) -> dict:
     del model
     return {"tokens_per_second": st["tokens_per_second"], "seconds_per_step": round(st["seconds"] / steps, 4),
             "steps": st["steps"], "quantization": st["quantization"] + ", gradient checkpointing",
-            "peak_gb": peak_gb()}
+            "load_peak_gb": st["load_peak_gb"], "peak_gb": st["peak_gb"]}
 
 
 # ---------------------------------------------------------------- tables
@@ -309,16 +315,16 @@ def table_b(b) -> str:
     runs = b["runs"]
     ref = next((r for r in runs if r["method"].startswith("Trainer") and "error" not in r), None)
     bf16 = next((r for r in runs if r["method"] == "Beacon bf16 LoRA" and "error" not in r), None)
-    lines = ["| method | tokens/s | s/step | x Trainer tokens/s | peak GPU GB | x bf16 LoRA memory |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| method | tokens/s | s/step | x Trainer tokens/s | load peak GB | training peak GB | "
+             "x bf16 LoRA memory |", "|---|---|---|---|---|---|---|"]
     for r in runs:
         if "error" in r:
-            lines.append(f"| {r['method']} | {r['error']} | | | | |")
+            lines.append(f"| {r['method']} | {r['error']} | | | | | |")
             continue
         x = f"{r['tokens_per_second'] / ref['tokens_per_second']:.2f}" if ref else "-"
         m = f"{r['peak_gb'] / bf16['peak_gb']:.2f}" if bf16 else "-"
         lines.append(f"| {r['method']} | {r['tokens_per_second']:.0f} | {r['seconds_per_step']:.3f} | {x} | "
-                     f"{r['peak_gb']:.2f} | {m} |")
+                     f"{r['load_peak_gb']:.2f} | {r['peak_gb']:.2f} | {m} |")
     return "\n".join(lines)
 
 

@@ -52,7 +52,20 @@ def cache_dir() -> Path:
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    """cuda:0 where torch sees a GPU, else the CPU; BEACON_DEVICE (cpu, cuda, cuda:1...) chooses instead
+    (the test suite pins the CPU, where its reference numbers were measured)."""
+    want = os.environ.get("BEACON_DEVICE", "").strip()
+    if not want:
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(want)
+    except RuntimeError:
+        raise ModelError(f"BEACON_DEVICE={want!r} is not a device: use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ModelError(f"BEACON_DEVICE={want!r}: Beacon runs on cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelError(f"BEACON_DEVICE={want!r}, but torch sees no CUDA GPU here")
+    return dev
 
 
 def resolve_quantization(quantization: str, device: torch.device) -> str:

