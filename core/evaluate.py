@@ -14,6 +14,7 @@ import string
 import torch
 
 _PUNCT = string.punctuation + "“”‘’«»…"
+ARTICLES = ("the", "a", "an")
 
 
 def normalise(text: str) -> str:

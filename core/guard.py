@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from .config import GUARD_SOURCES, guard_sources  # noqa: F401 (the sources are declared with the settings)
-from .evaluate import (collate, decoder_states, encode_pair, generate, length_groups, normalise, prefix_groups,
-                       score)
+from .evaluate import (ARTICLES, collate, decoder_states, encode_pair, generate, length_groups, normalise,
+                       prefix_groups, score)
 
 ANCHORS_FILE = Path(__file__).resolve().parent.parent / "assets" / "anchors.txt"
 ANSWER_MARK = " | "
@@ -302,13 +302,10 @@ def subject_specificity(model, tok, asked, fill, known: float = KNOWN_LOGPROB
     return med, one
 
 
-_ARTICLES = ("the", "a", "an")
-
-
 def _lead(answer: str) -> str:
     """An answer up to its first word that is not an article ("the Norwegian" of "the Norwegian Kroner")."""
     words = answer.split()
-    k = next((i for i, w in enumerate(words) if w.lower() not in _ARTICLES), len(words) - 1)
+    k = next((i for i, w in enumerate(words) if w.lower() not in ARTICLES), len(words) - 1)
     return " ".join(words[:k + 1])
 
 
@@ -320,7 +317,7 @@ def _names(answer: str, subject: str) -> bool:
 
 def _head(answer: str) -> str:
     """An answer's first word after any article: "the Pacific Ocean" and "Pacific" share "pacific"."""
-    words = [w for w in normalise(answer).split() if w not in _ARTICLES]
+    words = [w for w in normalise(answer).split() if w not in ARTICLES]
     return words[0] if words else ""
 
 

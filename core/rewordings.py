@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import random
 
+from .evaluate import ARTICLES
+
 # Short everyday sentences put before a prompt. None of them says anything about a fact, probe or anchor.
 CONTEXTS = (
     "Here is something worth knowing.",
@@ -105,7 +107,7 @@ def subject_lead(fact) -> str | None:
     if at < 0:
         return None
     words = fact.prompt[:at].split()
-    article = words[-1] + " " if words and words[-1].lower() in ("the", "a", "an") else ""
+    article = words[-1] + " " if words and words[-1].lower() in ARTICLES else ""
     lead = article + fact.prompt[at:at + len(subj)]
     brand = " " not in lead and lead[:1].islower() and any(c.isupper() for c in lead[1:])   # iPhone, eBay
     return lead if brand else lead[:1].upper() + lead[1:]
