@@ -15,9 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on a network that isn
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The suite's reference numbers (the probes the default model knows, exact-equality checks, precision
 # tests) are fp32 on a CPU. On a GPU, auto loads NF4 with bf16 compute, which knows fewer probes (84% and
-# 58% of the two shipped sets on an H200) and rounds otherwise: there 30 of the first 186 tests failed
-# (2026-12-04). So the suite runs on the CPU everywhere (its subprocesses inherit this), and
-# tests/test_cuda.py asks for CUDA itself. BEACON_DEVICE=cuda runs the whole suite on the GPU.
+# 58% of the two shipped sets on an H200) and rounds differently: there 30 of the first 186 tests failed
+# (2026-12-04; their tracebacks were not kept). So the suite runs on the CPU everywhere (its subprocesses
+# inherit this), and tests/test_cuda.py asks for CUDA itself. BEACON_DEVICE=cuda runs it all on the GPU.
 os.environ.setdefault("BEACON_DEVICE", "cpu")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # One thread per worker (and per app or CLI process a test starts): two torch processes with a
