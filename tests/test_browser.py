@@ -66,11 +66,14 @@ def hover_a_mark(page, chart: str):
                 if max(shot.getpixel((x, y))) - min(shot.getpixel((x, y))) > 60]   # saturated: a mark, not an axis
     assert coloured, f"no marks drawn in #{chart}"
     tip = page.locator("#vg-tooltip-element")
-    for x, y in coloured[::max(1, len(coloured) // 60)]:
-        page.mouse.move(box["x"] + x / sx, box["y"] + y / sy)
-        page.wait_for_timeout(60)
-        if tip.count() and tip.is_visible() and tip.inner_text().strip():
-            return tip.inner_text()
+    # A second, slower pass: under load (the whole suite beside it) Vega's tooltip can take longer than
+    # 60 ms to appear, and one CI run found none over 483 coloured pixels.
+    for wait in (60, 300):
+        for x, y in coloured[::max(1, len(coloured) // 60)]:
+            page.mouse.move(box["x"] + x / sx, box["y"] + y / sy)
+            page.wait_for_timeout(wait)
+            if tip.count() and tip.is_visible() and tip.inner_text().strip():
+                return tip.inner_text()
     raise AssertionError(f"no tooltip over {len(coloured)} coloured pixels of #{chart}")
 
 
