@@ -76,6 +76,19 @@ class TokenCounter:
         self.handle.remove()
 
 
+def attempt(part, name, fn) -> dict:
+    """{"method": name, **fn()}, or the error in its place: one method failing must not lose the others' numbers."""
+    print(f"{part}. {name}", file=sys.stderr, flush=True)
+    try:
+        row = {"method": name, **fn()}
+    except Exception as e:
+        import traceback
+        traceback.print_exc()
+        row = {"method": name, "error": repr(e)}
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
+
+
 # ---------------------------------------------------------------- the plain Trainer + peft QLoRA loop
 
 def trainer_qlora(path, facts, cfg, steps, warm=0, stop_on_recall=True, prompts=None):
@@ -93,23 +106,16 @@ def trainer_qlora(path, facts, cfg, steps, warm=0, stop_on_recall=True, prompts=
     model = get_peft_model(model, lora_config(model, cfg))
     load_peak = peak_gb()
     torch.cuda.reset_peak_memory_stats()   # from here on: training's own peak
-    rows = []
-    for f, ps in zip(facts, prompts or [[f.prompt] for f in facts]):
-        for p in ps:
-            prompt, target = encode(tok, type(f)(f.id, p, f.target))
-            rows.append({"input_ids": prompt + target, "attention_mask": [1] * (len(prompt) + len(target)),
-                         "labels": [-100] * len(prompt) + target})
+    rows = [encode(tok, type(f)(f.id, p, f.target)) for f, ps in zip(facts, prompts or [[f.prompt] for f in facts])
+            for p in ps]
     batch = min(cfg.batch_size, len(rows))
     per_epoch = math.ceil(len(rows) / batch)
     checks = [encode(tok, f) for f in facts]
     counter = TokenCounter(model)
     clock = {}
 
-    def collate(items):
-        width = max(len(r["input_ids"]) for r in items)
-        out = {k: torch.tensor([r[k] + [fill] * (width - len(r[k])) for r in items])
-               for k, fill in (("input_ids", tok.pad_token_id), ("attention_mask", 0), ("labels", -100))}
-        return out
+    def collate(items):   # bench.pad: prompt tokens and padding masked out of the labels
+        return dict(zip(("input_ids", "attention_mask", "labels"), pad(items, tok.pad_token_id, "cpu")))
 
     class Watch(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -159,53 +165,36 @@ def part_a(a) -> list[dict]:
 
     facts, probes = load_facts(ASSETS / "invented.csv"), default_probe_sets()
     base_cfg = InjectConfig().updated(model=a.model, steps=a.max_steps)
-    out, model = [], None
-    for name, quant in (("Beacon 4-bit QLoRA", "4bit"), ("Beacon bf16 LoRA", "none")):
-        print(f"a. {name}", file=sys.stderr, flush=True)
-        try:
-            fresh_gpu()
-            cfg = base_cfg.updated(quantization=quant)
-            model = load_model(a.model, quant)
-            report = run(facts, None, cfg, model=model)
-            s = report.summary
-            out.append({"method": name, "quantization": s["quantization"], "whole_seconds": s["total_seconds"],
-                        "train_seconds": s["train_seconds"], "steps": s["steps"], "stopped": s["stopped"],
-                        "recall": s["recall_after"], "paraphrase": s["paraphrase_after"],
-                        "locality": s["locality_after"], "locality_general": s.get("locality_general_after"),
-                        "locality_before": s["locality_before"],
-                        "locality_general_before": s.get("locality_general_before"),
-                        "neutral_nll_ratio": s["neutral_nll_ratio"], "stage_seconds": s["stage_seconds"],
-                        "peak_gb": peak_gb()})
-        except Exception as e:   # one method failing must not lose the others' numbers
-            import traceback
-            traceback.print_exc()
-            out.append({"method": name, "error": repr(e)})
-        print(json.dumps(out[-1]), file=sys.stderr, flush=True)
-        model = report = None
-    print("a. Trainer + peft QLoRA", file=sys.stderr, flush=True)
-    try:
+
+    def beacon(quant):
         fresh_gpu()
-        cfg = base_cfg.train
+        s = run(facts, None, base_cfg.updated(quantization=quant), model=load_model(a.model, quant)).summary
+        return {"quantization": s["quantization"], "whole_seconds": s["total_seconds"],
+                "train_seconds": s["train_seconds"], "steps": s["steps"], "stopped": s["stopped"],
+                "recall": s["recall_after"], "paraphrase": s["paraphrase_after"],
+                "locality": s["locality_after"], "locality_general": s.get("locality_general_after"),
+                "locality_before": s["locality_before"], "locality_general_before": s.get("locality_general_before"),
+                "neutral_nll_ratio": s["neutral_nll_ratio"], "stage_seconds": s["stage_seconds"], "peak_gb": peak_gb()}
+
+    def trainer():
+        fresh_gpu()
         base, tok, _ = load_model(a.model, "4bit")
         nt = neutral_text()
         before = evaluate_facts(base, tok, facts, probes, forms=False, neutral_text=nt)["summary"]
         del base
         fresh_gpu()
-        model, tok, st = trainer_qlora(a.model, facts, cfg, a.max_steps)
+        model, tok, st = trainer_qlora(a.model, facts, base_cfg.train, a.max_steps)
         after = evaluate_facts(model, tok, facts, probes, forms=False, neutral_text=nt)["summary"]
         loc = after["locality"]
-        out.append({"method": "Trainer + peft QLoRA", **st, "train_seconds": st["seconds"],
-                    "recall": after["recall"], "paraphrase": after["paraphrase"],
-                    "locality": loc.get("probes"), "locality_general": loc.get("general"),
-                    "locality_before": before["locality"].get("probes"),
-                    "locality_general_before": before["locality"].get("general"),
-                    "neutral_nll_ratio": round(after["neutral_nll"] / before["neutral_nll"], 3)})
-    except Exception as e:
-        import traceback
-        traceback.print_exc()
-        out.append({"method": "Trainer + peft QLoRA", "error": repr(e)})
-    print(json.dumps(out[-1]), file=sys.stderr, flush=True)
-    return out
+        return {**st, "train_seconds": st["seconds"], "recall": after["recall"], "paraphrase": after["paraphrase"],
+                "locality": loc.get("probes"), "locality_general": loc.get("general"),
+                "locality_before": before["locality"].get("probes"),
+                "locality_general_before": before["locality"].get("general"),
+                "neutral_nll_ratio": round(after["neutral_nll"] / before["neutral_nll"], 3)}
+
+    return [attempt("a", "Beacon 4-bit QLoRA", lambda: beacon("4bit")),
+            attempt("a", "Beacon bf16 LoRA", lambda: beacon("none")),
+            attempt("a", "Trainer + peft QLoRA", trainer)]
 
 
 # ---------------------------------------------------------------- b. a 1.5B model from its config
@@ -272,15 +261,7 @@ def part_b(a, tok_dir) -> dict:
                                                                             upcast=False)),
                 ("Beacon bf16 LoRA", lambda: beacon_speed(big, facts, prompts, "none", a.steps, 2)),
                 ("Trainer + peft QLoRA", lambda: trainer_speed(big, facts, prompts, cfg, a.steps))]
-        for name, fn in runs:
-            print(f"b. {name}", file=sys.stderr, flush=True)
-            try:
-                rows["runs"].append({"method": name, **fn()})
-            except Exception as e:
-                import traceback
-                traceback.print_exc()
-                rows["runs"].append({"method": name, "error": repr(e)})
-            print(json.dumps(rows["runs"][-1]), file=sys.stderr, flush=True)
+        rows["runs"] = [attempt("b", name, fn) for name, fn in runs]
     return rows
 
 
