@@ -14,9 +14,11 @@ from core.rewordings import chat_form, held_out_paraphrases, question_form, trai
 
 ROOT = ASSETS.parent
 PROBE_FILES = [ASSETS / "probes.csv", ASSETS / "probes_general.csv", ROOT / "benchmarks" / "heldout" / "probes.csv",
-               ROOT / "benchmarks" / "same_subject" / "counterfactual.csv"]
+               ROOT / "benchmarks" / "same_subject" / "counterfactual.csv",
+               ROOT / "benchmarks" / "fresh" / "probes.csv", ROOT / "benchmarks" / "fresh" / "same_subject.csv"]
 SAMPLE_FILES = [ASSETS / n for n in ("invented.csv", "counterfactual.csv", "conflicts.csv", "people.csv")] + \
-               [ROOT / "benchmarks" / "heldout" / "facts.csv"]
+               [ROOT / "benchmarks" / "heldout" / "facts.csv",
+                ROOT / "benchmarks" / "fresh" / "invented.csv", ROOT / "benchmarks" / "fresh" / "counterfactual.csv"]
 
 
 @pytest.mark.parametrize("path", PROBE_FILES, ids=lambda p: p.name if p.parent.name == "assets" else p.parent.name)
