@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .config import GUARD_SOURCES, guard_sources  # noqa: F401 (the sources are declared with the settings)
+from .frozen import FrozenPrefixes
 from .evaluate import (ARTICLES, collate, decoder_states, encode_pair, generate, length_groups, normalise,
                        prefix_groups, score)
 
@@ -228,6 +229,27 @@ def relation_anchors(model, tok, facts, per_fact: int = 8, seed: int = 0, specif
     Its guesses about a name it has never seen ("Zentrix Robotics was founded in the year | 2015"), or
     about a known one asked a question that means nothing ("The light bulb was painted by | a single"),
     are then not held against what the person is teaching it."""
+    requests = relation_requests(facts, per_fact, seed)
+    if not requests.prompts:
+        return []
+    answers = generate(model, tok, requests.prompts + [f.prompt for f in facts], max_new_tokens=8)
+    return relation_anchors_from(model, tok, requests, answers[:len(requests.prompts)],
+                                 answers[len(requests.prompts):], specific, facts)
+
+
+class Requests(NamedTuple):
+    """Prompts for the base model to answer, and what each belongs to (a builder's own bookkeeping)."""
+    prompts: list
+    owner: list
+    extra: object = None
+
+
+def _fill(b, a, name):
+    return (b + (name if b.strip() else name[:1].upper() + name[1:]) + a).strip()
+
+
+def relation_requests(facts, per_fact: int = 8, seed: int = 0) -> Requests:
+    """relation_anchors' prompts: each fact's subject asked by up to `per_fact` of the other facts' relations."""
     spans = [(f, s) for f in facts if (s := _subject_span(f))]
     templates, seen = [], set()
     for f, (before, after) in spans:
@@ -237,7 +259,6 @@ def relation_anchors(model, tok, facts, per_fact: int = 8, seed: int = 0, specif
             templates.append((f.relation or key, before, after))
     rng = random.Random(seed)
     prompts, owner = [], []
-    fill = lambda b, a, name: (b + (name if b.strip() else name[:1].upper() + name[1:]) + a).strip()
     asked: dict[str, set] = {}      # every relation a subject is taught: none of them is held for it
     for f, (before, after) in spans:
         asked.setdefault(normalise(f.subject), set()).update({f.relation or normalise(before + "{}" + after),
@@ -246,25 +267,29 @@ def relation_anchors(model, tok, facts, per_fact: int = 8, seed: int = 0, specif
         own = asked[normalise(f.subject)]
         cands = [t for t in templates if t[0] not in own and normalise(t[1] + "{}" + t[2]) not in own]
         for _, b, a in rng.sample(cands, min(per_fact, len(cands))):
-            if (p := fill(b, a, f.subject)) not in prompts:       # a subject with two facts: ask once
+            if (p := _fill(b, a, f.subject)) not in prompts:       # a subject with two facts: ask once
                 prompts.append(p)
-                owner.append((k, b, a))
-    if not prompts:
-        return []
-    answers = generate(model, tok, prompts + [f.prompt for f, _ in spans], max_new_tokens=8)
+                owner.append((f.subject, b, a))
+    return Requests(prompts, owner)
+
+
+def relation_anchors_from(model, tok, requests: Requests, answers: list[str], old_answers: list[str],
+                          specific: float = 2.5, facts=None) -> list[str]:
+    """relation_anchors from the base model's greedy answers (8 tokens) to its requests' prompts, and its old
+    answers to the facts' own prompts (`facts`, in order; only their first word counts)."""
     replaced: dict[str, set] = {}   # the base's answers that the subject's facts replace
-    for (f, _), a in zip(spans, answers[len(prompts):]):
-        replaced.setdefault(normalise(f.subject), set()).add(_head(_answer(a)))
+    for f, a in zip(facts, old_answers):
+        replaced.setdefault(normalise(f.subject or ""), set()).add(_head(_answer(a)))
     kept = []
-    for p, a, (k, b, after) in zip(prompts, answers, owner):
+    for p, a, (subject, b, after) in zip(requests.prompts, answers, requests.owner):
         a = _answer(a)
-        if a and len(a) <= 60 and _head(a) not in replaced[normalise(spans[k][0].subject)] - {""}:
-            kept.append((p, a, spans[k][0].subject, b, after))
+        if a and len(a) <= 60 and _head(a) not in replaced.get(normalise(subject), set()) - {""}:
+            kept.append((p, a, subject, b, after))
     if specific > 0 and kept:
         # A known subject's anchor is held only where its own answer is knowledge too: specific to the subject
         # and said with some confidence ("The capital of Japan is | Tokyo"), not "The light bulb was painted by |
         # a single", whose pull pinned "The first practical light bulb was made by" (README, Results: stop 25).
-        per_subject, per_anchor = subject_specificity(model, tok, kept, fill)
+        per_subject, per_anchor = subject_specificity(model, tok, kept, _fill)
         kept = [x for x in kept if per_subject.get(x[2], 0) >= specific and x[0] in per_anchor
                 and per_anchor[x[0]][0] >= specific and per_anchor[x[0]][1] >= KNOWN_LOGPROB]
     return [f"{p}{ANSWER_MARK}{a}" for p, a, *_ in kept]
@@ -336,11 +361,22 @@ def subject_text_anchors(model, tok, facts, tokens: int = 16) -> list[str]:
     its new answer ("Tell me about Italy." -> "Spain. Spain. Spain."). Only the text after the context is
     held, and it is cut before the base model's old answer to any of the subject's facts ("Rome"), which
     the guard must not hold."""
+    requests = held_requests(tok, facts)
+    if not requests.prompts or tokens <= 0:
+        return []
+    named = [f for f in facts if f.subject and f.subject.strip()]
+    old = generate(model, tok, [f.prompt for f in named], max_new_tokens=8)
+    return held_anchors_from(requests, generate(model, tok, requests.prompts, max_new_tokens=tokens), named, old)
+
+
+def held_requests(tok, facts) -> Requests:
+    """subject_text_anchors' contexts: each fact as taught, each subject announced and, with a chat template,
+    asked about; owner: the subject each belongs to."""
     from .rewordings import chat_prompt, subject_lead
 
     facts = [f for f in facts if f.subject and f.subject.strip()]
-    if not facts or tokens <= 0:
-        return []
+    if not facts:
+        return Requests([], [])
     subjects = list(dict.fromkeys(f.subject.strip() for f in facts))
     contexts = [f"{f.prompt} {f.target}" + ("" if f.target[-1:] in ".!?" else ".") for f in facts]
     leads = {f.subject.strip(): subject_lead(f) or f.subject.strip() for f in facts}
@@ -349,14 +385,18 @@ def subject_text_anchors(model, tok, facts, tokens: int = 16) -> list[str]:
     if chat_prompt(tok, "Hi.") is not None:     # asked through the chat template too
         contexts += [chat_prompt(tok, ASK_ABOUT.format(subject=s)) for s in subjects]
         owners += subjects
-    old = generate(model, tok, [f.prompt for f in facts], max_new_tokens=8)
+    return Requests(contexts, owners)
+
+
+def held_anchors_from(requests: Requests, texts: list[str], facts, old_answers: list[str]) -> list[str]:
+    """subject_text_anchors from the base model's greedy texts after each context, cut before the first word of
+    its old answer (`old_answers`, to the prompts of `facts` in order) to any of the subject's facts."""
     replaced: dict[str, set] = {}   # the heads of the base model's old answers, per subject
-    for f, a in zip(facts, old):
-        if h := _head(_answer(a)):
+    for f, a in zip(facts, old_answers):
+        if f.subject and f.subject.strip() and (h := _head(_answer(a))):
             replaced.setdefault(f.subject.strip(), set()).add(h)
-    texts = generate(model, tok, contexts, max_new_tokens=tokens)
     out = []
-    for context, owner, text in zip(contexts, owners, texts):
+    for context, owner, text in zip(requests.prompts, requests.owner, texts):
         words = text.split()
         cut = next((i for i, w in enumerate(words) if normalise(w) in replaced.get(owner, ())), len(words))
         text = " ".join(words[:cut])
@@ -447,12 +487,13 @@ def restating(embedder, anchors: list[str], facts, threshold: float = 0.9) -> li
     return [i for i, p in enumerate(prompts) if normalise(p) in own or sim[i].max() >= threshold]
 
 
-def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a, **k: None):
+def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a, **k: None, old_answers=None):
     """(anchors, indices of the near ones, what the report says of them) for a run with `cfg`:
     neighbours and sampled text written by the base model, and/or the shipped file; behind the subject
     gate, the relation anchors (the subject asked by the other facts' relations). Anchors that
     restate a probe are left out so that locality is measured on knowledge the guard did not see;
-    those that restate a kept fact are left out so the guard does not hold the old answer."""
+    those that restate a kept fact are left out so the guard does not hold the old answer. old_answers: the base
+    model's greedy answers to the facts' prompts where the caller has them (the recall measured before)."""
     if not cfg.train.reads_anchors or not facts:   # no anchors to make or embed
         return [], [], None
     pool, sources = [], guard_sources(cfg.guard_anchors)
@@ -476,11 +517,21 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
         pool += read_anchors(cfg.anchors_file or ANCHORS_FILE)
     about_subject = set()
     if "relations" in sources:
-        emit("guard", "asking the base model what it says of each subject by the other facts' relations")
-        about_subject = set(relation_anchors(model, tok, facts, seed=cfg.train.seed, specific=cfg.relation_specific))
-        if cfg.train.gate == "from-subject" and cfg.held_texts:
-            emit("guard", "asking the base model how it goes on after each fact and about each subject")
-            about_subject |= set(subject_text_anchors(model, tok, facts, cfg.held_texts))
+        emit("guard", "asking the base model what it says of each subject by the other facts' relations, and how "
+                      "it goes on after each fact and about each subject")
+        # One greedy decode for the relation prompts, the held texts' contexts and (unless the caller measured
+        # them) the facts' own prompts: the base model's old answers both need.
+        rel = relation_requests(facts, seed=cfg.train.seed)
+        held = held_requests(tok, facts) if cfg.train.gate == "from-subject" and cfg.held_texts else Requests([], [])
+        own = [] if old_answers is not None else [f.prompt for f in facts]
+        texts = generate(model, tok, rel.prompts + held.prompts + own, batch_size=256,
+                         max_new_tokens=[8] * len(rel.prompts) + [cfg.held_texts] * len(held.prompts) + [8] * len(own))
+        old = old_answers if old_answers is not None else texts[len(rel.prompts) + len(held.prompts):]
+        about_subject = set(relation_anchors_from(model, tok, rel, texts[:len(rel.prompts)], old,
+                                                  cfg.relation_specific, facts))
+        named = [(f, a) for f, a in zip(facts, old) if f.subject and f.subject.strip()]
+        about_subject |= set(held_anchors_from(held, texts[len(rel.prompts):len(rel.prompts) + len(held.prompts)],
+                                               [f for f, _ in named], [a for _, a in named]))
         pool += sorted(about_subject)
     bad = set(restating(embedder, pool, [p for ps in probes.values() for p in ps]))
     pool = [a for i, a in enumerate(pool) if i not in bad]
@@ -494,12 +545,13 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
 # ---------------------------------------------------------------- the loss
 
 @torch.no_grad()
-def anchor_targets(model, tok, anchors: list[str], device, batch_size: int = 32):
-    """(token ids, start, base, held) of each anchor: the base model's log-probs (adapter disabled),
+def anchor_targets(model, tok, anchors: list[str], device, batch_size: int = 32, gate=None):
+    """(token ids, start, base, held, frozen) of each anchor: the base model's log-probs (adapter disabled),
     stored in bf16 to halve memory, of a held text only from `start` on (its context's never count: at 49k
     log-probs a position, they were about half of the guard's memory); for a fact anchor the position where its
     answer starts, for a held text the position where the text starts; held: whether only the positions from
-    `start` on count. Batched by length."""
+    `start` on count. Batched by length. gate: behind the subject gate, each anchor's tokens before its
+    subject are cached once (`frozen`, core/frozen.py): there the tuned model is the base model."""
     enc, start, held = [], [], []
     for a in anchors:
         prompt, answer = split_anchor(a)
@@ -522,7 +574,10 @@ def anchor_targets(model, tok, anchors: list[str], device, batch_size: int = 32)
             lp = _real_logprobs(model, [enc[i] for i in rows], tok.pad_token_id, device).to(torch.bfloat16)
             for i, x in zip(rows, lp.split([len(enc[i]) for i in rows])):
                 base[i] = (x[start[i]:] if held[i] else x).clone()   # a copy: a view would keep the whole batch
-    return AnchorTargets(enc, start, base, held)
+    # A held text runs from its context's cut on, and its log-probs count from `start`: the cut is never later.
+    frozen = FrozenPrefixes(model, gate, enc, [start[i] if held[i] else len(enc[i]) - 1 for i in range(len(enc))],
+                            tok.pad_token_id) if gate is not None else None
+    return AnchorTargets(enc, start, base, held, frozen)
 
 
 class AnchorTargets(NamedTuple):
@@ -530,17 +585,24 @@ class AnchorTargets(NamedTuple):
     start: list
     base: list
     held: list
+    frozen: FrozenPrefixes | None = None
 
 
-def _real_logprobs(model, seqs: list[list[int]], pad_id, device, froms=None, shared: int = 0):
+def _real_logprobs(model, seqs: list[list[int]], pad_id, device, froms=None, shared: int = 0, frozen=None, items=None):
     """Log-probs at every real position of `seqs` (from position froms[i] on, with `froms`), row after row
     ([positions, V]): one right-padded pass, the LM head only where asked. shared: the rows' first `shared`
-    tokens are the same and run once (decoder_states' prefix; gradients flow back through it)."""
-    ids, mask, _ = collate([(s[shared:], []) for s in seqs], pad_id, device)
-    h = decoder_states(model, ids, mask, prefix=seqs[0][:shared] or None)
+    tokens are the same and run once (decoder_states' prefix; gradients flow back through it). frozen: the
+    rows' cached prefixes (their indices `items`), each row run from its cut on; froms[i] is never before it."""
+    cuts = [frozen.cut[i] for i in items] if frozen is not None else [shared] * len(seqs)
+    ids, mask, _ = collate([(s[c:], []) for s, c in zip(seqs, cuts)], pad_id, device)
+    if frozen is not None:
+        h = frozen.states(model, items, ids, mask)
+    else:
+        h = decoder_states(model, ids, mask, prefix=seqs[0][:shared] or None)
     keep = mask.bool()
     if froms is not None:
-        keep &= torch.arange(keep.shape[1], device=device)[None] >= torch.tensor(froms, device=device)[:, None] - shared
+        at = torch.tensor(froms, device=device) - torch.tensor(cuts, device=device)
+        keep &= torch.arange(keep.shape[1], device=device)[None] >= at[:, None]
     rows, cols = keep.nonzero(as_tuple=True)                       # row-major: row by row, in order
     return torch.log_softmax(model.get_output_embeddings()(h[rows, cols]).float(), -1)
 
@@ -562,8 +624,9 @@ def guard_loss(model, anchors, picks, pad_id, device, margin: float = 0.0):
     `margin`, each position adds that weight times `margin_drop`. Anchors run in groups of similar length
     and the LM head only on the positions that count: a 45-token sampled text beside 12-token neighbour
     facts would otherwise pad the batch to three times its work. Held texts that open alike (the chat
-    template's system turn and the request: half of a chat text's tokens) run that prefix once."""
-    enc, start, base, held = anchors
+    template's system turn and the request: half of a chat text's tokens) run that prefix once. Behind the
+    gate each anchor runs from its cached prefix on (anchors.frozen), where its KL is 0 by construction."""
+    enc, start, base, held, frozen = anchors
     total = torch.zeros((), device=device)
 
     def add(rows, logp, froms):
@@ -579,8 +642,16 @@ def guard_loss(model, anchors, picks, pad_id, device, margin: float = 0.0):
             if held[i]:
                 total = total + k.mean()
             else:
+                k = torch.nn.functional.pad(k, (f, 0))    # the positions before f are the base model's: KL 0
                 total = total + (0.5 * k.mean() + 0.5 * k[start[i]:].mean() if start[i] else k.mean())
 
+    if frozen is not None:
+        for g in length_groups([len(enc[i]) - frozen.cut[i] for i in picks]):
+            rows = [picks[j] for j in g]
+            froms = [start[i] if held[i] else frozen.cut[i] for i in rows]
+            add(rows, _real_logprobs(model, [enc[i] for i in rows], pad_id, device, froms, frozen=frozen, items=rows),
+                froms)
+        return total / len(picks)
     whole = [i for i in picks if not held[i]]
     for g in length_groups([len(enc[i]) for i in whole]):
         rows = [whole[j] for j in g]

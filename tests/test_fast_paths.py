@@ -7,6 +7,7 @@ import torch
 from core import evaluate, guard, precision
 from core.evaluate import score
 from core.train import train
+from core.facts import Fact
 from tests.test_train import FACTS, FACT_ANCHORS, _tiny
 
 
@@ -82,7 +83,7 @@ def test_grouped_guard_loss_equals_each_anchor_alone(tiny_dir):
                               f"{lead}Zentrix Robotics.\n |> It builds small robots for farms.",
                               f"{lead}the Brennoc valve.\n |> It was first used in ships."]
     targets = guard.anchor_targets(model, tok, anchors, "cpu")
-    enc, start, _, held = targets
+    enc, start, _, held, _ = targets
     assert held == [False] * (len(anchors) - 2) + [True, True]
     assert evaluate._shared_prefix([enc[-2], enc[-1]]) >= evaluate.PREFIX_MIN
     picks = list(range(len(anchors)))
@@ -210,3 +211,44 @@ def test_margin_term_sees_the_flip_that_kl_barely_does(tiny_dir):
         plain = guard.guard_loss(model, targets, picks, tok.pad_token_id, "cpu")
         assert float(guard.guard_loss(model, targets, picks, tok.pad_token_id, "cpu", margin=0.0)) == float(plain)
         assert float(guard.guard_loss(model, targets, picks, tok.pad_token_id, "cpu", margin=1.0)) > float(plain)
+
+
+def test_behind_the_gate_the_tokens_before_a_subject_are_computed_once_and_nothing_changes(tiny_dir):
+    """Each wording and anchor runs from its first subject token on, over its cached base-model prefix: the
+    task's NLL, its hits, the guard's KL and every gradient are those of the whole texts."""
+    from core.frozen import FrozenPrefixes
+    from core.gate import SubjectGate
+    from core.rewordings import training_prompts
+    from core.train import _forward_rows
+
+    model, tok, cfg = _tiny(tiny_dir, locality_guard=0.0)
+    facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),
+             Fact("b", "The Brennoc valve was invented by", "Ottilie Brask", "Brennoc valve", "inventor")]
+    gate = SubjectGate.for_facts(tok, facts, "from-subject").attach(model)
+    for n, p in model.named_parameters():      # an adapter that moves what it touches
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    pairs = [evaluate.encode_pair(tok, p, f.target, end=True) for f in facts for p in training_prompts(f, tok)]
+    frozen = FrozenPrefixes(model, gate, [p + t for p, t in pairs], [len(p) - 1 for p, _ in pairs], tok.pad_token_id)
+    assert sum(c > 0 for c in frozen.cut) >= len(pairs) // 2 and max(frozen.cut) > 20   # the chat form's system turn
+    anchors = [f"{facts[0].prompt} {facts[0].target}. |> It builds small robots for farms.",
+               "The founder of Zentrix Robotics is | Pavel Orr", "Plain text names no subject at all."]
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(with_frozen):
+        model.zero_grad(set_to_none=True)
+        items = list(range(len(pairs)))
+        nll, hit, h = _forward_rows(model, pairs, tok.pad_token_id, "cpu", frozen if with_frozen else None, items)
+        targets = guard.anchor_targets(model, tok, anchors, "cpu", gate=gate if with_frozen else None)
+        g = guard.guard_loss(model, targets, [0, 1, 2], tok.pad_token_id, "cpu")
+        (nll.sum() + g).backward()
+        return nll.detach(), hit, h.detach(), float(g), torch.cat([p.grad.flatten() for p in params])
+
+    model.train()
+    whole, cached = run(False), run(True)
+    assert torch.allclose(whole[0], cached[0], atol=1e-5) and torch.equal(whole[1], cached[1])
+    assert torch.allclose(whole[2], cached[2], atol=1e-4) and whole[3] > 1e-6
+    # Before a subject the tuned model is the base model: the cached path counts KL 0 there, the whole texts
+    # count the rounding of the base log-probs stored in bf16 (no gradient flows from those positions).
+    assert 0 <= whole[3] - cached[3] < 0.03 * whole[3]
+    assert torch.allclose(whole[4], cached[4], atol=1e-5 * whole[4].abs().max())

@@ -118,7 +118,7 @@ def test_fact_anchors_split_at_the_bar_and_the_guard_holds_their_answers(tiny_di
     model, tok, cfg = _tiny(tiny_dir, steps=1)
     held = "The capital of Chile is Santiago. |> It lies in a valley."
     assert split_held(held) == ("The capital of Chile is Santiago.", "It lies in a valley.")
-    enc, start, _, held_only = _anchor_targets(model, tok, FACT_ANCHORS + ["Plain text.", held], "cpu")
+    enc, start, _, held_only, _ = _anchor_targets(model, tok, FACT_ANCHORS + ["Plain text.", held], "cpu")
     assert tok.decode(enc[0][start[0] + 1:]).strip() == "Santiago." and start[-2] == 0
     assert tok.decode(enc[-1][start[-1] + 1:]).strip() == "It lies in a valley."   # only the text after is held
     assert held_only == [False] * (len(FACT_ANCHORS) + 1) + [True]
@@ -130,24 +130,27 @@ def test_fact_anchors_split_at_the_bar_and_the_guard_holds_their_answers(tiny_di
     assert kls[1] < kls[0] * 0.5
 
 
-def test_a_confirm_that_fails_stops_at_its_first_missed_batch(tiny_dir, monkeypatch):
+def test_the_stop_confirms_only_the_facts_own_prompts(tiny_dir, monkeypatch):
+    """Every wording's hit comes from its own step's pass; before stopping, one pass over the facts' own prompts
+    (not every wording) checks them on the updated weights."""
     import core.train as T
 
     model, tok, cfg = _tiny(tiny_dir, steps=1)
     pairs = [T.encode_pair(tok, f.prompt, f.target, end=True) for f in FACTS] * 3
-    res = T.TrainResult(recalled=[False] * len(FACTS))
+    res = T.TrainResult(recalled=[True] * len(FACTS))
     seen = []
     real = T._forward_rows
     monkeypatch.setattr(T, "_forward_rows", lambda m, p, *a: seen.append(len(p)) or real(m, p, *a))
     hits = [True] * len(pairs)
     owner, own = [i % len(FACTS) for i in range(len(pairs))], [i < len(FACTS) for i in range(len(pairs))]
-    assert not T._confirm(res, hits, own, owner, model, tok, pairs, "cpu", 4)   # an untrained model misses
-    assert seen == [4] and hits[4:] == [True] * 8 and hits[:4] != [True] * 4
+    assert not T._confirm(res, hits, own, owner, model, tok, pairs, "cpu", 32)   # an untrained model misses
+    assert seen == [len(FACTS)]                                                  # the own prompts, once
+    assert hits[len(FACTS):] == [True] * 2 * len(FACTS) and hits[:len(FACTS)] == res.recalled == [False] * len(FACTS)
 
 
 def _answer_kl(model, tok):
     """KL(base || tuned) at the positions that predict each fact anchor's answer."""
-    enc, start, base, _ = _anchor_targets(model, tok, FACT_ANCHORS, "cpu")
+    enc, start, base, _, _ = _anchor_targets(model, tok, FACT_ANCHORS, "cpu")
     total = 0.0
     with torch.no_grad():
         for ids, s, b in zip(enc, start, base):
@@ -186,8 +189,8 @@ def test_focus_puts_every_missed_wording_in_each_batch_of_the_tail(tiny_dir, mon
     seen, tails, calls = {}, [], []
     real = T._forward_rows
 
-    def spy(model_, pairs, pad, dev):
-        nll, hit, h = real(model_, pairs, pad, dev)
+    def spy(model_, pairs, pad, dev, frozen=None, items=None):
+        nll, hit, h = real(model_, pairs, pad, dev, frozen, items)
         if torch.is_grad_enabled():                        # a training step, not the stop's check
             keys = [tuple(p) + tuple(t) for p, t in pairs]
             misses = {k for k, ok in seen.items() if not ok}
