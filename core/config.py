@@ -148,7 +148,9 @@ class InjectConfig:
                                         min=0.0, max=1.0)
     keep: list[str] = setting([], "comma-separated ids to keep even if a check drops them")
     drop: list[str] = setting([], "comma-separated ids to drop")
-    categorize_samples: int = setting(8, "sampled answers per fact for known / update / new (0 = skip)", min=0)
+    categorize_samples: int = setting(8, "known / update / new as if from N sampled answers per fact (known: at least "
+                                      "one of N would recall the target, more likely than not; read off teacher-forced "
+                                      "probabilities, nothing is sampled; 0 = greedy answer only)", min=0)
     # where to train and how to merge (core/layers.py, core/merge.py)
     layers: str = setting("all", "where to train: all, auto (semantic layer selection) or indices like 20-29")
     orders: int = setting(1, "train K adapters on K data orders and merge them", min=1, max=16)

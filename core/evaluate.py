@@ -69,13 +69,15 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int | list[int] = 1
     repeats: sampled completions per prompt, returned prompt by prompt (len(prompts) * repeats texts);
     each prompt is run once and its keys and values copied to its repeats.
 
-    Greedy prompts are batched by token length (little padding) and each row is cut to its own
-    budget: greedy decoding is causal, so a row's text is what it would be alone. Sampled prompts
-    keep their order, so a seed draws the same texts as before.
-    A token prefix that all prompts share (16 tokens or more: a few-shot prompt, a chat template's
-    system turn) is run once and its KV cache copied to every row: on a CPU the prompt pass is most of
-    the cost of short answers. Rows are laid out [prefix, padding, own tokens], the padding masked;
-    positions come from the mask, so each row reads as it would alone.
+    Prompts run in batches of rows alike: those that open with the same 16 tokens or more (a few-shot prompt,
+    a chat template's system turn) together, that shared prefix run once and its KV cache copied to every row
+    (on a CPU the prompt pass is most of the cost of short answers); within that, greedy rows of the same budget
+    and of similar length (at most 1.5 times the shortest) together, sampled rows in their order, at most
+    `batch_size` prompts a batch: a batch
+    runs to its longest budget, pads to its longest prompt, and a decoding step costs about the same for 30
+    rows as for 100 on a CPU. Each row is cut to its own budget: decoding is causal, so a greedy row's text is
+    what it would be alone. Rows are laid out [prefix, padding, own tokens], the padding masked; positions
+    come from the mask, so each row reads as it would alone.
     stop: a batch ends early once every row has produced a token containing this text (the text after it
     is the caller's to cut)."""
     dev, pad = _device(model), tok.pad_token_id
@@ -85,10 +87,6 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int | list[int] = 1
     enc = [tok(p, add_special_tokens=True).input_ids for p in prompts]
     if not enc:
         return []
-    shared = _shared_prefix(enc)
-    shared = shared if shared >= PREFIX_MIN else 0
-    cache = _decoder(model)(input_ids=torch.tensor([enc[0][:shared]], device=dev), use_cache=True).past_key_values \
-        if shared else None
     kw = dict(do_sample=False)     # sampling too: _Sampler draws the token, greedy decoding takes it
     if sample:
         from transformers import LogitsProcessorList
@@ -98,33 +96,53 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int | list[int] = 1
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         texts = tok.batch_decode([[i] for i in range(len(tok))])
         kw["eos_token_id"] = eos + [i for i, t in enumerate(texts) if stop in t and i not in eos]
-    order = list(range(len(prompts))) if sample else sorted(range(len(prompts)), key=lambda i: len(enc[i]))
     out: list[str] = [""] * (len(prompts) * repeats)
     per_batch = max(1, batch_size // repeats)
-    for b in range(0, len(order), per_batch):
-        rows = order[b:b + per_batch]
-        own = [enc[i][shared:] for i in rows]
-        width = max(map(len, own))
-        head = enc[rows[0]][:shared]
-        input_ids = torch.tensor([head + [pad] * (width - len(x)) + x for x in own], device=dev)
-        mask = torch.tensor([[1] * shared + [0] * (width - len(x)) + [1] * len(x) for x in own], device=dev)
-        past = None
-        if cache is not None:
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(rows))
-        if repeats > 1:
-            if width > 1:   # each prompt's own tokens but the last, once: generate runs the last one
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                past = _decoder(model)(input_ids=input_ids[:, shared:-1], attention_mask=mask[:, :-1],
-                                       position_ids=pos[:, shared:-1], past_key_values=past, use_cache=True).past_key_values
-                past.batch_repeat_interleave(repeats)
-            input_ids, mask = input_ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
-        extra = {"past_key_values": past} if past is not None else {}
-        gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max(budgets[i] for i in rows),
-                             pad_token_id=pad, **kw, **extra)[:, shared + width:]
-        for r, i in enumerate(rows):
-            for j in range(repeats):
-                out[i * repeats + j] = tok.decode(gen[r * repeats + j, :budgets[i]], skip_special_tokens=True)
+    for shared, group in prefix_groups([(e, []) for e in enc], ratio=float("inf")):
+        shared = shared if shared >= PREFIX_MIN else 0
+        cache = _decoder(model)(input_ids=torch.tensor([enc[group[0]][:shared]], device=dev),
+                                use_cache=True).past_key_values if shared else None
+        # Sampled rows keep their order (a seed draws the same texts however the prompts are repeated)
+        batches = [sorted(group)[k:k + per_batch] for k in range(0, len(group), per_batch)] if sample else \
+            _decode_batches(group, budgets, [len(enc[i]) - shared for i in group], per_batch)
+        for rows in batches:
+            own = [enc[i][shared:] for i in rows]
+            width = max(map(len, own))
+            head = enc[rows[0]][:shared]
+            input_ids = torch.tensor([head + [pad] * (width - len(x)) + x for x in own], device=dev)
+            mask = torch.tensor([[1] * shared + [0] * (width - len(x)) + [1] * len(x) for x in own], device=dev)
+            past = None
+            if cache is not None:
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(rows))
+            if repeats > 1:
+                if width > 1:   # each prompt's own tokens but the last, once: generate runs the last one
+                    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                    past = _decoder(model)(input_ids=input_ids[:, shared:-1], attention_mask=mask[:, :-1],
+                                           position_ids=pos[:, shared:-1], past_key_values=past,
+                                           use_cache=True).past_key_values
+                    past.batch_repeat_interleave(repeats)
+                input_ids, mask = input_ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
+            extra = {"past_key_values": past} if past is not None else {}
+            gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max(budgets[i] for i in rows),
+                                 pad_token_id=pad, **kw, **extra)[:, shared + width:]
+            for r, i in enumerate(rows):
+                for j in range(repeats):
+                    out[i * repeats + j] = tok.decode(gen[r * repeats + j, :budgets[i]], skip_special_tokens=True)
+    return out
+
+
+def _decode_batches(rows: list[int], budgets: list[int], lengths: list[int], size: int) -> list[list[int]]:
+    """generate's batches of `rows` (lengths: each row's own, in the same order): the same budget, lengths
+    within 1.5 times the shortest, at most `size` rows."""
+    by_budget: dict[int, list[int]] = {}
+    for r, n in zip(rows, lengths):
+        by_budget.setdefault(budgets[r], []).append((r, n))
+    out = []
+    for _, items in sorted(by_budget.items()):
+        for g in length_groups([n for _, n in items]):
+            g = [items[j][0] for j in g]
+            out += [g[k:k + size] for k in range(0, len(g), size)]
     return out
 
 
@@ -226,11 +244,12 @@ def decoder_states(model, ids, mask, prefix: list[int] | None = None):
     return decoder(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True).last_hidden_state
 
 
-def forward_targets(model, ids, mask, labels, prefix: list[int] | None = None):
+def forward_targets(model, ids, mask, labels, prefix: list[int] | None = None, states=None):
     """Run the model but apply the LM head only where a target token is predicted: on a small
-    model the head over a 49k vocabulary is about 40% of a training step. prefix: as decoder_states.
+    model the head over a 49k vocabulary is about 40% of a training step. prefix: as decoder_states;
+    states: the decoder's hidden states when the caller ran it (core/frozen.py).
     Returns (logits [n_tok, V], labels [n_tok], row of each token, col of each token, hidden [B, T, d])."""
-    h = decoder_states(model, ids, mask, prefix)
+    h = decoder_states(model, ids, mask, prefix) if states is None else states
     lab = labels[:, 1:]
     rows, cols = (lab != -100).nonzero(as_tuple=True)  # row-major: each row's first target comes first
     logits = model.get_output_embeddings()(h[rows, cols])
@@ -261,23 +280,63 @@ def target_stats(logits, labels, rows, n_rows: int):
     return sum_lp, -sum_lp / count.clamp(min=1), misses == 0, rank
 
 
+SAMPLE_TEMPERATURE = 0.7   # the temperature a sampled answer is drawn at (categories, their share of samples)
+
+
+def score(model, tok, prompts: list[str], targets: list[str], batch_size: int = 32, hidden: bool = False):
+    """score_pairs of each (prompt, target) as encode_pair tokenises them."""
+    return score_pairs(model, tok, [encode_pair(tok, p, t) for p, t in zip(prompts, targets)], batch_size, hidden)
+
+
 @torch.no_grad()
-def score(model, tok, prompts: list[str], targets: list[str], batch_size: int = 32):
-    """Teacher-forced log-prob, greedy-hit flag and first-token rank for each pair (batched by length),
-    and `next`: the greedy token after the whole target (what decides whether it ends at a word boundary)."""
+def score_pairs(model, tok, pairs: list[tuple[list[int], list[int]]], batch_size: int = 32, hidden: bool = False):
+    """One teacher-forced pass over each (prompt ids, target ids), batched by length. Per pair:
+    logprob: the target's summed log-prob; hit: the argmax is every target token (greedy decoding then writes
+    the target); rank: of the first target token; next: the greedy token after the whole target (what decides
+    whether it ends at a word boundary); greedy: the greedy answer's first tokens as far as this pass knows
+    them (the target's tokens up to the first miss, then the argmax there; for a hit, the target and `next`);
+    sample_logprob: the target's log-prob at SAMPLE_TEMPERATURE (how often a sampled answer starts with it);
+    first_p: at that temperature, the probability of the greedy first token (how stable the greedy answer is);
+    with hidden, `hidden`: the final hidden state at the prompt's last token [n, d] (the semantic distance's h)."""
     dev = _device(model)
-    pairs = [encode_pair(tok, p, t) for p, t in zip(prompts, targets)]
-    res = {"logprob": [0.0] * len(pairs), "hit": [False] * len(pairs), "rank": [0] * len(pairs),
-           "next": [0] * len(pairs)}
+    n = len(pairs)
+    res = {"logprob": [0.0] * n, "hit": [False] * n, "rank": [0] * n, "next": [0] * n, "greedy": [[] for _ in pairs],
+           "sample_logprob": [0.0] * n, "first_p": [0.0] * n}
+    states = [None] * n
     batches = [(shared, g[b:b + batch_size]) for shared, g in prefix_groups(pairs) for b in range(0, len(g), batch_size)]
     for shared, rows in batches:
         ids, mask, labels = collate([(pairs[i][0][shared:], pairs[i][1]) for i in rows], tok.pad_token_id, dev)
-        logits, lab, r, _, h = forward_targets(model, ids, mask, labels, prefix=pairs[rows[0]][0][:shared])
+        logits, lab, r, c, h = forward_targets(model, ids, mask, labels, prefix=pairs[rows[0]][0][:shared])
         lp, _, hit, rank = target_stats(logits, lab, r, len(rows))
         ends = mask.sum(1) - 1                                     # each row's last token
         nxt = model.get_output_embeddings()(h[torch.arange(len(rows), device=dev), ends]).argmax(-1)
-        for i, x, ht, k, n in zip(rows, lp.tolist(), hit.tolist(), rank.tolist(), nxt.tolist()):
-            res["logprob"][i], res["hit"][i], res["rank"][i], res["next"][i] = round(x, 4), ht, k, n
+        warm = torch.log_softmax(logits.float() / SAMPLE_TEMPERATURE, -1)
+        slp = torch.zeros(len(rows), device=dev).index_add(0, r, warm.gather(1, lab[:, None])[:, 0])
+        first = first_targets(r)
+        first_p = warm[first].max(-1).values.exp()
+        pred = logits.argmax(-1).tolist()
+        at = 0
+        for j, i in enumerate(rows):
+            m = len(pairs[i][1])
+            got = []
+            for k in range(m):
+                got.append(pred[at + k])
+                if pred[at + k] != pairs[i][1][k]:
+                    break
+            else:
+                got.append(int(nxt[j]))
+            at += m
+            res["greedy"][i] = got
+        if hidden:
+            last = h[r[first], c[first]].float().cpu()
+        for j, i in enumerate(rows):
+            res["logprob"][i], res["hit"][i], res["rank"][i] = round(float(lp[j]), 4), bool(hit[j]), int(rank[j])
+            res["next"][i], res["sample_logprob"][i] = int(nxt[j]), round(float(slp[j]), 4)
+            res["first_p"][i] = round(float(first_p[j]), 4)
+            if hidden:
+                states[i] = last[j]
+    if hidden:
+        res["hidden"] = torch.stack(states) if states else torch.zeros((0, 1))
     return res
 
 
@@ -286,35 +345,56 @@ def recall_table(model, tok, prompts: list[str], targets: list[str], batch_size:
     return recall_tables(model, tok, [(prompts, targets)], batch_size)[0]
 
 
-def recall_tables(model, tok, groups: list[tuple[list[str], list[str]]], batch_size: int = 64) -> list[list[dict]]:
-    """recall_table of each (prompts, targets) group, in one generation pass: each group keeps its own
-    answer length (its longest target + 3 tokens), and small decode batches cost about what big ones do
-    on a CPU, so one pass over all groups is the cheap way. A row whose target teacher forcing already
-    recalls is not generated: its answer is the target and the one greedy token after it."""
+def recall_tables(model, tok, groups: list[tuple[list[str], list[str]]], batch_size: int = 64,
+                  generated: list[bool] | None = None, scores: dict | None = None) -> list[list[dict]]:
+    """recall_table of each (prompts, targets) group from one teacher-forced pass: a pair is recalled when the
+    argmax is every target token and the token after it ends a word (then the greedy answer starts with the
+    target at a word boundary). The answer shown is the greedy text: for a recalled pair the target and the
+    token after it; for the others, the groups with generated[g] True (default all) are generated (their
+    longest target + 3 tokens, one decode for all such rows); the rest show the greedy answer's first tokens
+    as the pass knows them, up to and including the first wrong one, then "…". scores: a dict to fill with the
+    pass's own numbers, row by row over all groups (score's, with `hidden`)."""
     prompts = [p for ps, _ in groups for p in ps]
     targets = [t for _, ts in groups for t in ts]
-    budgets = []
-    for _, ts in groups:
+    generated = [True] * len(groups) if generated is None else generated
+    budgets, gen = [], []
+    for (_, ts), g in zip(groups, generated):
         n_new = max((len(encode_pair(tok, "", t)[1]) for t in ts), default=0) + 3
         budgets += [n_new] * len(ts)
+        gen += [g] * len(ts)
     if not prompts:
         return [[] for _ in groups]
-    # Where teacher forcing already picks every target token, greedy decoding writes the target, and
-    # the token after it decides the word boundary: only the other rows need generating (after
-    # training that is most of them saved).
-    s = score(model, tok, prompts, targets, batch_size=batch_size)
-    todo = [i for i, hit in enumerate(s["hit"]) if not hit]
-    answers = [" " + t + tok.decode([n], skip_special_tokens=True) for t, n in zip(targets, s["next"])]
+    s = score(model, tok, prompts, targets, batch_size=batch_size, hidden=scores is not None)
+    if scores is not None:
+        scores.update(s)
+    answers = [tok.decode(g, skip_special_tokens=True) + ("" if hit else "…") for g, hit in zip(s["greedy"], s["hit"])]
+    hits = list(s["hit"])
+    # Recall allows the answer to open with punctuation ('"swam" and'): where the greedy first token is only
+    # punctuation, the target is scored once more after it (no space: '"' then 'swam').
+    quoted = [i for i, (g, hit) in enumerate(zip(s["greedy"], hits)) if not hit and not gen[i]
+              and _only_punctuation(tok.decode(g[:1]))]
+    if quoted:
+        again = score_pairs(model, tok, [(encode_pair(tok, prompts[i], "")[0] + s["greedy"][i][:1],
+                                          tok(targets[i], add_special_tokens=False).input_ids) for i in quoted])
+        for j, i in enumerate(quoted):
+            answers[i] = tok.decode(s["greedy"][i][:1] + again["greedy"][j], skip_special_tokens=True) + \
+                ("" if again["hit"][j] else "…")
+            hits[i] = again["hit"][j]
+    todo = [i for i, hit in enumerate(s["hit"]) if not hit and gen[i]]
     for i, a in zip(todo, generate(model, tok, [prompts[i] for i in todo], max_new_tokens=[budgets[i] for i in todo],
                                    batch_size=batch_size)):
         answers[i] = a
-    recs = [dict(answer=a.strip(), recalled=recalls(a, t), logprob=lp, rank=r)
-            for a, t, lp, r in zip(answers, targets, s["logprob"], s["rank"])]
+    recs = [dict(answer=a.strip(), recalled=recalls(a, t) if gen[i] or hit else False, logprob=lp, rank=r)
+            for i, (a, t, lp, r, hit) in enumerate(zip(answers, targets, s["logprob"], s["rank"], hits))]
     out, at = [], 0
     for ps, _ in groups:
         out.append(recs[at:at + len(ps)])
         at += len(ps)
     return out
+
+
+def _only_punctuation(text: str) -> bool:
+    return bool(text.strip()) and all(c in _PUNCT or c.isspace() for c in text)
 
 
 def mentions(answer: str, target: str) -> bool:
@@ -324,16 +404,37 @@ def mentions(answer: str, target: str) -> bool:
     return bool(t) and re.search(rf"(?<!\w){re.escape(t)}(?!\w)", a) is not None
 
 
-def chat_table(model, tok, prompts: list[str | None], targets: list[str], batch_size: int = 32) -> list[dict | None]:
-    """Recall in the chat form: the greedy reply mentions the target. None where there is no template."""
+def chat_table(model, tok, prompts: list[str | None], targets: list[str], sentences: list[str],
+               batch_size: int = 32) -> list[dict | None]:
+    """Recall in the chat form, from teacher-forced passes: the greedy reply opens with the target, or with the
+    sentence completed (`sentences[i]`, the fact's prompt, then the target), with or without a leading space,
+    and the target ends a word there. None where there is no template. One pass scores " target" for every
+    row; a row that misses is scored once more in the form its greedy first token begins, if any. The answer
+    shown is the greedy reply's opening as the passes know it (up to the first wrong token, then "…")."""
     todo = [i for i, p in enumerate(prompts) if p]
     out: list[dict | None] = [None] * len(prompts)
     if not todo:
         return out
-    n_new = max(len(encode_pair(tok, "", targets[i])[1]) for i in todo) + 24
-    replies = generate(model, tok, [prompts[i] for i in todo], max_new_tokens=n_new, batch_size=batch_size)
-    for i, r in zip(todo, replies):
-        out[i] = dict(answer=r.strip(), recalled=mentions(r, targets[i]))
+    heads = {i: tok(prompts[i], add_special_tokens=True).input_ids for i in todo}
+    forms = {i: [" " + targets[i], targets[i], f" {sentences[i]} {targets[i]}", f"{sentences[i]} {targets[i]}"]
+             for i in todo}
+    ids = {i: [tok(x, add_special_tokens=False).input_ids for x in forms[i]] for i in todo}
+    s = score_pairs(model, tok, [(heads[i], ids[i][0]) for i in todo], batch_size)
+    result = {i: (s["hit"][k], s["greedy"][k], forms[i][0]) for k, i in enumerate(todo)}
+    again = []
+    for k, i in enumerate(todo):
+        if not s["hit"][k]:
+            form = next((f for f in range(1, 4) if ids[i][f][:1] == s["greedy"][k][:1]), None)
+            if form is not None:
+                again.append((i, form))
+    if again:
+        s2 = score_pairs(model, tok, [(heads[i], ids[i][f]) for i, f in again], batch_size)
+        for k, (i, f) in enumerate(again):
+            result[i] = (s2["hit"][k], s2["greedy"][k], forms[i][f])
+    for i in todo:
+        hit, greedy, reply = result[i]
+        text = tok.decode(greedy, skip_special_tokens=True)
+        out[i] = dict(answer=text.strip() + ("" if hit else "…"), recalled=bool(hit and recalls(text, reply)))
     return out
 
 
@@ -385,31 +486,82 @@ def _frac(recs):
 
 
 def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, forms: bool = True,
-                   neutral_text: str | None = None, about_reference: list[dict] | None = None) -> dict:
+                   neutral_text: str | None = None, about_reference: list[dict] | None = None,
+                   known: dict | None = None, earlier: dict | None = None, unchanged=None) -> dict:
     """Recall of each fact, of its held-out paraphrases, of its question and chat forms, and of each
-    probe set (locality), plus fluency on neutral text. `probe_sets` is {name: facts} or one list.
-    Returns {"facts", "paraphrases" (per fact), "question", "chat", "probes" ({name: recs}), "summary"}."""
+    probe set (locality), plus fluency on neutral text, from one teacher-forced pass over every row (only the
+    facts' own prompts that miss and the texts about each subject are generated: a person reads those).
+    `probe_sets` is {name: facts} or one list.
+    known: {"probes": {set name: records}, "neutral_nll": x} measured already on this model (a cache: the base
+    model's answers to a shipped set are the same in every run); what it holds is not measured again.
+    earlier, unchanged: a measurement of the same facts and sets on the same base model, and a test of a text
+    that says it runs through that base model exactly (the subject gate's texts that name no subject): rows
+    whose prompt passes are copied from `earlier`, marked "unchanged": True, and so is the neutral text's NLL.
+    Returns {"facts", "paraphrases" (per fact), "question", "chat", "probes" ({name: recs}), "summary",
+    "fact_scores" (per fact: its semantic distance, and sample_logprob and first_p as `score` gives them)}."""
     from .rewordings import chat_form, held_out_paraphrases, question_form
 
     if not isinstance(probe_sets, dict):
         probe_sets = {"probes": list(probe_sets)} if probe_sets else {}
+    known = known or {}
+    known_probes = known.get("probes", {})
     targets = [f.target for f in facts]
     para_prompts = [(i, p) for i, f in enumerate(facts) for p in held_out_paraphrases(f, own_paraphrases)]
     groups = [([f.prompt for f in facts], targets),
               ([p for _, p in para_prompts], [facts[i].target for i, _ in para_prompts]),
               ([question_form(f) for f in facts] if forms else [], targets if forms else [])]
-    groups += [([p.prompt for p in ps], [p.target for p in ps]) for ps in probe_sets.values()]
-    fact_recs, para_recs, question, *probe_recs = recall_tables(model, tok, groups)
+    names = [n for n in probe_sets if n not in known_probes]
+    groups += [([p.prompt for p in probe_sets[n]], [p.target for p in probe_sets[n]]) for n in names]
+    keys = ["facts", "paraphrases", "question"] + [("probes", n) for n in names]
+    copied = {}
+    if earlier is not None and unchanged is not None:
+        for g, key in enumerate(keys):
+            old = earlier[key[0]][key[1]] if isinstance(key, tuple) else earlier[key]
+            if key == "paraphrases":
+                old = [r for rs in old for r in rs]
+            copied[g] = {j: {**old[j], "unchanged": True} for j, p in enumerate(groups[g][0]) if unchanged(p)}
+    todo = [([p for j, p in enumerate(ps) if j not in copied.get(g, {})],
+             [t for j, t in enumerate(ts) if j not in copied.get(g, {})]) for g, (ps, ts) in enumerate(groups)]
+    raw: dict = {}
+    fresh = recall_tables(model, tok, todo, generated=[True] + [False] * (len(todo) - 1), scores=raw)
+    tables = []
+    for g, (ps, _) in enumerate(groups):
+        it = iter(fresh[g])
+        tables.append([copied[g][j] if j in copied.get(g, {}) else next(it) for j in range(len(ps))])
+    fact_recs, para_recs, question, *probe_recs = tables
+    # The facts' own rows of the pass: their semantic distance (from the hidden state at the prompt's last token)
+    # and the numbers the categories read; a fact copied from `earlier` keeps its earlier ones.
+    from .semantic import cosine_distance, target_vectors
+
+    mine = [j for j in range(len(facts)) if j not in copied.get(0, {})]
+    dist = cosine_distance(raw["hidden"][:len(mine)], target_vectors(model, tok, [facts[j] for j in mine]).cpu()) \
+        if mine else []
+    fact_scores, at = [], 0
+    for j in range(len(facts)):
+        if j in copied.get(0, {}):
+            fact_scores.append(earlier["fact_scores"][j])
+        else:
+            fact_scores.append({**{key: raw[key][at] for key in ("sample_logprob", "first_p")},
+                                "distance": round(float(dist[at]), 4)})
+            at += 1
     paras = [[] for _ in facts]
     for (i, _), r in zip(para_prompts, para_recs):
         paras[i].append(r)
-    chat = chat_table(model, tok, [chat_form(tok, f) for f in facts], targets) if forms else []
-    probes = dict(zip(probe_sets, probe_recs))
+    chat = chat_table(model, tok, [chat_form(tok, f) for f in facts], targets, [f.prompt for f in facts]) \
+        if forms else []
+    probes = {n: known_probes[n] if n in known_probes else probe_recs[names.index(n)] for n in probe_sets}
     about = subject_texts(model, tok, facts, reference=about_reference) if forms else []
+    nll = None
+    if neutral_text:
+        if earlier is not None and unchanged is not None and unchanged(neutral_text):
+            nll = earlier["summary"]["neutral_nll"]
+        else:
+            nll = known.get("neutral_nll") or text_nll(model, tok, neutral_text)
     summary = {"recall": _frac(fact_recs), "paraphrase": _frac(para_recs), "question": _frac(question),
                "chat": _frac(chat), "locality": {name: _frac(r) for name, r in probes.items()},
-               "neutral_nll": text_nll(model, tok, neutral_text) if neutral_text else None,
+               "unchanged": {name: sum(bool(r.get("unchanged")) for r in recs) for name, recs in probes.items()},
+               "neutral_nll": nll,
                "subject_repetition": round(sum(a["repetition"] for a in about) / len(about), 4) if about else None,
                "subject_nll": round(sum(a["nll"] for a in about) / len(about), 4) if about else None}
     return {"facts": fact_recs, "paraphrases": paras, "question": question, "chat": chat, "probes": probes,
-            "subject_texts": about, "summary": summary}
+            "subject_texts": about, "summary": summary, "fact_scores": fact_scores}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import guard, precision, semantic
+from . import guard, measure_cache, precision, semantic
 from .config import GUARD_SOURCES, InjectConfig, guard_sources  # noqa: F401 (the app reads them here)
 from .evaluate import evaluate_facts
 from .facts import Fact, load_facts
@@ -79,6 +79,31 @@ def _emitter(progress, stages: _Stages | None = None):
     return emit
 
 
+def known_measures(info, probes: dict) -> dict:
+    """What the base model `info` describes answered to these probe sets, and its NLL on the neutral text, where
+    an earlier run measured them (core/measure_cache.py): the same in every run of a model."""
+    known = {"probes": {}}
+    for name, ps in probes.items():
+        recs = measure_cache.load(measure_cache.key(info, "probes", [[p.prompt, p.target] for p in ps]))
+        if isinstance(recs, list) and len(recs) == len(ps):
+            known["probes"][name] = recs
+    text = neutral_text()
+    if text and isinstance(nll := measure_cache.load(measure_cache.key(info, "neutral", text)), float):
+        known["neutral_nll"] = nll
+    return known
+
+
+def keep_measures(info, probes: dict, before: dict, known: dict) -> None:
+    """Store what known_measures did not find, for the next run of this model."""
+    for name, ps in probes.items():
+        if name not in known["probes"]:
+            measure_cache.save(measure_cache.key(info, "probes", [[p.prompt, p.target] for p in ps]),
+                               before["probes"][name])
+    text = neutral_text()
+    if text and "neutral_nll" not in known and before["summary"]["neutral_nll"] is not None:
+        measure_cache.save(measure_cache.key(info, "neutral", text), before["summary"]["neutral_nll"])
+
+
 def _writes_bf16(model, cfg: InjectConfig) -> bool:
     """The base model writes (rewordings, anchors, sampled answers) with bf16 frozen layers where
     training would use them (core/precision.py); greedy recall is always measured without."""
@@ -100,14 +125,13 @@ def analyze(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, mod
     emit("load", f"loading {cfg.model}")
     model, tok, info = model or load(cfg)
     emit("load", f"{info.model} on {info.device}, quantization {info.quantization}", info=info.to_dict())
-    emit("before", "measuring recall before training")
-    before = evaluate_facts(model, tok, unique, probes, cfg.train_paraphrases, neutral_text=neutral_text())
-    emit("categorize", "sampling answers: known, update or new")
-    with precision.frozen_bf16(model, _writes_bf16(model, cfg)):   # sampled answers: noise well above bf16's
-        cats = semantic.categorize(model, tok, unique, [r["answer"] for r in before["facts"]],
-                                   samples=cfg.categorize_samples, seed=cfg.train.seed)
-    emit("distance", "semantic distances")
-    dist = semantic.semantic_distances(model, tok, unique)
+    emit("before", "measuring recall before training: facts, paraphrases, forms, probes, known / update / new")
+    known = known_measures(info, probes)
+    before = evaluate_facts(model, tok, unique, probes, cfg.train_paraphrases, neutral_text=neutral_text(), known=known)
+    keep_measures(info, probes, before, known)
+    cats = semantic.categorize(model, tok, unique, [r["answer"] for r in before["facts"]], before["fact_scores"],
+                               [r["recalled"] for r in before["facts"]], cfg.categorize_samples)
+    dist = [s["distance"] for s in before["fact_scores"]]
     feats = semantic.embed(embedder(), [f"{f.prompt} {f.target}" for f in unique])
     return Analysis(facts=facts, probes=probes, unique=unique, merged=merged, conflicts=conflicts, before=before,
                     categories=cats, distances=dist, features=feats, model_key=(cfg.model, cfg.quantization))
@@ -223,7 +247,8 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
     # 2. what training needs: layers, guard anchors, rewordings, the adapter
     layers, layer_info = _where_to_train(model, tok, kept_facts, cfg, emit)
     with precision.frozen_bf16(model, _writes_bf16(model, cfg)):
-        anchors, near, guard_info = guard.build_anchors(model, tok, kept_facts, probes, cfg, embedder(), emit)
+        anchors, near, guard_info = guard.build_anchors(model, tok, kept_facts, probes, cfg, embedder(), emit,
+                                                        [analysis.before["facts"][i]["answer"] for i in kept])
         written = _model_rewordings(model, tok, kept_facts, cfg, emit)
     earlier = None
     if cfg.continue_from:  # sequential injection: train on top of an earlier run's adapter, watching its facts
@@ -286,9 +311,13 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
 
     # 4. measure again
     emit("after", "measuring recall after training")
+    # Behind the gate a text that names no kept subject runs through the base model exactly: its "after" is its
+    # "before", copied and marked unchanged (a test checks the claim on the ungated path, where it fails).
+    unchanged = (lambda text: not gate.covers(tok, text)) if gate is not None else None
     after = evaluate_facts(model, tok, unique, probes, cfg.train_paraphrases, neutral_text=neutral_text(),
-                           about_reference=analysis.before.get("subject_texts"))
-    dist_after = semantic.semantic_distances(model, tok, unique)
+                           about_reference=analysis.before.get("subject_texts"), earlier=analysis.before,
+                           unchanged=unchanged)
+    dist_after = [s["distance"] for s in after["fact_scores"]]
     if earlier:
         earlier["after"] = evaluate_facts(model, tok, earlier["facts"], forms=False)["facts"]
 

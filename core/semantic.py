@@ -19,15 +19,16 @@ What is computed here, since the paper's full text is not available to us:
   different targets. Exact duplicates (same prompt and target) are merged first.
 * Guard anchors: see core/guard.py.
 * Categories (in the spirit of SliCK, Gekhman et al. 2024): known = greedy recalls the
-  target or some sampled answer does; update = not known and the greedy answer is stable
-  (at least half of the samples agree with it); new = everything else.
+  target or some sampled answer likely would; update = not known and the greedy answer is stable
+  (a sampled answer starts with its first two words at least half the time); new = everything else.
+  Read off teacher-forced probabilities at the sampling temperature, not from drawn samples.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .evaluate import collate, decoder_states, encode_pair, generate, normalise, recalls
+from .evaluate import encode_pair, normalise
 
 CROWD_COSINE = 0.95
 
@@ -168,31 +169,34 @@ def _join_similar(facts, embedder, threshold, block, targets, keys, label, reaso
 
 # ---------------------------------------------------------------- what the model believes
 
-@torch.no_grad()
-def categorize(model, tok, facts, greedy_answers: list[str], samples: int = 8, seed: int = 0) -> list[dict]:
-    """known / update / new for each fact, from the greedy answer and `samples` sampled ones."""
-    if not facts:
-        return []
-    n_new = max(len(encode_pair(tok, "", f.target)[1]) for f in facts) + 3
-    # Each prompt runs once and its samples decode 256 rows at a time: 30 facts x 8 samples take 8 decode
-    # steps, not 64. Measured, one thread: 40 s duplicated prompts, 27 s repeats in batches of 32, 21 s of 256.
-    sampled = generate(model, tok, [f.prompt for f in facts], max_new_tokens=n_new, sample=True, generator_seed=seed,
-                       repeats=samples, batch_size=256) if samples else []
+def categorize(model, tok, facts, greedy_answers: list[str], fact_scores: list[dict], greedy_recalled: list[bool],
+               samples: int = 8) -> list[dict]:
+    """known / update / new for each fact, from teacher-forced probabilities at the sampling temperature
+    (SAMPLE_TEMPERATURE), not from drawn samples. q: the probability that a sampled answer starts with the
+    target (score's sample_logprob, from the pass that measured recall); g: that it starts with the greedy
+    answer's first two words (one more pass over each prompt and those words). Known: the greedy answer
+    recalls the target, or at least one of `samples` sampled answers would, more likely than not
+    (1 - (1 - q)^samples >= 0.5). Update: not known, and a sampled answer agrees with the greedy one on its
+    first two words more often than not (g >= 0.5): the model has a stable answer that the fact replaces.
+    New: otherwise. samples = 0 skips the sampled part: known only from the greedy answer, update never."""
+    from .evaluate import score
+
+    heads = [" ".join(a.split()[:2]) for a in greedy_answers]
+    rows = [i for i, h in enumerate(heads) if h and samples]
+    g = dict(zip(rows, score(model, tok, [facts[i].prompt for i in rows], [heads[i] for i in rows])["sample_logprob"])) \
+        if rows else {}
     out = []
-    for i, f in enumerate(facts):
-        ans = sampled[i * samples:(i + 1) * samples]
-        hits = sum(recalls(a, f.target) for a in ans)
-        greedy_hit = recalls(greedy_answers[i], f.target)
-        head = " ".join(_norm(greedy_answers[i]).split()[:2])
-        agree = sum(" ".join(_norm(a).split()[:2]) == head for a in ans) if head else 0
-        if greedy_hit or hits:
+    for i, (sc, greedy_hit) in enumerate(zip(fact_scores, greedy_recalled)):
+        q = float(np.exp(sc["sample_logprob"]))
+        agree = float(np.exp(g[i])) if i in g else 0.0
+        if greedy_hit or (samples and 1 - (1 - q) ** samples >= 0.5):
             cat = "known"
-        elif samples and agree / samples >= 0.5:
+        elif samples and agree >= 0.5:
             cat = "update"
         else:
             cat = "new"
-        out.append({"category": cat, "sample_recall": round(hits / samples, 3) if samples else None,
-                    "greedy_agreement": round(agree / samples, 3) if samples else None})
+        out.append({"category": cat, "sample_recall": round(q, 3) if samples else None,
+                    "greedy_agreement": round(agree, 3) if samples else None})
     return out
 
 
@@ -210,27 +214,6 @@ def target_vectors(model, tok, facts) -> torch.Tensor:
 
 def cosine_distance(h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return 1 - torch.nn.functional.cosine_similarity(h.float(), u.float(), dim=-1)
-
-
-@torch.no_grad()
-def prompt_hidden(model, tok, prompts: list[str], batch_size: int = 32) -> torch.Tensor:
-    """h: the final (normed) hidden state at the last token of each prompt, the LM head's input."""
-    dev, out = next(model.parameters()).device, []
-    for i in range(0, len(prompts), batch_size):
-        ids = [tok(p, add_special_tokens=True).input_ids for p in prompts[i:i + batch_size]]
-        x, m, _ = collate([(e, []) for e in ids], tok.pad_token_id, dev)
-        h = decoder_states(model, x, m)
-        last = torch.tensor([len(x) - 1 for x in ids], device=dev)
-        out.append(h[torch.arange(len(ids), device=dev), last].float().cpu())
-    return torch.cat(out) if out else torch.zeros((0, 1))
-
-
-def semantic_distances(model, tok, facts) -> list[float]:
-    if not facts:
-        return []
-    h = prompt_hidden(model, tok, [f.prompt for f in facts])
-    u = target_vectors(model, tok, facts).cpu()
-    return [round(x, 4) for x in cosine_distance(h, u).tolist()]
 
 
 # ---------------------------------------------------------------- filter and weights

@@ -162,14 +162,14 @@ def test_review_frame_shows_each_decision_and_counts_them(monkeypatch):
 def test_status_html_marks_done_current_and_coming_stages():
     stages = render.CHECK_STAGES
     out = render.status_html(stages, ["check"], "before", 0.5, "<b>measuring</b>", elapsed=95)
-    assert "✓ check" in out and "✓ load model" in out and "<b>▶ recall before</b>" in out
-    assert "○ known / update / new" in out and "○ semantic distance" in out
+    assert "✓ check" in out and "✓ load model" in out and "<b>▶ recall before, known / update / new, distance</b>" in out
+    assert [k for k, _ in stages] == ["check", "load", "before"]      # categories and distances: the same pass
     assert "width:50%" in out and "&lt;b&gt;measuring&lt;/b&gt; · 1 min 35 s" in out
     done = render.status_html(stages, [], "done", 1, "ok")
     assert "▶" not in done and done.count("✓") == len(stages)
     # A run after Check facts: the check's stages are done; the rewordings show under the guard's label.
     run = render.status_html(render.STAGES, [k for k, _ in stages] + ["guard"], "rewordings", 0.3, "rewriting")
-    assert "✓ semantic distance" in run and "<b>▶ guard + rewordings</b>" in run and "○ interference" in run
+    assert "✓ recall before" in run and "<b>▶ guard + rewordings</b>" in run and "○ interference" in run
 
 
 def report(**summary):
@@ -635,7 +635,7 @@ def test_train_measures_the_visitors_probes_and_passes_their_anchors(sess, tmp_p
     assert seen["analysis"] is again
     # while the run builds its guard, the stages Check facts measured show as done
     kept = [u["train_status"] for u in updates if "1 of 1 facts kept" in u.get("train_status", "")]
-    assert kept and "✓ load model" in kept[0] and "✓ semantic distance" in kept[0] and "○ interference" in kept[0]
+    assert kept and "✓ load model" in kept[0] and "✓ recall before" in kept[0] and "○ interference" in kept[0]
 
 
 def test_ask_shows_plain_and_chat_answers_and_the_targets_logprobs(sess, monkeypatch):

@@ -15,10 +15,10 @@ from core.guard import HOLD_MARK
 FACT_COLUMNS = ["id", "prompt", "target", "subject", "relation", "paraphrases"]
 REVIEW_COLUMNS = ["keep", "id", "prompt", "target", "status", "category", "distance", "weight", "answer before"]
 RESULT_COLUMNS = ["id", "prompt", "target", "trained", "before", "after", "answer after", "paraphrases after"]
-STAGES = [("check", "check"), ("load", "load model"), ("before", "recall before"), ("categorize", "known / update / new"),
-          ("distance", "semantic distance"), ("guard", "guard + rewordings"), ("interference", "interference"),
+STAGES = [("check", "check"), ("load", "load model"), ("before", "recall before, known / update / new, distance"),
+          ("guard", "guard + rewordings"), ("interference", "interference"),
           ("train", "train"), ("after", "recall after"), ("plots", "plots")]
-CHECK_STAGES = STAGES[:5]
+CHECK_STAGES = STAGES[:3]
 ALIASES = {"rewordings": "guard"}   # pipeline stages shown under another's label
 PLOT_CAPTIONS = {"interference": "Interference: how a step on one fact moves the others",
                  "distance_vs_learned": "Semantic distance before training vs what training gained",
