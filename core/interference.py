@@ -26,21 +26,51 @@ def _logprob(model, tok, pairs, device):
     return target_stats(logits, lab, rows, len(pairs))[0]
 
 
-def fact_gradients(model, tok, facts) -> torch.Tensor:
-    params = _lora_params(model)
-    device = params[0].device
-    grads = []
+def fact_gradients(model, tok, facts, batch_size: int = 32) -> torch.Tensor:
+    """[n facts, n LoRA parameters]: each fact's gradient of its target log-prob, from one batched backward per
+    `batch_size` facts. The rows of a batch do not interact, so the gradient of their summed log-probs holds
+    each row's own output gradient at every LoRA layer; hooks keep those and the layer's input, and a row's
+    gradient of a weight is the sum over its positions of output gradient times input (outer product). Hooks
+    see each LoRA layer after the subject gate's mask, so a gated adapter's gradients are the gated ones."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    device = named[0][1].device
+    mods = {id(p): m for m in model.modules() if isinstance(m, torch.nn.Linear)
+            for p in m.parameters(recurse=False) if p.requires_grad}
+    order = [mods[id(p)] for _, p in named if id(p) in mods]   # the LoRA linears, in parameter order
     was_training = model.training
     model.eval()
-    for f in facts:
-        model.zero_grad(set_to_none=True)
-        lp = _logprob(model, tok, [encode_pair(tok, f.prompt, f.target)], device)[0]
-        lp.backward()
-        grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten().float()
-                                for p in params]).cpu())
+    rows = []
+    for b in range(0, len(facts), batch_size):
+        chunk = facts[b:b + batch_size]
+        seen, handles = {}, []
+
+        def keep(module, args, out):
+            x = args[0]
+            seen[module] = [x.detach(), None]
+            if out.requires_grad:
+                out.register_hook(lambda g, m=module: seen[m].__setitem__(1, g.detach()))
+
+        for m in order:
+            # before the gate's hook (prepend): the output a hook sees is the layer's own, and its gradient the
+            # gated one (0 where the gate is shut)
+            handles.append(m.register_forward_hook(keep, prepend=True))
+        try:
+            model.zero_grad(set_to_none=True)
+            _logprob(model, tok, [encode_pair(tok, f.prompt, f.target) for f in chunk], device).sum().backward()
+        finally:
+            for h in handles:
+                h.remove()
+        parts = []
+        for m in order:
+            x, g = seen.get(m, (None, None))
+            if g is None:
+                parts.append(torch.zeros(len(chunk), m.weight.numel(), device=device))
+            else:   # the linear's weight gradient per row: sum over positions of g_t x_t^T
+                parts.append(torch.einsum("bto,bti->boi", g.float(), x.float()).reshape(len(chunk), -1))
+        rows.append(torch.cat(parts, 1).cpu())
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    return torch.stack(grads)
+    return torch.cat(rows)
 
 
 def interference(model, tok, facts, lr: float) -> dict:
