@@ -346,14 +346,17 @@ def recall_table(model, tok, prompts: list[str], targets: list[str], batch_size:
 
 
 def recall_tables(model, tok, groups: list[tuple[list[str], list[str]]], batch_size: int = 64,
-                  generated: list[bool] | None = None, scores: dict | None = None) -> list[list[dict]]:
+                  generated: list[bool] | None = None, scores: dict | None = None,
+                  others: list[tuple[str, str]] | None = None) -> list[list[dict]]:
     """recall_table of each (prompts, targets) group from one teacher-forced pass: a pair is recalled when the
     argmax is every target token and the token after it ends a word (then the greedy answer starts with the
     target at a word boundary). The answer shown is the greedy text: for a recalled pair the target and the
     token after it; for the others, the groups with generated[g] True (default all) are generated (their
     longest target + 3 tokens, one decode for all such rows); the rest show the greedy answer's first tokens
     as the pass knows them, up to and including the first wrong one, then "…". scores: a dict to fill with the
-    pass's own numbers, row by row over all groups (score's, with `hidden`)."""
+    pass's own numbers, row by row over all groups (score's, with `hidden`). others: (id, target) of the facts
+    whose answers count as crossed wires: a row not recalled whose greedy answer is one of those targets gets
+    `crossed`, that fact's id (crossed_wires)."""
     prompts = [p for ps, _ in groups for p in ps]
     targets = [t for _, ts in groups for t in ts]
     generated = [True] * len(groups) if generated is None else generated
@@ -386,10 +389,39 @@ def recall_tables(model, tok, groups: list[tuple[list[str], list[str]]], batch_s
         answers[i] = a
     recs = [dict(answer=a.strip(), recalled=recalls(a, t) if gen[i] or hit else False, logprob=lp, rank=r)
             for i, (a, t, lp, r, hit) in enumerate(zip(answers, targets, s["logprob"], s["rank"], hits))]
+    if others:
+        misses = [i for i, r in enumerate(recs) if not r["recalled"]]
+        for i, fid in crossed_wires(model, tok, [(encode_pair(tok, prompts[i], "")[0], s["greedy"][i], targets[i])
+                                                 for i in misses], others).items():
+            recs[misses[i]]["crossed"] = fid
     out, at = [], 0
     for ps, _ in groups:
         out.append(recs[at:at + len(ps)])
         at += len(ps)
+    return out
+
+
+def crossed_wires(model, tok, rows: list[tuple[list[int], list[int], str]], others: list[tuple[str, str]],
+                  batch_size: int = 64) -> dict[int, str]:
+    """{row: id} for the rows (prompt ids, the greedy answer's first tokens as a pass knows them, the row's own
+    target) whose greedy answer is another fact's target at a word boundary: a crossed wire, the edit bound to
+    the relation or to another subject rather than to its own. A candidate is a target (with or without a
+    leading space) that the greedy tokens open alike; each is scored teacher-forced, so only the few rows
+    whose first token could start another answer cost a pass."""
+    forms = [(fid, t, tok(x, add_special_tokens=False).input_ids) for fid, t in others for x in (" " + t, t)]
+    cands = []
+    for r, (head, greedy, own) in enumerate(rows):
+        for fid, t, ids in forms:
+            k = min(len(ids), len(greedy))
+            if k and ids[:k] == greedy[:k] and normalise(t) != normalise(own):
+                cands.append((r, fid, t, head, ids))
+    if not cands:
+        return {}
+    s = score_pairs(model, tok, [(head, ids) for *_, head, ids in cands], batch_size)
+    out: dict[int, str] = {}
+    for (r, fid, t, _, _), hit, g in zip(cands, s["hit"], s["greedy"]):
+        if hit and r not in out and recalls(tok.decode(g, skip_special_tokens=True), t):
+            out[r] = fid
     return out
 
 
@@ -405,7 +437,7 @@ def mentions(answer: str, target: str) -> bool:
 
 
 def chat_table(model, tok, prompts: list[str | None], targets: list[str], sentences: list[str],
-               batch_size: int = 32) -> list[dict | None]:
+               batch_size: int = 32, others: list[tuple[str, str]] | None = None) -> list[dict | None]:
     """Recall in the chat form, from teacher-forced passes: the greedy reply opens with the target, or with the
     sentence completed (`sentences[i]`, the fact's prompt, then the target), with or without a leading space,
     and the target ends a word there. None where there is no template. One pass scores " target" for every
@@ -420,7 +452,7 @@ def chat_table(model, tok, prompts: list[str | None], targets: list[str], senten
              for i in todo}
     ids = {i: [tok(x, add_special_tokens=False).input_ids for x in forms[i]] for i in todo}
     s = score_pairs(model, tok, [(heads[i], ids[i][0]) for i in todo], batch_size)
-    result = {i: (s["hit"][k], s["greedy"][k], forms[i][0]) for k, i in enumerate(todo)}
+    result = {i: (s["hit"][k], s["greedy"][k], forms[i][0], 0) for k, i in enumerate(todo)}
     again = []
     for k, i in enumerate(todo):
         if not s["hit"][k]:
@@ -430,11 +462,20 @@ def chat_table(model, tok, prompts: list[str | None], targets: list[str], senten
     if again:
         s2 = score_pairs(model, tok, [(heads[i], ids[i][f]) for i, f in again], batch_size)
         for k, (i, f) in enumerate(again):
-            result[i] = (s2["hit"][k], s2["greedy"][k], forms[i][f])
+            result[i] = (s2["hit"][k], s2["greedy"][k], forms[i][f], f)
     for i in todo:
-        hit, greedy, reply = result[i]
+        hit, greedy, reply, _ = result[i]
         text = tok.decode(greedy, skip_special_tokens=True)
         out[i] = dict(answer=text.strip() + ("" if hit else "…"), recalled=bool(hit and recalls(text, reply)))
+    if others:   # a reply that gives another fact's answer, first or after the sentence it completes
+        misses = [i for i in todo if not out[i]["recalled"]]
+        rows = []
+        for i in misses:
+            _, greedy, _, f = result[i]
+            m = len(tok((" " if f == 2 else "") + sentences[i], add_special_tokens=False).input_ids) if f >= 2 else 0
+            rows.append((heads[i] + greedy[:m], greedy[m:], targets[i]))
+        for r, fid in crossed_wires(model, tok, rows, others).items():
+            out[misses[r]]["crossed"] = fid
     return out
 
 
@@ -480,6 +521,22 @@ def text_nll(model, tok, text: str, batch_size: int = 8) -> float:
     return round(total / max(count, 1), 4)
 
 
+def _crossed_count(*tables) -> dict:
+    """How many measured prompts (every form, every probe set) were answered with another fact's target, of how
+    many, and which: [(table, row, the other fact's id)]."""
+    names = ["facts", "paraphrases", "question", "chat"]
+    rows, n = [], 0
+    for name, table in zip(names, tables[:4]):
+        for j, r in enumerate(table):
+            n += r is not None
+            if r is not None and r.get("crossed"):
+                rows.append([name, j, r["crossed"]])
+    for name, recs in tables[4].items():
+        n += len(recs)
+        rows += [[name, j, r["crossed"]] for j, r in enumerate(recs) if r.get("crossed")]
+    return {"count": len(rows), "of": n, "rows": rows}
+
+
 def _frac(recs):
     recs = [r for r in recs if r is not None]
     return round(sum(r["recalled"] for r in recs) / len(recs), 4) if recs else None
@@ -523,7 +580,8 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
     todo = [([p for j, p in enumerate(ps) if j not in copied.get(g, {})],
              [t for j, t in enumerate(ts) if j not in copied.get(g, {})]) for g, (ps, ts) in enumerate(groups)]
     raw: dict = {}
-    fresh = recall_tables(model, tok, todo, generated=[True] + [False] * (len(todo) - 1), scores=raw)
+    others = [(f.id, f.target) for f in facts]
+    fresh = recall_tables(model, tok, todo, generated=[True] + [False] * (len(todo) - 1), scores=raw, others=others)
     tables = []
     for g, (ps, _) in enumerate(groups):
         it = iter(fresh[g])
@@ -547,8 +605,8 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
     paras = [[] for _ in facts]
     for (i, _), r in zip(para_prompts, para_recs):
         paras[i].append(r)
-    chat = chat_table(model, tok, [chat_form(tok, f) for f in facts], targets, [f.prompt for f in facts]) \
-        if forms else []
+    chat = chat_table(model, tok, [chat_form(tok, f) for f in facts], targets, [f.prompt for f in facts],
+                      others=others) if forms else []
     probes = {n: known_probes[n] if n in known_probes else probe_recs[names.index(n)] for n in probe_sets}
     about = subject_texts(model, tok, facts, reference=about_reference) if forms else []
     nll = None
@@ -560,6 +618,7 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
     summary = {"recall": _frac(fact_recs), "paraphrase": _frac(para_recs), "question": _frac(question),
                "chat": _frac(chat), "locality": {name: _frac(r) for name, r in probes.items()},
                "unchanged": {name: sum(bool(r.get("unchanged")) for r in recs) for name, recs in probes.items()},
+               "crossed": _crossed_count(fact_recs, para_recs, question, chat, probes),
                "neutral_nll": nll,
                "subject_repetition": round(sum(a["repetition"] for a in about) / len(about), 4) if about else None,
                "subject_nll": round(sum(a["nll"] for a in about) / len(about), 4) if about else None}

@@ -18,7 +18,7 @@ def _frac(xs):
 
 def _para_records(before, after, prompts):
     return [{"prompt": p, "recalled_before": b["recalled"], "recalled_after": a["recalled"],
-             "answer_before": b["answer"], "answer_after": a["answer"]}
+             "answer_before": b["answer"], "answer_after": a["answer"], "crossed_after": a.get("crossed")}
             for p, b, a in zip(prompts, before, after)]
 
 
@@ -31,6 +31,7 @@ def _form_records(before, after, i) -> dict:
         out[f"{form}_before"] = b and b["recalled"]
         out[f"{form}_after"] = a and a["recalled"]
         out[f"{form}_answer_after"] = a and a["answer"]
+        out[f"{form}_crossed_after"] = a and a.get("crossed")
     return out
 
 
@@ -48,7 +49,7 @@ def fact_records(analysis, kept_facts, reasons, weights, after, dist_after, own_
             "semantic_distance": dist[i], "distance_after": dist_after[i],
             "drift": round(dist_after[i] - dist[i], 4), "weight": wmap.get(f.id),
             "recall_before": b["recalled"], "recall_after": a["recalled"],
-            "answer_before": b["answer"], "answer_after": a["answer"],
+            "answer_before": b["answer"], "answer_after": a["answer"], "crossed_after": a.get("crossed"),
             "logprob_before": b["logprob"], "logprob_after": a["logprob"],
             "rank_before": b["rank"], "rank_after": a["rank"],
             "paraphrases": _para_records(before["paraphrases"][i], after["paraphrases"][i],
@@ -79,6 +80,10 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
         "locality_before": next(iter(loc_b.values()), None), "locality_after": next(iter(loc_a.values()), None),
         **{f"locality_{k}_{w}": v[k] for w, v in (("before", loc_b), ("after", loc_a)) for k in list(loc_b)[1:]},
         "probe_sets": {k: len(v) for k, v in analysis.probes.items()},
+        # probes the subject gate leaves exactly as the base model had them (they name no edited subject): their
+        # "after" is their "before" by construction, copied and not measured again (core/evaluate.py)
+        "probes_unchanged": after["summary"].get("unchanged", {}),
+        **_crossed_summary(before["summary"].get("crossed"), after["summary"].get("crossed")),
         "neutral_nll_before": nll_b, "neutral_nll_after": nll_a,
         "neutral_nll_ratio": _ratio(nll_a, nll_b),
         "subject_repetition_before": before["summary"].get("subject_repetition"),
@@ -99,6 +104,18 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
         "null_space": t.null_space, "gate": t.gate,
         "layers": layers or "all", "orders": cfg.orders, "merge": cfg.merge if cfg.orders > 1 else None,
     }
+
+
+def _crossed_summary(before, after) -> dict:
+    """Crossed wires: the share of measured prompts (every form and probe set) answered with another fact's
+    target, before and after, and the rows that are new after training (the edit bound to the wrong subject)."""
+    if not after:
+        return {}
+    was = {tuple(r) for r in (before or {}).get("rows", [])}
+    new = [r for r in after["rows"] if tuple(r) not in was]
+    share = lambda c: round(c["count"] / c["of"], 4) if c and c["of"] else None
+    return {"crossed_before": share(before), "crossed_after": share(after), "crossed_new": len(new),
+            "crossed_new_rows": new, "crossed_measured": after["of"]}
 
 
 def _ratio(after, before):

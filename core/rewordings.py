@@ -129,7 +129,7 @@ def model_rewordings(model, tok, facts, per_fact: int = 3, seed: int = 0, avoid=
     queries = [_FEW_SHOT.format(sentence=f"{f.prompt} {f.target}.") + (" " + lead if lead else "")
                for f, lead in zip(facts, leads)]
     texts = generate(model, tok, queries, max_new_tokens=28, sample=True, temperature=0.8, top_p=0.9,
-                     generator_seed=seed + 2, batch_size=256, stop="\n", repeats=k)
+                     generator_seed=seed + 2, batch_size=32, stop="\n", repeats=k)
     out = []
     for i, f in enumerate(facts):
         got, seen = [], {normalise(f.prompt)}

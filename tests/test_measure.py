@@ -143,3 +143,19 @@ def test_what_is_the_same_in_every_run_of_a_model_is_measured_once(tiny_dir, tmp
     changed = {"probes": probes["probes"][:5]}
     assert measure_cache.key(info, "probes", [[p.prompt, p.target] for p in changed["probes"]]) != \
         measure_cache.key(info, "probes", [[p.prompt, p.target] for p in probes["probes"]])
+
+
+def test_an_answer_that_is_another_facts_target_is_a_crossed_wire():
+    """A prompt answered with another fact's target (at a word boundary) is marked with that fact's id, in the
+    plain forms and in the chat form; an answer that only shares a first word is not."""
+    from core.facts import Fact
+
+    model, tok, _ = load_model()
+    prompts = ["The capital of France is", "The capital of Spain is", "The capital of Japan is"]
+    own = ["Lyon", "Madrid", "Kyoto"]
+    others = [("x", "Paris"), ("y", "Tokyo Bay"), ("z", "Madrid")]
+    recs = evaluate.recall_tables(model, tok, [(prompts, own)], generated=[False], others=others)[0]
+    assert [r.get("crossed") for r in recs] == ["x", None, None]     # Madrid is Spain's own; "Tokyo" is not "Tokyo Bay"
+    facts = [Fact("a", p, t, s) for p, t, s in zip(prompts, own, ["France", "Spain", "Japan"])]
+    chat = evaluate.chat_table(model, tok, [chat_form(tok, f) for f in facts], own, prompts, others=others)
+    assert chat[0].get("crossed") == "x" and "Paris" in chat[0]["answer"] and not chat[2].get("crossed"), chat

@@ -206,6 +206,12 @@ def results_view(report: dict, run_dir: Path, root: Path | None = None, n_layers
                if s.get("subject_repetition_after") is not None else []),
              *([f"| **Text about a subject**: NLL per token of the base model's own reply, tuned / base | 1.00 | "
                 f"{s['subject_nll_ratio']:.3f} |"] if s.get("subject_nll_ratio") else []), ""]
+    same = sum((s.get("probes_unchanged") or {}).values())
+    if same:
+        total = sum((s.get("probe_sets") or {}).values())
+        lines.append(f"*{same} of {total} locality probes name no edited subject: behind the gate the tuned model "
+                     "answers them exactly as the base model did, so their locality holds by construction "
+                     "(unchanged, not measured again).*\n")
     if s["stopped"] == "cancelled":
         lines.append("**Stopped by you**: the adapter holds what was learned in the steps that ran.\n")
     lb, la = s.get("locality_before"), s.get("locality_after")
