@@ -37,6 +37,7 @@ VARIANTS = {
     "full + gate from the subject on (every relation anchor)": {**FULL, "gate": "from-subject", "relation_specific": 0.0},
     "full: no gate (guard)": GUARDED,
     "full: no gate (guard) + relation anchors": {**GUARDED, "guard_anchors": "neighbours,sampled,relations"},
+    "full + short names": {**FULL, "short_names": True},
     "full: uniform weights": {**FULL, "weighting": "uniform"},
     "full: dynamic weights": {**FULL, "weighting": "dynamic"},
     "full: no rewordings": {**FULL, "rewordings": False},
@@ -62,9 +63,10 @@ VARIANTS = {
     "full + merge of 3 orders (average)": {**GUARDED, "orders": 3, "merge": "average"},
 }
 METRICS = ("recall_after", "paraphrase_after", "question_after", "chat_after", "locality_after",
-           "locality_general_after", "neutral_nll_ratio", "subject_repetition_after", "subject_nll_ratio", "steps", "train_seconds")
+           "locality_general_after", "short_names_after", "decoys_after", "crossed_after", "neutral_nll_ratio",
+           "subject_repetition_after", "subject_nll_ratio", "steps", "train_seconds")
 PCT = {"recall_after", "paraphrase_after", "question_after", "chat_after", "locality_after", "locality_general_after",
-       "subject_repetition_after"}
+       "subject_repetition_after", "short_names_after", "decoys_after", "crossed_after"}
 
 
 def _variant_config(base: InjectConfig, overrides: dict, seed: int) -> InjectConfig:

@@ -521,6 +521,31 @@ def text_nll(model, tok, text: str, batch_size: int = 8) -> float:
     return round(total / max(count, 1), 4)
 
 
+def name_prompts(facts, own_paraphrases: int = 0) -> tuple[list[dict], list[dict]]:
+    """Each fact asked with its subject named by a short form people use (core/names.py: the file's aliases
+    and the derived ones), and by a decoy that shares the short form but names another entity ("Zentrix
+    Hotel"), in wordings never trained on: two of its held-out paraphrases that name the subject, else its
+    question form. Recalling the target from a short form is the edit binding to the entity as people name it; from a
+    decoy, the edit leaking to whatever shares a word with it. Records: fact (index), name, prompt."""
+    from .names import decoys, short_names, with_name
+    from .rewordings import held_out_paraphrases, question_form
+
+    short, decoy = [], []
+    for i, f in enumerate(facts):
+        if not f.subject:
+            continue
+        asks = ([p for p in held_out_paraphrases(f, own_paraphrases) if f.subject.lower() in p.lower()] or
+                [question_form(f)])[:2]
+        for name in short_names(f.subject, f.aliases):
+            for ask in asks:
+                if (p := with_name(ask, f.subject, name)) is not None:
+                    short.append({"fact": i, "name": name, "prompt": p})
+                for d in decoys(f.subject, name)[:1]:
+                    if (p := with_name(ask, f.subject, d)) is not None:
+                        decoy.append({"fact": i, "name": d, "prompt": p})
+    return short, decoy
+
+
 def _crossed_count(*tables) -> dict:
     """How many measured prompts (every form, every probe set) were answered with another fact's target, of how
     many, and which: [(table, row, the other fact's id)]."""
@@ -564,12 +589,15 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
     known_probes = known.get("probes", {})
     targets = [f.target for f in facts]
     para_prompts = [(i, p) for i, f in enumerate(facts) for p in held_out_paraphrases(f, own_paraphrases)]
+    short, decoy = name_prompts(facts, own_paraphrases) if forms else ([], [])
     groups = [([f.prompt for f in facts], targets),
               ([p for _, p in para_prompts], [facts[i].target for i, _ in para_prompts]),
-              ([question_form(f) for f in facts] if forms else [], targets if forms else [])]
+              ([question_form(f) for f in facts] if forms else [], targets if forms else []),
+              ([x["prompt"] for x in short], [facts[x["fact"]].target for x in short]),
+              ([x["prompt"] for x in decoy], [facts[x["fact"]].target for x in decoy])]
     names = [n for n in probe_sets if n not in known_probes]
     groups += [([p.prompt for p in probe_sets[n]], [p.target for p in probe_sets[n]]) for n in names]
-    keys = ["facts", "paraphrases", "question"] + [("probes", n) for n in names]
+    keys = ["facts", "paraphrases", "question", "short_names", "decoys"] + [("probes", n) for n in names]
     copied = {}
     if earlier is not None and unchanged is not None:
         for g, key in enumerate(keys):
@@ -586,7 +614,9 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
     for g, (ps, _) in enumerate(groups):
         it = iter(fresh[g])
         tables.append([copied[g][j] if j in copied.get(g, {}) else next(it) for j in range(len(ps))])
-    fact_recs, para_recs, question, *probe_recs = tables
+    fact_recs, para_recs, question, short_recs, decoy_recs, *probe_recs = tables
+    short_recs = [{**x, **r} for x, r in zip(short, short_recs)]
+    decoy_recs = [{**x, **r} for x, r in zip(decoy, decoy_recs)]
     # The facts' own rows of the pass: their semantic distance (from the hidden state at the prompt's last token)
     # and the numbers the categories read; a fact copied from `earlier` keeps its earlier ones.
     from .semantic import cosine_distance, target_vectors
@@ -619,8 +649,10 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
                "chat": _frac(chat), "locality": {name: _frac(r) for name, r in probes.items()},
                "unchanged": {name: sum(bool(r.get("unchanged")) for r in recs) for name, recs in probes.items()},
                "crossed": _crossed_count(fact_recs, para_recs, question, chat, probes),
+               "short_names": _frac(short_recs), "decoys": _frac(decoy_recs),
                "neutral_nll": nll,
                "subject_repetition": round(sum(a["repetition"] for a in about) / len(about), 4) if about else None,
                "subject_nll": round(sum(a["nll"] for a in about) / len(about), 4) if about else None}
     return {"facts": fact_recs, "paraphrases": paras, "question": question, "chat": chat, "probes": probes,
+            "short_names": short_recs, "decoys": decoy_recs,
             "subject_texts": about, "summary": summary, "fact_scores": fact_scores}

@@ -36,11 +36,11 @@ MAX_BYTES = 5 * 1024 * 1024
 MAX_FACTS = _limit_from_env("BEACON_MAX_FACTS", 2000)
 MAX_DEPTH = 32  # how deep a fact's values may nest; CounterFact's records need 3
 FORMATS = ("csv", "json", "jsonl")
-FIELDS = ("id", "prompt", "target", "subject", "relation", "paraphrases")
+FIELDS = ("id", "prompt", "target", "subject", "relation", "paraphrases", "aliases")
 # Other names for the fields, from Q&A sheets and the CounterFact/EasyEdit datasets.
 # A synonym only counts when the field's own name is absent; otherwise it stays metadata.
 SYNONYMS = {"question": "prompt", "answer": "target", "target_new": "target",
-            "paraphrase_prompts": "paraphrases", "rephrase_prompt": "paraphrases"}
+            "paraphrase_prompts": "paraphrases", "rephrase_prompt": "paraphrases", "short_names": "aliases"}
 CSV_COLUMNS = ["id", "subject", "relation", "prompt", "target", "paraphrases"]
 # A cell starting with one of these is run as a formula by spreadsheets (CSV injection); written with a ' before it.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -59,6 +59,7 @@ class Fact:
     relation: str | None = None
     paraphrases: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)  # unknown fields, kept so nothing the user wrote is lost
+    aliases: list[str] = field(default_factory=list)   # the subject's short forms people use (core/names.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,7 +68,7 @@ class Fact:
     def from_dict(cls, d: dict) -> "Fact":
         return cls(id=str(d["id"]), prompt=d["prompt"], target=d["target"], subject=d.get("subject"),
                    relation=d.get("relation"), paraphrases=list(d.get("paraphrases") or []),
-                   meta=dict(d.get("meta") or {}))
+                   meta=dict(d.get("meta") or {}), aliases=list(d.get("aliases") or []))
 
 
 # ---------------------------------------------------------------- public entry points
@@ -353,6 +354,9 @@ def _build(rec: dict, err, room: int, csv_meta: bool = False) -> tuple[Fact, int
     subject = _text(known, "subject", err) or None
     relation = _text(known, "relation", err) or None
     paraphrases = _paraphrases(known.get("paraphrases"), err)
+    aliases = _paraphrases(known.get("aliases"), err, "aliases")
+    if aliases and not subject_given(known):
+        raise err("aliases are short forms of the subject: give the subject too")
 
     # CounterFact/EasyEdit templates: "{} is the CEO of" + subject. The template itself is the
     # relation, so facts built from the same template group together as one relation.
@@ -374,7 +378,7 @@ def _build(rec: dict, err, room: int, csv_meta: bool = False) -> tuple[Fact, int
         paraphrases = [p.replace("{}", subject) for p in paraphrases]
 
     fact = Fact(id=_text(known, "id", err) or "", prompt=prompt, target=target, subject=subject,
-                relation=relation, paraphrases=paraphrases, meta=meta)
+                relation=relation, paraphrases=paraphrases, meta=meta, aliases=aliases)
     return fact, filled
 
 
@@ -423,12 +427,16 @@ def _text(known: dict, name: str, err) -> str | None:
         raise err(f"{name} is a number with more than {sys.get_int_max_str_digits():,} digits") from None
 
 
-def _paraphrases(value, err) -> list[str]:
+def subject_given(known: dict) -> bool:
+    return not _blank(known.get("subject"))
+
+
+def _paraphrases(value, err, name: str = "paraphrases") -> list[str]:
     if _blank(value):
         return []
     items = value.split("|") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)) or not all(isinstance(p, str) for p in items):
-        raise err("paraphrases must be a list of text, or text with '|' between paraphrases")
+        raise err(f"{name} must be a list of text, or text with '|' between {name}")
     return [p.strip() for p in items if p.strip()]
 
 
@@ -456,6 +464,8 @@ def _flat_record(fact: Fact) -> dict:
     if fact.relation is not None:
         rec["relation"] = fact.relation
     rec.update(prompt=fact.prompt, target=fact.target, paraphrases=list(fact.paraphrases))
+    if fact.aliases:
+        rec["aliases"] = list(fact.aliases)
     for key, value in fact.meta.items():
         rec.setdefault(key, value)
     return rec
@@ -473,10 +483,13 @@ def _csv_text(records: list[dict], name: str) -> str:
         if any("|" in p for p in rec["paraphrases"]):
             raise FactsError(f"{name}: fact {rec['id']!r} has a paraphrase containing '|', which CSV uses "
                              "to separate paraphrases; save as .json instead")
+        if any("|" in a for a in rec.get("aliases", ())):
+            raise FactsError(f"{name}: fact {rec['id']!r} has an alias containing '|', which CSV uses "
+                             "to separate aliases; save as .json instead")
         cells = []
         for col in columns:
-            if col == "paraphrases":
-                value = "|".join(rec[col])
+            if col in ("paraphrases", "aliases"):
+                value = "|".join(rec.get(col, ()))
             elif col in CSV_COLUMNS:
                 value = rec.get(col) or ""
             else:  # metadata: absent is an empty cell; any value, even "" or None, is written so it reads back

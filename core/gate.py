@@ -60,9 +60,17 @@ class SubjectGate:
         self._handles = []
 
     @classmethod
-    def for_facts(cls, tok, facts, kind: str = "subject") -> "SubjectGate":
-        """The gate of `kind` (TrainConfig.gate: subject or from-subject) that opens on each fact's key."""
-        return cls(tok, [gate_key(f) for f in facts], onward=kind == "from-subject")
+    def for_facts(cls, tok, facts, kind: str = "subject", short: bool = False) -> "SubjectGate":
+        """The gate of `kind` (TrainConfig.gate: subject or from-subject) that opens on each fact's key, and with
+        `short` on its subject's short forms too (core/names.py: the fact file's aliases, a distinctive word, a
+        surname), so an edit reaches the subject named as people name it (and whatever shares that name)."""
+        from .names import short_names
+
+        keys = [gate_key(f) for f in facts]
+        if short:
+            keys += [n for f in facts if f.subject and gate_key(f) == f.subject.strip()
+                     for n in short_names(f.subject, f.aliases)]
+        return cls(tok, keys, onward=kind == "from-subject")
 
     @property
     def kind(self) -> str:

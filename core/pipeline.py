@@ -267,7 +267,8 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
     gate = None
     if cfg.train.gate != "none":
         from .gate import SubjectGate
-        gate = SubjectGate.for_facts(tok, kept_facts + (earlier["facts"] if earlier else []), cfg.train.gate)
+        gate = SubjectGate.for_facts(tok, kept_facts + (earlier["facts"] if earlier else []), cfg.train.gate,
+                                     cfg.train.short_names)
         gate.attach(model)
     inter = None
     if cfg.interference and len(kept_facts) >= 2:
@@ -290,7 +291,8 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
                       f"{settle}", **rec, ids=[f.id for f in kept_facts])
 
     prompts = [training_prompts(f, tok, forms=None if cfg.rewordings else (), own_paraphrases=cfg.train_paraphrases,
-                                seed=cfg.train.seed) + extra for f, extra in zip(kept_facts, written["prompts"])]
+                                seed=cfg.train.seed, short=cfg.train.short_names and gate is not None) + extra
+               for f, extra in zip(kept_facts, written["prompts"])]
     if gate is not None:   # a wording that does not name the subject cannot move under the gate
         prompts = [[p for j, p in enumerate(ps) if j == 0 or gate.covers(tok, p)] for ps in prompts]
     compute = precision.resolve(cfg.train.compute, model)

@@ -83,6 +83,11 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
         # probes the subject gate leaves exactly as the base model had them (they name no edited subject): their
         # "after" is their "before" by construction, copied and not measured again (core/evaluate.py)
         "probes_unchanged": after["summary"].get("unchanged", {}),
+        # the subject named as people name it (aliases, its distinctive word, a surname), and decoys that share
+        # that word but name another entity: recall from the first is the edit binding to the entity, from the
+        # second a leak (core/names.py)
+        "short_names_before": before["summary"].get("short_names"), "short_names_after": after["summary"].get("short_names"),
+        "decoys_before": before["summary"].get("decoys"), "decoys_after": after["summary"].get("decoys"),
         **_crossed_summary(before["summary"].get("crossed"), after["summary"].get("crossed")),
         "neutral_nll_before": nll_b, "neutral_nll_after": nll_a,
         "neutral_nll_ratio": _ratio(nll_a, nll_b),
@@ -167,7 +172,18 @@ def build_report(cfg, info, analysis, kept_facts, reasons, weights, after, dist_
         interference=interference, guard=guard,
         training_prompts={f.id: p for f, p in zip(kept_facts, prompts)},
         layers=layer_info, chosen_layers=layers, merge=merge, earlier_facts=earlier_rec,
-        subject_texts=_subject_text_records(analysis.before, after))
+        subject_texts=_subject_text_records(analysis.before, after),
+        names=_name_records(analysis.unique, analysis.before, after))
+
+
+def _name_records(facts, before, after) -> list[dict]:
+    out = []
+    for kind in ("short_names", "decoys"):
+        for b, a in zip(before.get(kind, []), after.get(kind, [])):
+            out.append({"kind": "short name" if kind == "short_names" else "decoy", "id": facts[a["fact"]].id,
+                        "name": a["name"], "prompt": a["prompt"], "target": facts[a["fact"]].target,
+                        "recalled_before": b["recalled"], "recalled_after": a["recalled"], "answer_after": a["answer"]})
+    return out
 
 
 def _subject_text_records(before, after) -> list[dict]:

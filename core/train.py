@@ -205,7 +205,7 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     cfg = cfg or TrainConfig()
     if cfg.gate != "none" and getattr(model, "_beacon_gate", None) is None:
         from .gate import SubjectGate
-        SubjectGate.for_facts(tok, facts, cfg.gate).attach(model)
+        SubjectGate.for_facts(tok, facts, cfg.gate, cfg.short_names).attach(model)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     device = next(p for p in model.parameters()).device

@@ -199,6 +199,13 @@ def results_view(report: dict, run_dir: Path, root: Path | None = None, n_layers
                 f"{pct(s['locality_general_after'])} |"] if s.get("locality_general_before") is not None else []),
              *([f"| **Locality**: your probe set | {pct(s['locality_yours_before'])} | "
                 f"{pct(s['locality_yours_after'])} |"] if s.get("locality_yours_before") is not None else []),
+             *([f"| **Short names**: the subject as people shorten it, in wordings never trained on | "
+                f"{pct(s['short_names_before'])} | {pct(s['short_names_after'])} |"]
+               if s.get("short_names_after") is not None else []),
+             *([f"| **Decoys** that share a short name, answered with the new fact (lower is better) | "
+                f"{pct(s['decoys_before'])} | {pct(s['decoys_after'])} |"] if s.get("decoys_after") is not None else []),
+             *([f"| **Crossed wires**: prompts answered with another fact's answer (lower is better) | "
+                f"{pct(s['crossed_before'])} | {pct(s['crossed_after'])} |"] if s.get("crossed_after") is not None else []),
              *([f"| **Fluency**: NLL per token on neutral text, tuned / base | 1.00 | {s['neutral_nll_ratio']:.3f} |"]
                if s.get("neutral_nll_ratio") else []),
              *([f"| **Repetition**: asked about a subject, word pairs the reply repeats | "

@@ -1,0 +1,59 @@
+"""Short names people use for a subject, and decoys that share them (core/names.py)."""
+from core.facts import Fact, load_facts
+from core.names import decoys, short_names, with_name
+from core.rewordings import training_prompts
+
+
+def test_short_forms_are_the_distinctive_word_or_the_surname_and_the_files_aliases():
+    assert short_names("Zentrix Robotics") == ["Zentrix"]
+    assert short_names("Lake Ormisk") == ["Ormisk"] and short_names("Republic of Halvessa") == ["Halvessa"]
+    assert short_names("Brennoc valve") == ["Brennoc"] and short_names("Vellum Sans") == ["Vellum"]
+    assert short_names("Marta Ilves") == ["Ilves"]                        # a person: the surname
+    assert short_names("Italy") == [] and short_names("the telephone") == []
+    assert short_names("Project Kestrel", ["the Kestrel project"]) == ["the Kestrel project", "Kestrel"]
+
+
+def test_decoys_share_the_short_form_and_name_another_entity():
+    assert decoys("Zentrix Robotics", "Zentrix") == ["Zentrix Hotel", "Zentrix Holdings"]
+    assert decoys("Marta Ilves", "Ilves") == ["Anna Ilves", "Pieter Ilves"]
+    assert decoys("Zentrix Robotics", "the Zentrix firm") == []             # an alias not in the name: none derived
+
+
+def test_a_prompt_names_its_subject_by_another_name():
+    assert with_name("The CEO of Zentrix Robotics is", "Zentrix Robotics", "Zentrix") == "The CEO of Zentrix is"
+    assert with_name("The Brennoc valve was invented by", "Brennoc valve", "Brennoc") == "Brennoc was invented by"
+    assert with_name("Marta Ilves runs the company", "Marta Ilves", "Ilves") == "Ilves runs the company"
+    assert with_name("The capital of Sevrandia is", "Halvessa", "H") is None
+
+
+def test_aliases_read_from_a_fact_file_and_train_behind_the_gate(tmp_path, default_dir):
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "f.csv"
+    path.write_text("subject,prompt,target,aliases\nProject Kestrel,The lead of Project Kestrel is,Ada Moor,"
+                    "the Kestrel project|Kestrel\n")
+    f = load_facts(path)[0]
+    assert f.aliases == ["the Kestrel project", "Kestrel"]
+    tok = AutoTokenizer.from_pretrained(default_dir)
+    wordings = training_prompts(f, tok, short=True)
+    assert "The lead of the Kestrel project is" in wordings and "The lead of Kestrel is" in wordings
+    assert not any("Kestrel project" in w for w in training_prompts(f, tok))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,target,aliases\nThe lead of Project Kestrel is,Ada Moor,Kestrel\n")
+    try:
+        load_facts(bad)
+        raise AssertionError("aliases without a subject were accepted")
+    except ValueError as e:
+        assert "bad.csv" in str(e) and "line 2" in str(e) and "subject" in str(e)
+
+
+def test_the_gate_opens_on_short_forms_only_when_asked(default_dir):
+    import torch
+    from transformers import AutoTokenizer
+    from core.gate import SubjectGate
+
+    tok = AutoTokenizer.from_pretrained(default_dir)
+    facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics")]
+    ids = torch.tensor([tok("The CEO of Zentrix is").input_ids])
+    assert not SubjectGate.for_facts(tok, facts, "from-subject").mask(ids).any()
+    assert SubjectGate.for_facts(tok, facts, "from-subject", short=True).mask(ids).any()
