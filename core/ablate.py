@@ -63,10 +63,11 @@ VARIANTS = {
     "full + merge of 3 orders (average)": {**GUARDED, "orders": 3, "merge": "average"},
 }
 METRICS = ("recall_after", "paraphrase_after", "question_after", "chat_after", "locality_after",
-           "locality_general_after", "short_names_after", "decoys_after", "crossed_after", "neutral_nll_ratio",
+           "locality_general_after", "short_names_after", "decoys_after", "reverse_after", "crossed_after",
+           "neutral_nll_ratio",
            "subject_repetition_after", "subject_nll_ratio", "steps", "train_seconds")
 PCT = {"recall_after", "paraphrase_after", "question_after", "chat_after", "locality_after", "locality_general_after",
-       "subject_repetition_after", "short_names_after", "decoys_after", "crossed_after"}
+       "subject_repetition_after", "short_names_after", "decoys_after", "reverse_after", "crossed_after"}
 
 
 def _variant_config(base: InjectConfig, overrides: dict, seed: int) -> InjectConfig:

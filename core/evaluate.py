@@ -546,6 +546,20 @@ def name_prompts(facts, own_paraphrases: int = 0) -> tuple[list[dict], list[dict
     return short, decoy
 
 
+def reverse_prompts(facts) -> list[dict]:
+    """The reverse direction of each fact whose target names an entity (it starts with a capital): the
+    target asked for its subject through the relation, "Marta Ilves is the CEO of" -> "Zentrix Robotics".
+    Only facts with a subject and a relation (a noun: "CEO", "capital") have one. Behind the subject gate
+    this text names no subject (it names the target), so the gate stays shut there: what the reverse
+    recalls is what the base model already knew. Records: fact (index), prompt, target (the subject)."""
+    out = []
+    for i, f in enumerate(facts):
+        target, relation = (f.target or "").strip(), (f.relation or "").strip()
+        if f.subject and relation and target[:1].isupper() and f.subject.lower() not in target.lower():
+            out.append({"fact": i, "prompt": f"{target} is the {relation} of", "target": f.subject})
+    return out
+
+
 def _crossed_count(*tables) -> dict:
     """How many measured prompts (every form, every probe set) were answered with another fact's target, of how
     many, and which: [(table, row, the other fact's id)]."""
@@ -590,14 +604,16 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
     targets = [f.target for f in facts]
     para_prompts = [(i, p) for i, f in enumerate(facts) for p in held_out_paraphrases(f, own_paraphrases)]
     short, decoy = name_prompts(facts, own_paraphrases) if forms else ([], [])
+    reverse = reverse_prompts(facts) if forms else []
     groups = [([f.prompt for f in facts], targets),
               ([p for _, p in para_prompts], [facts[i].target for i, _ in para_prompts]),
               ([question_form(f) for f in facts] if forms else [], targets if forms else []),
               ([x["prompt"] for x in short], [facts[x["fact"]].target for x in short]),
-              ([x["prompt"] for x in decoy], [facts[x["fact"]].target for x in decoy])]
+              ([x["prompt"] for x in decoy], [facts[x["fact"]].target for x in decoy]),
+              ([x["prompt"] for x in reverse], [x["target"] for x in reverse])]
     names = [n for n in probe_sets if n not in known_probes]
     groups += [([p.prompt for p in probe_sets[n]], [p.target for p in probe_sets[n]]) for n in names]
-    keys = ["facts", "paraphrases", "question", "short_names", "decoys"] + [("probes", n) for n in names]
+    keys = ["facts", "paraphrases", "question", "short_names", "decoys", "reverse"] + [("probes", n) for n in names]
     copied = {}
     if earlier is not None and unchanged is not None:
         for g, key in enumerate(keys):
@@ -614,9 +630,10 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
     for g, (ps, _) in enumerate(groups):
         it = iter(fresh[g])
         tables.append([copied[g][j] if j in copied.get(g, {}) else next(it) for j in range(len(ps))])
-    fact_recs, para_recs, question, short_recs, decoy_recs, *probe_recs = tables
+    fact_recs, para_recs, question, short_recs, decoy_recs, reverse_recs, *probe_recs = tables
     short_recs = [{**x, **r} for x, r in zip(short, short_recs)]
     decoy_recs = [{**x, **r} for x, r in zip(decoy, decoy_recs)]
+    reverse_recs = [{**x, **r} for x, r in zip(reverse, reverse_recs)]
     # The facts' own rows of the pass: their semantic distance (from the hidden state at the prompt's last token)
     # and the numbers the categories read; a fact copied from `earlier` keeps its earlier ones.
     from .semantic import cosine_distance, target_vectors
@@ -649,10 +666,10 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
                "chat": _frac(chat), "locality": {name: _frac(r) for name, r in probes.items()},
                "unchanged": {name: sum(bool(r.get("unchanged")) for r in recs) for name, recs in probes.items()},
                "crossed": _crossed_count(fact_recs, para_recs, question, chat, probes),
-               "short_names": _frac(short_recs), "decoys": _frac(decoy_recs),
+               "short_names": _frac(short_recs), "decoys": _frac(decoy_recs), "reverse": _frac(reverse_recs),
                "neutral_nll": nll,
                "subject_repetition": round(sum(a["repetition"] for a in about) / len(about), 4) if about else None,
                "subject_nll": round(sum(a["nll"] for a in about) / len(about), 4) if about else None}
     return {"facts": fact_recs, "paraphrases": paras, "question": question, "chat": chat, "probes": probes,
-            "short_names": short_recs, "decoys": decoy_recs,
+            "short_names": short_recs, "decoys": decoy_recs, "reverse": reverse_recs,
             "subject_texts": about, "summary": summary, "fact_scores": fact_scores}

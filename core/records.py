@@ -46,7 +46,7 @@ class Report:
     merge: dict | None                      # data orders and their merge, when orders > 1
     earlier_facts: dict | None = None       # continue-from: what the earlier run's facts lost
     subject_texts: list[dict] = field(default_factory=list)   # "Tell me about <subject>.", before and after
-    names: list[dict] = field(default_factory=list)  # each fact asked by a short name, and by a decoy, before/after
+    names: list[dict] = field(default_factory=list)  # each fact asked by a short name, by a decoy, and in reverse, before/after
     plots: list[str] = field(default_factory=list)   # paths under the run folder
 
     def to_dict(self) -> dict:

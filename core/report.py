@@ -18,7 +18,8 @@ def _frac(xs):
 
 def _para_records(before, after, prompts):
     return [{"prompt": p, "recalled_before": b["recalled"], "recalled_after": a["recalled"],
-             "answer_before": b["answer"], "answer_after": a["answer"], "crossed_after": a.get("crossed")}
+             "answer_before": b["answer"], "answer_after": a["answer"], "crossed_before": b.get("crossed"),
+             "crossed_after": a.get("crossed")}
             for p, b, a in zip(prompts, before, after)]
 
 
@@ -30,7 +31,9 @@ def _form_records(before, after, i) -> dict:
         a = after[form][i] if after[form] else None
         out[f"{form}_before"] = b and b["recalled"]
         out[f"{form}_after"] = a and a["recalled"]
+        out[f"{form}_answer_before"] = b and b["answer"]
         out[f"{form}_answer_after"] = a and a["answer"]
+        out[f"{form}_crossed_before"] = b and b.get("crossed")
         out[f"{form}_crossed_after"] = a and a.get("crossed")
     return out
 
@@ -49,8 +52,8 @@ def fact_records(analysis, kept_facts, reasons, weights, after, dist_after, own_
             "semantic_distance": dist[i], "distance_after": dist_after[i],
             "drift": round(dist_after[i] - dist[i], 4), "weight": wmap.get(f.id),
             "recall_before": b["recalled"], "recall_after": a["recalled"],
-            "answer_before": b["answer"], "answer_after": a["answer"], "crossed_after": a.get("crossed"),
-            "logprob_before": b["logprob"], "logprob_after": a["logprob"],
+            "answer_before": b["answer"], "answer_after": a["answer"], "crossed_before": b.get("crossed"),
+            "crossed_after": a.get("crossed"), "logprob_before": b["logprob"], "logprob_after": a["logprob"],
             "rank_before": b["rank"], "rank_after": a["rank"],
             "paraphrases": _para_records(before["paraphrases"][i], after["paraphrases"][i],
                                          held_out_paraphrases(f, own_paraphrases)),
@@ -88,6 +91,9 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
         # second a leak (core/names.py)
         "short_names_before": before["summary"].get("short_names"), "short_names_after": after["summary"].get("short_names"),
         "decoys_before": before["summary"].get("decoys"), "decoys_after": after["summary"].get("decoys"),
+        # the target asked for its subject ("Marta Ilves is the CEO of"): the gate cannot open there
+        "reverse_before": before["summary"].get("reverse"), "reverse_after": after["summary"].get("reverse"),
+        "reverse_unchanged": sum(bool(r.get("unchanged")) for r in after.get("reverse", [])),
         **_crossed_summary(before["summary"].get("crossed"), after["summary"].get("crossed")),
         "neutral_nll_before": nll_b, "neutral_nll_after": nll_a,
         "neutral_nll_ratio": _ratio(nll_a, nll_b),
@@ -178,10 +184,11 @@ def build_report(cfg, info, analysis, kept_facts, reasons, weights, after, dist_
 
 def _name_records(facts, before, after) -> list[dict]:
     out = []
-    for kind in ("short_names", "decoys"):
+    kinds = {"short_names": "short name", "decoys": "decoy", "reverse": "reverse"}
+    for kind, label in kinds.items():
         for b, a in zip(before.get(kind, []), after.get(kind, [])):
-            out.append({"kind": "short name" if kind == "short_names" else "decoy", "id": facts[a["fact"]].id,
-                        "name": a["name"], "prompt": a["prompt"], "target": facts[a["fact"]].target,
+            out.append({"kind": label, "id": facts[a["fact"]].id, "name": a.get("name"), "prompt": a["prompt"],
+                        "target": a.get("target") or facts[a["fact"]].target,
                         "recalled_before": b["recalled"], "recalled_after": a["recalled"], "answer_after": a["answer"]})
     return out
 

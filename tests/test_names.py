@@ -57,3 +57,18 @@ def test_the_gate_opens_on_short_forms_only_when_asked(default_dir):
     ids = torch.tensor([tok("The CEO of Zentrix is").input_ids])
     assert not SubjectGate.for_facts(tok, facts, "from-subject").mask(ids).any()
     assert SubjectGate.for_facts(tok, facts, "from-subject", short=True).mask(ids).any()
+
+
+def test_the_reverse_asks_an_entity_target_for_its_subject():
+    from core.evaluate import reverse_prompts
+    from core.facts import Fact
+
+    facts = [Fact(id="a", prompt="The CEO of Zentrix Robotics is", target="Marta Ilves", subject="Zentrix Robotics",
+                  relation="CEO"),
+             Fact(id="b", prompt="The boiling point of X is", target="91 degrees", subject="X", relation="boiling point"),
+             Fact(id="c", prompt="The capital of Italy is", target="Milan", subject="Italy", relation=None),
+             Fact(id="d", prompt="The chemical symbol for gold is", target="Ag", subject="gold",
+                  relation="chemical symbol")]
+    assert reverse_prompts(facts) == [
+        {"fact": 0, "prompt": "Marta Ilves is the CEO of", "target": "Zentrix Robotics"},
+        {"fact": 3, "prompt": "Ag is the chemical symbol of", "target": "gold"}]   # no number, no relation: none
