@@ -45,10 +45,14 @@ def _print_progress(ev: dict) -> None:
 
 
 def cmd_inject(a) -> int:
+    from .estimate import estimate
     from .pipeline import run
 
     facts = load_facts(a.facts)
     probes = _probe_sets(a)
+    cfg = from_arguments(a)
+    # Before the check no one knows how many facts it keeps: every fact is counted, an upper bound.
+    print(f"[estimate] {estimate(len(facts), cfg).text} for up to {len(facts)} facts", flush=True)
     out = Path(a.out)
     stop = {"flag": False}
 
@@ -59,7 +63,7 @@ def cmd_inject(a) -> int:
         print("\n  stopping after this step (Ctrl-C again to abort)...", flush=True)
 
     signal.signal(signal.SIGINT, on_sigint)
-    report = run(facts, probes, from_arguments(a), out_dir=out, progress=_print_progress,
+    report = run(facts, probes, cfg, out_dir=out, progress=_print_progress,
                  should_stop=lambda: stop["flag"])
     s = report.summary
     print(json.dumps({k: s.get(k) for k in ("facts_in", "facts_kept", "conflicts", "dropped", "recall_before",
