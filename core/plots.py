@@ -105,8 +105,35 @@ def _ranges(xs) -> str:
     return ", ".join(str(a) if a == b else f"{a}–{b}" for a, b in out)
 
 
-def _fid(fact: dict, i: int) -> str:
-    return str(fact.get("id") or f"#{i + 1}")
+LABEL_CHARS = 24    # a subject longer than this is cut with "…": a tick label, not a sentence
+
+
+def fact_labels(facts: list[dict]) -> dict[str, str]:
+    """{fact id: a short name a person recognises}: the subject (else the prompt's first words), cut to
+    LABEL_CHARS; facts that share a subject get their relation (else their id) after it."""
+    def short(text: str) -> str:
+        text = " ".join(str(text).split())
+        return text if len(text) <= LABEL_CHARS else text[:LABEL_CHARS - 1].rstrip() + "…"
+
+    facts = [f for f in facts if isinstance(f, dict) and f.get("id") is not None]
+    base = {str(f["id"]): short(f.get("subject") or f.get("prompt") or f["id"]) for f in facts}
+    counts: dict[str, int] = {}
+    for label in base.values():
+        counts[label] = counts.get(label, 0) + 1
+    out = {}
+    for f in facts:
+        fid = str(f["id"])
+        label = base[fid]
+        if counts[label] > 1:
+            label = f"{label} · {short(f.get('relation') or fid)}"
+        out[fid] = label if label not in out.values() else f"{label} ({fid})"
+    return out
+
+
+def _fid(fact: dict, i: int, labels: dict | None = None) -> str:
+    """The fact's label in a plot: its subject when the report names one (fact_labels), else its id."""
+    fid = str(fact.get("id") or f"#{i + 1}")
+    return (labels or {}).get(fid, fid)
 
 
 def _label_size(n: int) -> float:
@@ -198,7 +225,8 @@ def plot_interference(report: dict, path) -> bool:
     order = inter.get("order")
     if not (isinstance(order, list) and sorted(o for o in order if isinstance(o, int)) == list(range(n))):
         order = list(range(n))  # a broken order must not scramble the labels
-    labels = [str(ids[i]) for i in order]
+    names = fact_labels(_facts(report, kept_only=False))
+    labels = [names.get(str(ids[i]), str(ids[i])) for i in order]
     cos = cos[np.ix_(order, order)]
 
     panels = [(cos, "Gradient cosine between facts\n+1 same direction, -1 opposed", "RdBu_r", 1.0)]
@@ -235,11 +263,11 @@ def plot_interference(report: dict, path) -> bool:
 
 def plot_distance_vs_learned(report: dict, path) -> bool:
     """Did a fact's semantic distance from the model predict whether it was learned?"""
-    pts = []
+    pts, names = [], fact_labels(_facts(report))
     for i, f in enumerate(_facts(report)):
         x, b, a = _num(f.get("semantic_distance")), _num(f.get("logprob_before")), _num(f.get("logprob_after"))
         if None not in (x, b, a):
-            pts.append((x, a - b, f, _fid(f, i)))
+            pts.append((x, a - b, f, _fid(f, i, names)))
     if not pts:
         return False
     n_learned = sum(_learned(f) for _, _, f, _ in pts)
@@ -302,11 +330,11 @@ def plot_drift(report: dict, path) -> bool:
 
 def plot_recall(report: dict, path) -> bool:
     """Target log-prob before -> after for each kept fact, marked by whether it is recalled."""
-    rows = []
+    rows, names = [], fact_labels(_facts(report))
     for i, f in enumerate(_facts(report)):
         b, a = _num(f.get("logprob_before")), _num(f.get("logprob_after"))
         if b is not None and a is not None:
-            rows.append((_fid(f, i), b, a, f))
+            rows.append((_fid(f, i, names), b, a, f))
     if not rows:
         return False
     n = len(rows)
