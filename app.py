@@ -5,7 +5,7 @@ holds what its events do, ui/render.py what it shows, ui/jobs.py runs one model 
 ui/settings.py turns widget values into an InjectConfig. Importing this module builds nothing and
 imports neither Gradio nor torch: `demo` is built on first use.
 
-Launch: `python app.py [--share] [--port N] [--host H]` (or `beacon app`, `python -m core app`). Tests
+Launch: `python app.py [--share] [--mcp] [--port N] [--host H]` (or `beacon app`, `python -m core app`). Tests
 launch the same app on a small budget: BEACON_STEPS or BEACON_CONFIG (JSON of InjectConfig fields),
 BEACON_PROBES (a smaller locality probe file) and BEACON_RUNS (where run folders go).
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib.util
 import io
 import logging
 import os
@@ -35,7 +36,13 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True):
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
+           mcp: bool | None = None):
+    """Serve the app; mcp=True also serves the typed API (ui/api.py) as an MCP server, at /gradio_api/mcp/.
+    It needs Gradio's mcp extra, not installed by default; None leaves it to GRADIO_MCP_SERVER."""
+    if mcp and importlib.util.find_spec("mcp") is None:
+        raise SystemExit("The MCP server needs Gradio's mcp extra: .venv/bin/python -m pip install "
+                         "'gradio[mcp]==6.31.0' (docs/api.md).")
     import gradio as gr
 
     from ui import cleanup
@@ -56,8 +63,11 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, block
     # When a share link cannot be made Gradio prints a long note; we say it in one line instead.
     with contextlib.redirect_stdout(io.StringIO()) if share else contextlib.nullcontext():
         demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True, quiet=True,
-                    theme=gr.themes.Soft(), css=CSS, max_file_size=int(MAX_UPLOAD_MB * 2**20))
+                    theme=gr.themes.Soft(), css=CSS, max_file_size=int(MAX_UPLOAD_MB * 2**20),
+                    mcp_server=mcp or None)
     print(f"Beacon is running on {demo.local_url}", flush=True)
+    if demo.mcp_server:
+        print(f"MCP server (tools inject and ask): {demo.local_url}gradio_api/mcp/", flush=True)
     if share:
         print(f"Public link: {demo.share_url}" if demo.share_url else
               "Could not create a share link (Gradio's share server is unreachable); serving locally only.",
@@ -71,6 +81,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Beacon: teach a language model new facts with LoRA (web app).")
     ap.add_argument("--share", action="store_true", default=os.environ.get("BEACON_SHARE", "") in ("1", "true"),
                     help="ask Gradio for a public share link (env BEACON_SHARE=1)")
+    ap.add_argument("--mcp", action="store_true", default=os.environ.get("BEACON_MCP", "") in ("1", "true"),
+                    help="also serve the API as an MCP server (needs gradio[mcp]; env BEACON_MCP=1)")
     ap.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                     help="default 7860 (env GRADIO_SERVER_PORT)")
     ap.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
@@ -78,7 +90,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-    launch(a.host, a.port, a.share)
+    launch(a.host, a.port, a.share, mcp=a.mcp)
 
 
 if __name__ == "__main__":

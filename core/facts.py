@@ -124,16 +124,17 @@ def parse_facts(data: bytes | str, fmt: str, source: str, max_bytes: int = MAX_B
 
 
 def facts_from_rows(rows: list[dict], source: str = "table", max_bytes: int = MAX_BYTES,
-                    max_facts: int | None = None) -> list[Fact]:
+                    max_facts: int | None = None, item: str = "row") -> list[Fact]:
     """Facts from the rows of a UI table (dicts of column -> cell); blank rows are skipped.
-    The table holds at most max_facts facts and max_bytes of text, like a file."""
+    The table holds at most max_facts facts and max_bytes of text, like a file. A problem names
+    the row as `item` and its number from 1 ("row 3"; the API's records say "record 3")."""
     records = []
     for n, row in enumerate(rows, 1):
         if isinstance(row, dict):
             if all(_blank(v) for v in row.values()):
                 continue
             row = _drop_blank_extras(row)
-        records.append((f"row {n}", row))
+        records.append((f"{item} {n}", row))
     return _finish(records, source, max_bytes, max_facts)
 
 

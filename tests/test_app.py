@@ -158,7 +158,7 @@ def test_whole_flow_sample_check_keep_train_results_ask_download(server, tmp_pat
     assert report["summary"]["steps"] <= SMALL["steps"] and report["config"]["keep"] == ["c01"]
 
     base, tuned, base_chat, tuned_chat, base_score, tuned_score = client.predict(ask_prompt, ask_target,
-                                                                                 api_name="/ask")
+                                                                                 api_name="/ask_ui")
     assert isinstance(base, str) and isinstance(tuned, str) and tuned and tuned_chat
     assert ask_target and "log p(target): plain" in tuned_score and "chat" in tuned_score
 

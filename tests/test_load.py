@@ -73,7 +73,7 @@ def test_eight_visitors_at_once(tmp_path, tiny_dir, monkeypatch):
 
     def settings(model, steps=2):
         return [model, "auto", True, "semantic", steps, 0.002, 8, 0.0, "all", "", 1, "select", "", True,
-                ["neighbours"]]
+                ["neighbours"], "from-subject"]   # every input: an undocumented endpoint has no defaults
 
     def visitor(i):
         who = f"visitor {i}"
@@ -135,7 +135,7 @@ def test_eight_visitors_at_once(tmp_path, tiny_dir, monkeypatch):
         report = json.loads(Path(files["report.json"]).read_text())
         assert {f["id"] for f in report["facts"]} == {f"v{i}f{k}" for k in range(3)}, f"{who} got another's report"
         assert all(str(runs) not in f for f in files.values()), "a download came from RUNS, not Gradio's cache"
-        base, tuned, *_ = client.predict("The motto of Guild is", "", api_name="/ask")
+        base, tuned, *_ = client.predict("The motto of Guild is", "", api_name="/ask_ui")
         count()
         assert isinstance(tuned, str) and tuned
         return "trained"

@@ -461,33 +461,39 @@ def on_unload(request: gr.Request):
 
 # ---------------------------------------------------------------- 4 results
 
-@GPU(duration=60)
-def ask_model(prompt, sess, target=None, request: gr.Request = None):
-    """The base and the tuned model's answers, plain and through the chat template, and the target's
-    log-probability under each (base, tuned, base chat, tuned chat, base scores, tuned scores). The
-    model it loads is the one cached tuned model (core/ask.py), so it waits for the model slot like
-    any model job."""
-    report, run_dir = sess.get("report"), sess.get("run_dir")
-    if not report or not run_dir:
-        raise gr.Error("Train first: there is no tuned model yet.")
-    visitor = visitor_of(sess, request)
+def ask_run(prompt, run_dir, report, target, visitor: str, update):
+    """`out = yield from ask_run(...)`: core.ask.ask on the run's adapter, as one job of the visitor. The model
+    it loads is the one cached tuned model (core/ask.py), so it waits for the model slot like any model job,
+    yielding update(jobs ahead) meanwhile; slot and visitor are freed however it ends. An empty prompt or a
+    run whose adapter is gone is a gr.Error. The page's Ask and the API's ask (ui/api.py) both come here."""
     claim(visitor, "question")
     held = False
     try:
-        held = yield from wait_in_line(None, lambda ahead: (gr.skip(), ahead_note(ahead), *[gr.skip()] * 4))
+        held = yield from wait_in_line(None, update)
         try:
-            out = ask(prompt, Path(run_dir) / "adapter", report["config"]["model"], report["config"]["quantization"],
-                      24, target)
+            return ask(prompt, Path(run_dir) / "adapter", report["config"]["model"], report["config"]["quantization"],
+                       24, target)
         except (ValueError, ModelError, OSError) as e:
             raise gr.Error(str(e) if not isinstance(e, OSError) else
                            "That run's adapter is gone (runs expire): train again to ask.") from None
-        no_chat = "(this model has no chat template)"
-        yield (out["base"], out["tuned"], out.get("base_chat") or no_chat, out.get("tuned_chat") or no_chat,
-               ask_scores(out, "base", target), ask_scores(out, "tuned", target))
     finally:
         if held:
             jobs._MODEL_LOCK.release()
         jobs.release(visitor)
+
+
+@GPU(duration=60)
+def ask_model(prompt, sess, target=None, request: gr.Request = None):
+    """The base and the tuned model's answers, plain and through the chat template, and the target's
+    log-probability under each (base, tuned, base chat, tuned chat, base scores, tuned scores)."""
+    report, run_dir = sess.get("report"), sess.get("run_dir")
+    if not report or not run_dir:
+        raise gr.Error("Train first: there is no tuned model yet.")
+    out = yield from ask_run(prompt, run_dir, report, target, visitor_of(sess, request),
+                             lambda ahead: (gr.skip(), ahead_note(ahead), *[gr.skip()] * 4))
+    no_chat = "(this model has no chat template)"
+    yield (out["base"], out["tuned"], out.get("base_chat") or no_chat, out.get("tuned_chat") or no_chat,
+           ask_scores(out, "base", target), ask_scores(out, "tuned", target))
 
 
 GATED_EXPORT = ("The adapter acts only where your subjects are named (the subject gate): merged into the weights it "

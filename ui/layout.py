@@ -17,6 +17,7 @@ from .handlers import (CHECK_OUTPUTS, EXPORT_OUTPUTS, TRAIN_OUTPUTS, ask_model, 
                        stop_run, train, upload, OPEN_OUTPUTS, interference_kind, open_run, remember_run, restore_runs)
 from .render import (FACT_COLUMNS, FACT_TOOLTIP, INTERFERENCE_KINDS, INTERFERENCE_TOOLTIP, RESULT_COLUMNS,
                      REVIEW_COLUMNS)
+from . import api
 from .settings import (LAYER_CHOICES, MAX_STEPS, NO_EARLIER, QUEUE_SIZE, RUN_TTL_HOURS, SAMPLES, default, device_note,
                        layer_count, limits_note, model_allowlist)
 
@@ -310,16 +311,17 @@ def build_demo() -> gr.Blocks:
 
         for btn, label in zip(sample_btns, SAMPLES):
             btn.click(lambda s, label=label: load_sample(label, s), [state], [facts_table, state, facts_note],
-                      api_name=f"load_sample_{SAMPLES[label][0].removesuffix('.csv')}", concurrency_limit=None)
+                      api_name=f"load_sample_{SAMPLES[label][0].removesuffix('.csv')}", api_visibility="undocumented",
+                      concurrency_limit=None)
         file_in.upload(upload, [file_in, state], [facts_table, state, facts_note], api_name="upload",
-                       concurrency_limit=None)
+                       api_visibility="undocumented", concurrency_limit=None)
         # The visitor's own probes and anchors (tab 3, Advanced): kept in the session for Check and Train.
         probes_in.upload(upload_probes, [probes_in, state], [state, yours_note], api_name="upload_probes",
-                         concurrency_limit=None)
+                         api_visibility="undocumented", concurrency_limit=None)
         probes_in.clear(lambda s: upload_probes(None, s), [state], [state, yours_note], api_visibility="private",
                         concurrency_limit=None)
         anchors_file_in.upload(upload_anchors, [anchors_file_in, state], [state, yours_note],
-                               api_name="upload_anchors", concurrency_limit=None)
+                               api_name="upload_anchors", api_visibility="undocumented", concurrency_limit=None)
         anchors_file_in.clear(lambda s: upload_anchors(None, s), [state], [state, yours_note],
                               api_visibility="private", concurrency_limit=None)
         facts_table.change(facts_changed, None, [analysis_state, review_table, review_note],
@@ -333,16 +335,19 @@ def build_demo() -> gr.Blocks:
         model_jobs = dict(concurrency_id="model", concurrency_limit=QUEUE_SIZE + 1)
         check_event = check_btn.click(_by_name(check, named),
                                       [state, facts_table, model_in, quant_in, filter_in, weighting_in],
-                                      [named[n] for n in CHECK_OUTPUTS], api_name="check", **model_jobs,
+                                      [named[n] for n in CHECK_OUTPUTS], api_name="check",
+                                      api_visibility="undocumented", **model_jobs,
                                       trigger_mode="once", show_progress_on=[check_status])
         check_btn.click(lambda: gr.Button(interactive=True), None, check_stop_btn, api_visibility="private",
                         queue=False)
         check_event.then(lambda: gr.Button(interactive=False), None, check_stop_btn, api_visibility="private",
                          queue=False)
-        check_stop_btn.click(stop_check, [state], [check_stop_btn], api_name="stop_check", queue=False)
+        check_stop_btn.click(stop_check, [state], [check_stop_btn], api_name="stop_check",
+                             api_visibility="undocumented", queue=False)
         review_table.input(review_edit, [analysis_state, review_table, state, model_in, quant_in, filter_in,
                                          weighting_in],
-                           [review_table, review_note, state], api_name="review_edit", concurrency_limit=None)
+                           [review_table, review_note, state], api_name="review_edit", api_visibility="undocumented",
+                           concurrency_limit=None)
         gr.on([filter_in.change, weighting_in.change], review_settings,
               [analysis_state, state, model_in, quant_in, filter_in, weighting_in], [review_table, review_note],
               api_visibility="private", concurrency_limit=None)
@@ -357,19 +362,19 @@ def build_demo() -> gr.Blocks:
                          steps_in, lr_in, rank_in, guard_in, layers_in, layers_custom, orders_in, merge_in,
                          earlier_in, rewordings_in, anchors_in, gate_in],
                         [named[n] for n in TRAIN_OUTPUTS],
-                        api_name="train", **model_jobs, trigger_mode="once",
+                        api_name="train", api_visibility="undocumented", **model_jobs, trigger_mode="once",
                         show_progress_on=[train_status]
                         ).then(lambda: gr.Button(interactive=False), None, stop_btn, api_visibility="private",
                                queue=False
                                ).then(remember_run, [state, recent], [recent, recent_runs], api_visibility="private",
                                       queue=False)
-        stop_btn.click(stop_run, [state], [stop_btn], api_name="stop", queue=False)
+        stop_btn.click(stop_run, [state], [stop_btn], api_name="stop", api_visibility="undocumented", queue=False)
         gr.on([ask_btn.click, ask_prompt.submit, ask_target.submit], ask_model, [ask_prompt, state, ask_target],
-              [base_out, tuned_out, base_chat_out, tuned_chat_out, base_score, tuned_score], api_name="ask",
-              **model_jobs)
+              [base_out, tuned_out, base_chat_out, tuned_chat_out, base_score, tuned_score], api_name="ask_ui",
+              api_visibility="undocumented", **model_jobs)
         # Export loads the model too: it takes the same slot as Check and Train.
         export_btn.click(_by_name(export_gguf, named), [state], [named[n] for n in EXPORT_OUTPUTS],
-                         api_name="export_gguf", **model_jobs, trigger_mode="once",
+                         api_name="export_gguf", api_visibility="undocumented", **model_jobs, trigger_mode="once",
                          show_progress_on=[export_status])
         # Recent runs: listed again on load (and the session id restored), reopened from their report.json.
         demo.load(restore_runs, [recent, state], [state, recent, recent_runs, earlier_in, recent_note],
@@ -379,4 +384,8 @@ def build_demo() -> gr.Blocks:
         inter_kind.change(interference_kind, [inter_kind, state], [interference_chart], api_visibility="private",
                           concurrency_limit=None)
         demo.unload(on_unload)
+        # The typed API (ui/api.py): /inject and /ask, documented on the API page. The events above stay
+        # callable but undocumented: their inputs and outputs are the page's widgets.
+        api.register()
+    api.undocument_loads(demo)   # gr.State(new_session)'s load event, which Gradio names /new_session
     return demo
