@@ -81,8 +81,8 @@ def settings(**over):
     return s
 
 
-TRAIN_OUTPUTS = ("status", "loss", "recall", "summary", "results", "gallery", "files", "ask_prompt", "ask_target",
-                 "earlier")
+TRAIN_OUTPUTS = ("status", "loss", "recall", "headline", "summary", "results", "gallery", "files", "ask_prompt",
+                 "ask_target", "earlier")
 
 
 def train_result(job) -> dict:
@@ -132,10 +132,10 @@ def test_whole_flow_sample_check_keep_train_results_ask_download(server, tmp_pat
     updates = []
     for out in job:
         updates.append(out)
-    status, loss, recall, summary, results, gallery, files, ask_prompt, ask_target, *_ = job.outputs()[-1]
+    status, loss, recall, headline, summary, results, gallery, files, ask_prompt, ask_target, *_ = job.outputs()[-1]
     assert len(job.outputs()) > 3  # progress streamed while training
     assert any("▶ train" in (u[0] or "") for u in job.outputs()), "no live training status"
-    assert "Done" in status and "Recall" in summary and "cpu" in summary and "none (float32)" in summary
+    assert "Done" in status and "Recall" in headline and "cpu" in summary and "none (float32)" in summary
 
     res = {r[0]: dict(zip(results["headers"], r)) for r in results["data"]}
     assert sorted(i for i, r in res.items() if r["trained"] == "yes") == kept
@@ -143,8 +143,9 @@ def test_whole_flow_sample_check_keep_train_results_ask_download(server, tmp_pat
     # green / red per trained fact, as the Styler metadata says
     styles = results["metadata"]["styling"]
     for row, style in zip(results["data"], styles):
-        if row[3] == "yes":
-            assert ("#d3f0dc" in style[0]) == (row[5] == "✓")
+        row = dict(zip(results["headers"], row))
+        if row["trained"] == "yes":
+            assert ("#f9d6da" in style[0]) == (not row["answer after"].startswith("✓"))
 
     captions = [g["caption"] for g in gallery]
     assert len(gallery) >= 4 and any("Interference" in c for c in captions)
@@ -176,15 +177,13 @@ def test_bad_upload_is_one_clear_error_and_is_kept(server, tmp_path):
     client = Client(url, verbose=False)
     bad = tmp_path / "bad.csv"
     bad.write_text("prompt,target\nThe CEO of Zentrix is,Marta\nThe capital of Sevrandia is,\n")
-    with pytest.raises(Exception) as err:
-        client.predict(handle_file(str(bad)), api_name="/upload")
-    assert "bad.csv, line 3: missing target" in str(err.value) and "Traceback" not in str(err.value)
+    note = client.predict(handle_file(str(bad)), api_name="/upload")[-1]   # shown where the facts' note is
+    assert "beacon-error" in note and "bad.csv, line 3: missing target" in note and "Traceback" not in note
     assert list(runs.glob("*/uploads/bad.csv")), "the upload was not kept"
 
-    with pytest.raises(Exception) as err:  # an empty table: said, not crashed
-        client.predict({"headers": ["id", "prompt", "target", "subject", "relation", "paraphrases"], "data": []},
-                       MODEL, "auto", True, "semantic", api_name="/check")
-    assert "no facts found" in str(err.value)
+    status = client.predict({"headers": ["id", "prompt", "target", "subject", "relation", "paraphrases"], "data": []},
+                            MODEL, "auto", True, "semantic", api_name="/check")[-1]   # an empty table: said, not crashed
+    assert "⚠" in status and "no facts found" in status
 
 
 def test_stop_keeps_what_was_learned(server, tmp_path, tiny_dir):
@@ -209,7 +208,7 @@ def test_stop_keeps_what_was_learned(server, tmp_path, tiny_dir):
             stopped_at = time.time()
         time.sleep(0.5)
     assert stopped_at is not None, "never saw a training step"
-    status, loss, recall, summary, results, gallery, files, *_ = job.outputs()[-1]
+    status, loss, recall, headline, summary, results, gallery, files, *_ = job.outputs()[-1]
     assert "Stopped by you" in summary
     report = json.loads(Path({Path(f).name: f for f in files}["report.json"]).read_text())
     assert report["summary"]["stopped"] == "cancelled" and report["summary"]["steps"] < 200
@@ -233,10 +232,10 @@ def test_advanced_auto_layers_and_two_merged_orders(server, tmp_path, tiny_dir):
     url, runs = server
     client = Client(url, verbose=False, download_files=str(tmp_path))
     table = upload_facts(client, tmp_path / "four.csv", FOUR)
-    with pytest.raises(Exception) as err:  # a custom list outside the model: named, before anything runs
-        client.predict(table, *settings(model=tiny_dir, layers="custom", layers_custom="3-6").values(),
-                       api_name="/train")
-    assert "Where to train" in str(err.value) and "0..3" in str(err.value) and "'3-6'" in str(err.value)
+    # a custom list outside the model: named where Train reports, before anything runs
+    status = client.predict(table, *settings(model=tiny_dir, layers="custom", layers_custom="3-6").values(),
+                            api_name="/train")[0]
+    assert "<b>⚠</b> Where to train" in status and "0..3" in status and "&#x27;3-6&#x27;" in status
     assert not list(runs.glob("*/*/uploaded-four.csv")), "a refused run left a run folder"
 
     job = client.submit(table, *settings(model=tiny_dir, steps=4, layers="auto", orders=2, merge="select").values(),
@@ -284,17 +283,20 @@ def test_continue_from_an_earlier_run_reports_its_facts(server, tmp_path, tiny_d
     # the finished run is now a choice of "Continue from", labelled with what it did
     choices = {value: label for label, value in first["earlier"]["choices"]}
     assert set(choices) == {"", earlier.name} and "2 facts" in choices[earlier.name]
-    with pytest.raises(Exception) as err:  # its adapter has its own layers: another choice is refused
-        client.predict(table, *settings(earlier=earlier.name, layers="auto", **tiny).values(), api_name="/train")
-    assert "Continue from" in str(err.value) and "all layers" in str(err.value)
+    # its adapter has its own layers: another choice is refused, where Train reports
+    status = client.predict(table, *settings(earlier=earlier.name, layers="auto", **tiny).values(),
+                            api_name="/train")[0]
+    assert "<b>⚠</b> Continue from" in status and "all layers" in status
 
     n_runs = len(list(runs.glob("*/*/config.json")))
     other = Client(url, verbose=False)  # another session: the folder name is not one of its runs
-    with pytest.raises(Exception) as err:
-        other.predict(table, *settings(earlier=earlier.name, **tiny).values(), api_name="/train")
-    # refused before anything runs, by Gradio's check of the session's choices or by the app's own
-    assert earlier.name in str(err.value) and ("not in the list of choices" in str(err.value)
-                                               or "not one of your finished runs" in str(err.value))
+    # refused before anything runs, by Gradio's check of the session's choices (an exception) or by the app's
+    # own (said where Train reports)
+    try:
+        said = other.predict(table, *settings(earlier=earlier.name, **tiny).values(), api_name="/train")[0]
+    except Exception as e:
+        said = str(e)
+    assert earlier.name in said and ("not in the list of choices" in said or "not one of your finished runs" in said)
     assert len(list(runs.glob("*/*/config.json"))) == n_runs, "a refused run started"
 
     table = upload_facts(client, tmp_path / "second.csv", FOUR[FOUR.index("a3"):])

@@ -1,10 +1,12 @@
 """The app in a real browser, as a new user would: Playwright drives Debian's chromium (headless).
 
-Bring a probe set of your own, load the counterfactual sample, check it, try a layer list outside the
-model (refused, nothing runs), train a few steps, find the coloured before/after table, the plots and
-the downloads; hover a heatmap cell and read its facts; ask the tuned model; export the GGUF, download it
-and reload it with transformers to get the edited answers back; reload the page and reopen the run from
-the recent-runs list. The conflict review is tested through the API (test_app). Skipped only when
+Bring a probe set of your own, load the counterfactual sample, upload a file without a target column
+(the error stays on the page, the table keeps the sample), then the sample with one more fact; check it,
+try a layer list outside the model (refused, nothing runs), train a few steps, find every answer before
+and after (a crossed answer marked with the fact whose answer it is), the plots and the downloads; hover
+an interference cell and read its facts by name; ask the tuned model; export the GGUF, download it and
+reload it with transformers to get the edited answers back; reload the page: the run is listed and
+shown. The conflict review is tested through the API (test_app). Skipped only when
 chromium is absent.
 """
 import io
@@ -94,6 +96,26 @@ def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
     page.get_by_role("tab", name="1 · Facts").click()
     page.get_by_role("button", name="Counterfactual edits").click()
     page.wait_for_selector("text=Loaded sample")
+    # A file without a target column: the error names the file, line and columns, and stays on the page;
+    # the table keeps the sample.
+    bad = tmp_path / "missing_target.csv"
+    bad.write_text("prompt,subject,relation\nThe CEO of Orvanta Shipping is,Orvanta Shipping,CEO\n")
+    page.locator("#upload input[type=file]").set_input_files(str(bad))
+    page.wait_for_selector("#facts-note .beacon-error", timeout=30_000)
+    page.wait_for_timeout(10_000)
+    note = page.locator("#facts-note").inner_text()
+    assert "missing_target.csv, line 1: no target column" in note, note
+    assert "Italy" in page.locator("#facts-table").inner_text()
+    page.screenshot(path=str(tmp_path / "bad-file.png"))
+    # The sample and one more fact, whose answer the base model gives for Italy's capital: before
+    # training, that prompt is answered with another fact's target.
+    sample = (Path(__file__).parents[1] / "assets" / "counterfactual.csv").read_text().rstrip("\n")
+    mine = tmp_path / "my-facts.csv"
+    mine.write_text(sample + "\ncf15,Italy,largest city,The largest city of Italy is,Rome,\n")
+    page.locator("#upload").get_by_label("Clear").click()   # the bad file stays shown until the visitor clears it
+    page.locator("#upload input[type=file]").set_input_files(str(mine))
+    page.wait_for_selector("#facts-note >> text=Loaded my-facts.csv", timeout=30_000)
+    assert not page.locator("#facts-note .beacon-error").count()
     page.get_by_role("button", name="Check facts").click()
     page.wait_for_selector("text=facts will be trained", timeout=240_000)
     page.get_by_role("button", name="Next: train").click()
@@ -103,7 +125,7 @@ def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
     page.locator("#train-btn").click()
     page.wait_for_selector("text=indices in 0..29, got '20-35'", timeout=30_000)
     status = page.locator("#train-status").inner_text()
-    assert "Trains on the facts table" in status and "▶" not in status
+    assert "⚠ Where to train" in status and "▶" not in status   # the error stays where Train reports; nothing ran
     page.get_by_label("all layers").check()
     page.locator("#layers-custom").wait_for(state="hidden")
     # From the subject on is the default; a gated adapter cannot be merged into the GGUF this run exports
@@ -114,11 +136,14 @@ def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
     page.wait_for_selector("#results-table [role=row] >> nth=1", timeout=400_000)  # moves to 4 · Results
     timings["train"] = time.time() - t0
 
+    assert "Recall" in page.locator("#headline").inner_text()
     summary = page.locator("#summary").inner_text()
-    assert "Recall" in summary and "Locality" in summary and "cpu" in summary
+    assert "Locality" in summary and "cpu" in summary
     assert "your probe set" in summary, summary   # locality on the visitor's probes, before and after
     table = page.locator("#results-table").inner_text()
-    assert all(f"cf{i:02d}" in table for i in range(1, 15)) and "✓" in table
+    assert all(s in table for s in ("Italy · capital", "Italy · largest city", "Mona Lisa", "Japan")) and "✓" in table
+    assert "⚠ another fact's answer: Italy · largest city" in table, table   # Rome, before training
+    page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
     styles = page.locator("#results-table [role=gridcell]").evaluate_all(
         "cells => cells.map(c => getComputedStyle(c).backgroundColor)")
     assert {"rgb(211, 240, 220)", "rgb(249, 214, 218)"} & set(styles)   # green / red rows
@@ -131,12 +156,17 @@ def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
     recalled = [f for f in report["facts"] if f["kept"] and f["recall_after"]]
     assert recalled, "6 steps recalled none of the sample: nothing to find in the GGUF"
 
-    # Hover a heatmap cell: the tooltip names the facts and their prompts.
+    # Hover an interference cell: the tooltip names two different facts by subject, their prompts, and a
+    # rounded value (a fact on itself is not drawn).
     page.locator("#interference-chart").scroll_into_view_if_needed()
     tip = hover_a_mark(page, "interference-chart")
     page.screenshot(path=str(tmp_path / "hover.png"))
-    ids = {f["id"] for f in report["facts"]}
-    assert any(i in tip for i in ids) and any(f["prompt"][:20] in tip for f in report["facts"]), tip
+    import re
+
+    named = {f["subject"] for f in report["facts"] if f["subject"] in tip}
+    assert len(named) >= 2 and any(f["prompt"][:20] in tip for f in report["facts"]), tip   # two facts, not one
+    value = re.search(r"value\s+(−?-?\d+(?:\.(\d+))?)", tip)
+    assert value and len(value.group(2) or "") <= 3, tip
 
     # Ask: base and tuned answers, plain and through the chat template
     page.locator("#ask-btn").click()
@@ -164,15 +194,15 @@ def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
     # q8_0 rounds every weight: a fact the adapter only just recalled may slip; most must not
     assert len(back) >= 0.8 * len(recalled), (back, [(f["id"], f["target"], a) for f, a in zip(recalled, answers)])
 
-    # Reload the page: the run is in the recent-runs list and reopens with its results.
+    # Right after the run, the recent-runs list has it; after a reload the run is listed and shown.
+    assert "1 recent run" in page.locator("#recent-note").inner_text()
     page.reload()
     page.get_by_role("tab", name="4 · Results").click()
-    page.wait_for_selector("#recent-note >> text=recent run", timeout=30_000)
-    page.locator("#recent-runs input").click()
-    page.get_by_role("option").first.click()
+    page.wait_for_selector("#recent-note >> text=1 recent run", timeout=30_000)
     page.wait_for_selector("#results-table [role=row] >> nth=1", timeout=60_000)
+    assert "recall" in page.locator("#recent-runs input").input_value()
     assert "your probe set" in page.locator("#summary").inner_text()
-    assert report["facts"][0]["id"] in page.locator("#results-table").inner_text()
+    assert "Italy · capital" in page.locator("#results-table").inner_text()
     page.screenshot(path=str(tmp_path / "reopened.png"), full_page=True)
     print(f"\nbrowser flow: train {timings['train']:.0f} s, export + download {timings['export']:.0f} s "
           f"({mb:.1f} MB; {status.strip()[:80]}), {len(back)}/{len(recalled)} recalled facts answered from "

@@ -193,10 +193,16 @@ def report(**summary):
             "training": {"distance_trajectories": {"a": [0.5]}}}
 
 
-def test_results_view_summarises_the_report(tmp_path):
+def test_results_view_leads_with_every_answer_then_summarises(tmp_path):
     run_dir = tmp_path / "runs" / "s1" / "20250101-120000"
-    summary, styled, gallery = render.results_view(report(), run_dir, tmp_path, n_layers=30)
-    assert summary.startswith("### Recall 0% → 50% on 2 trained facts")
+    rep = report()
+    rep["facts"][2].update(crossed_after="a", chat_after=False, chat_answer_after="Ann", chat_crossed_after="a",
+                           answer_before="Lyon", subject="B", relation="capital")
+    rep["facts"][1].update(subject="A", question_after=True, question_answer_after="Ann.",
+                           recall_before=False, answer_before="Bob", crossed_before="b")
+    headline, styled, summary, gallery = render.results_view(rep, run_dir, tmp_path, n_layers=30)
+    assert headline.startswith("### Recall 0% → 50% on 2 trained facts")
+    assert "1 of 2 trained facts not recalled" in headline and "2 answers after training gave another fact's" in headline
     assert "| **Paraphrases** never trained on (generalisation) | 0% | 25% |" in summary
     assert "| **Question** form (\"Question: … what?\") | – | 50% |" in summary
     assert "| **Fluency**: NLL per token on neutral text, tuned / base | 1.00 | 1.042 |" in summary
@@ -209,20 +215,31 @@ def test_results_view_summarises_the_report(tmp_path):
     assert "Stopped by you" not in summary
 
     df = styled.data
-    assert df["id"].tolist() == ["a", "b", "d"]  # trained facts first
-    assert df.iloc[0]["paraphrases after"] == "1/2" and df.iloc[2]["trained"] == "no: duplicate"
+    assert df["fact"].tolist() == ["A", "B", "The CEO of D is"]  # trained facts first, named by subject
+    a, b, d = (df.iloc[i] for i in range(3))
+    assert a["answer after"] == "✓ Ann" and a["question form"] == "✓ Ann." and a["chat form"] == "–"
+    # a crossed wire names the fact whose answer was given, before and after
+    assert a["answer before"] == f"✗ Bob  {render.CROSSED}: B"
+    assert b["answer after"] == f"✗ Paris  {render.CROSSED}: A" and b["chat form"] == f"✗ Ann  {render.CROSSED}: A"
+    assert a["paraphrases never trained on"] == "1/2 · ✗ A is run by → (nothing)"
+    assert d["trained"] == "no: duplicate" and b["paraphrases never trained on"] == "– (none in the file)"
     colours = {i: dict(styled._compute().ctx[(i, 0)])["background-color"] for i in range(3)}
     assert colours == {0: "#d3f0dc", 1: "#f9d6da", 2: "#f1f1f1"}  # recalled, missed, not trained
+    rep["facts"][1]["question_crossed_after"] = "b"   # recalled, but another fact's answer in one form: amber
+    assert dict(render.results_view(rep, run_dir)[1]._compute().ctx[(0, 0)])["background-color"] == "#fde8c8"
 
     # one distance per fact: not tracked, so no drift plot; unknown plots keep their file name as caption
     assert gallery == [(str(run_dir / "plots/recall.png"), render.PLOT_CAPTIONS["recall"]),
                        (str(run_dir / "plots/extra.png"), "extra")]
     assert render.ask_default(report()) == "A's CEO is"
+    # no paraphrases measured: the summary says why
+    none = render.results_view(report(paraphrase_before=None, paraphrase_after=None), run_dir)[2]
+    assert "none measured: your facts came without paraphrases" in none
 
 
 def test_a_stopped_run_says_so():
     rep = report(stopped="cancelled", locality_after=0.88)
-    summary, _, _ = render.results_view(rep, Path("/elsewhere/run"), Path("/tmp"))
+    _, _, summary, _ = render.results_view(rep, Path("/elsewhere/run"), Path("/tmp"))
     assert "**Stopped by you**: the adapter holds what was learned" in summary and "⚠️" not in summary
     assert "- run folder: `/elsewhere/run`" in summary and "(10 of" not in summary  # no layer count given
     assert render.done_message(rep) == ("Stopped by you after 12 steps: recall 0% → 50%, locality 90% → 88%. "
@@ -345,7 +362,7 @@ def test_train_writes_the_run_folder_first_streams_steps_and_shows_the_results(s
     statuses = " ".join(u.get("train_status", "") for u in updates)
     assert "<b>▶ train</b>" in statuses and "step 3" in statuses
     last = updates[-1]
-    assert "Recall 0% → 50% on 2 trained facts" in last["summary_md"] and "Done, 12 steps" in last["train_status"]
+    assert "Recall 0% → 50% on 2 trained facts" in last["headline_md"] and "Done, 12 steps" in last["train_status"]
     assert last["ask_prompt"] == "A's CEO is" and plotted(last["loss_plot"])["step"].tolist() == [1, 2, 3]
     assert {Path(f).name for f in last["files_out"]} == {"adapter.zip", "report.json", "facts.json"}
     assert json.loads(Path(sess["run_dir"], "config.json").read_text())["train"]["steps"] == 9
@@ -668,20 +685,38 @@ def chart_report():
 
 def test_chart_frames_name_each_fact_and_hold_one_row_per_cell():
     r = chart_report()
-    inter = render.interference_frame(r)
-    assert len(inter) == 4 and set(render.INTERFERENCE_TOOLTIP) <= set(inter.columns)
-    cell = inter[(inter.i == 0) & (inter.j == 1)].iloc[0]
-    assert (cell.fact_i, cell.fact_j, cell.prompt_i, cell.prompt_j, cell.value) == (
-        "a", "b", "The CEO of A is", "The capital of B is", -0.25)
-    assert render.interference_frame(r, "step_effect").set_index(["i", "j"]).loc[(1, 0), "value"] == 0.03
+    r["facts"][1]["subject"] = "Acme Corporation of Greater Metropolitan Area"
+    inter, colours = render.interference_frame(r)
+    assert len(inter) == 2 and set(render.INTERFERENCE_TOOLTIP) <= set(inter.columns)   # off-diagonal cells only
+    cell = inter[inter.fact_j == "The capital of B is"].iloc[0]
+    assert (cell.fact_i, cell["prompt trained"], cell["prompt moved"], cell.value) == (
+        "Acme Corporation of Gre…", "The CEO of A is", "The capital of B is", -0.25)
+    # cosine: a scale from -1 to 1 in five labelled bins, symmetric about 0
+    assert list(colours) == ["≤ −0.50", "−0.50 to −0.10", "−0.10 to 0.10", "0.10 to 0.50", "≥ 0.50"]
+    assert inter.range.tolist() == ["−0.50 to −0.10", "0.10 to 0.50"]   # -0.25 and 0.5 (an edge belongs below)
+    step, step_colours = render.interference_frame(r, "step_effect")   # scaled to the largest cross term
+    assert step.set_index("fact_i").loc["The capital of B is", "value"] == 0.03
+    assert list(step_colours)[-1] == "≥ 0.015" and step.range.tolist() == ["≥ 0.015", "≥ 0.015"]
     dist = render.distance_frame(r)   # trained facts only
-    assert dist.id.tolist() == ["a", "b"] and dist.gain.tolist() == [8.0, 1.5]
+    assert dist.fact.tolist() == ["Acme Corporation of Gre…", "The capital of B is"]
+    assert dist.gain.tolist() == [8.0, 1.5]
     assert dist.outcome.tolist() == ["learned", "not learned"] and dist.prompt[0] == "The CEO of A is"
     rec = render.recall_frame(r)     # the dropped fact has no log-probs: left out
-    assert rec.id.tolist() == ["a", "b"] and rec.before.tolist() == [-9.0, -8.0] and rec.recall_after[0] == "yes"
+    assert len(rec) == 2 and rec.before.tolist() == [-9.0, -8.0] and rec.recall_after[0] == "yes"
     inter_c, dist_c, rec_c = render.charts(r)
     assert inter_c.visible and dist_c.visible and rec_c.visible
     assert render.charts({"facts": []})[0].visible is False   # no interference measured: hidden
+
+
+def test_fact_labels_are_short_subjects_told_apart():
+    from core.plots import fact_labels
+
+    facts = [{"id": "1", "subject": "Zentrix Robotics", "relation": "CEO", "prompt": "p"},
+             {"id": "2", "subject": "Zentrix Robotics", "relation": "founded", "prompt": "p"},
+             {"id": "3", "subject": None, "prompt": "The national bird of Lumeria is"},
+             {"id": "4", "subject": "Ilves", "prompt": "p"}, {"id": "5", "subject": "Ilves", "prompt": "p"}]
+    assert fact_labels(facts) == {"1": "Zentrix Robotics · CEO", "2": "Zentrix Robotics · founded",
+                                  "3": "The national bird of Lu…", "4": "Ilves · 4", "5": "Ilves · 5"}
 
 
 def finished_run(sess, name="20260101-120000"):
@@ -694,17 +729,19 @@ def finished_run(sess, name="20260101-120000"):
 def test_a_recent_run_is_remembered_restored_after_a_reload_and_reopened(sess):
     run_dir = finished_run(sess)
     sess.update(run_dir=str(run_dir), report=chart_report())
-    recent, dd = handlers.remember_run(sess, [])
+    recent, dd, note = handlers.remember_run(sess, [])
     assert recent == [{"session": sess["id"], "run": run_dir.name, "label": recent[0]["label"]}]
-    assert "recall" in recent[0]["label"]
-    fresh = handlers.new_session()   # a reload: a new session, the browser's list
-    fresh, recent2, dd, earlier, note = handlers.restore_runs(recent, fresh)
-    assert fresh["id"] == sess["id"] and recent2 == recent and "1 recent run" in note
-    assert run_dir.name in [v for _, v in earlier.choices]   # Continue from finds it again
-    out = handlers.open_run(run_dir.name, fresh, recent2)
+    assert "recall" in recent[0]["label"] and dd.value == run_dir.name and "1 recent run" in note
+    fresh = handlers.new_session()   # a reload: a new session, the browser's list, the newest run shown
+    out = handlers.restore_runs(recent, fresh)
+    assert set(out) == set(handlers.RESTORE_OUTPUTS) | set(handlers.OPEN_OUTPUTS)
+    assert fresh["id"] == sess["id"] and out["recent"] == recent and "1 recent run" in out["recent_note"]
+    assert out["recent_runs"].value == run_dir.name and "Recall" in out["headline_md"]
+    assert run_dir.name in [v for _, v in out["earlier_in"].choices]   # Continue from finds it again
+    out = handlers.open_run(run_dir.name, fresh, recent)
     assert set(out) == set(handlers.OPEN_OUTPUTS) - {"recent_runs"}
-    assert "Recall" in out["summary_md"] and fresh["run_dir"] == str(run_dir) and fresh["report"]["facts"]
-    assert len(out["interference_chart"].value["data"]) == 4 and out["ask_btn"].interactive
+    assert "Recall" in out["headline_md"] and fresh["run_dir"] == str(run_dir) and fresh["report"]["facts"]
+    assert len(out["interference_chart"].value["data"]) == 2 and out["ask_btn"].interactive
     assert any(f.endswith("report.json") for f in out["files_out"])
 
 
@@ -715,7 +752,7 @@ def test_an_expired_run_is_dropped_with_a_note(sess):
     shutil.rmtree(run_dir)
     out = handlers.open_run(run_dir.name, sess, recent)
     assert out["recent"] == [] and "expired" in out["recent_note"] and "summary_md" not in out
-    assert handlers.restore_runs(recent, sess)[1] == []
+    assert handlers.restore_runs(recent, sess)["recent"] == []
 
 
 def test_reopen_refuses_names_that_are_not_the_visitors_runs(sess, tmp_path):
@@ -735,3 +772,21 @@ def test_reopen_refuses_names_that_are_not_the_visitors_runs(sess, tmp_path):
     # a name that is not in the browser's list at all
     assert "summary_md" not in handlers.open_run(run_dir.name, sess, [])
     assert handlers.recent_run_dir({"session": sess["id"], "run": run_dir.name}) == run_dir.resolve()
+
+
+def test_the_estimate_beside_train_counts_the_facts_and_follows_the_settings(sess):
+    from core.estimate import estimate
+
+    df = table([{"prompt": "The CEO of A is", "target": "Ann"}, {"prompt": "The CEO of B is", "target": "Bo"}, {}])
+    args = (sess, None, df, DEFAULT_MODEL, "none", True, "semantic")
+    note = handlers.estimate_note(*args, 300, True, 1, "from-subject", 10.0)
+    cfg = settings.make_config(sess, DEFAULT_MODEL, "none", True, "semantic", steps=300)
+    assert f"**{estimate(2, cfg).text}**" in note and "2 facts" in note   # the blank row is not a fact
+    fewer = handlers.estimate_note(*args, 300, False, 1, "from-subject", 10.0)   # rewordings off: less work
+    four = handlers.estimate_note(*args, 300, True, 4, "from-subject", 10.0)     # 4 data orders: more
+    secs = lambda n: estimate(2, settings.make_config(sess, DEFAULT_MODEL, "none", True, "semantic", steps=300,
+                                                      orders=n[0], rewordings=n[1])).seconds
+    assert secs((1, False)) < secs((1, True)) < secs((4, True)) and note != four and fewer.startswith("⏱ Training 2 facts")
+    assert handlers.estimate_note(*args, 10**6, True, 1, "from-subject", 10.0) == ""   # refused settings: Train says why
+    assert handlers.estimate_note(sess, None, table([]), DEFAULT_MODEL, "none", True, "semantic", 300, True, 1,
+                                  "from-subject", 10.0) == ""

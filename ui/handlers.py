@@ -23,6 +23,7 @@ from core import export as core_export
 from core import pipeline
 from core.ask import ask
 from core.config import gpu_seconds
+from core.estimate import estimate, remaining
 from core.facts import FactsError, facts_from_rows, load_facts, save_facts
 from core.guard import read_anchors
 from core.models import ModelError
@@ -60,7 +61,7 @@ def hold_model(cfg, bundle):
 
 
 CHECK_OUTPUTS = ("analysis_state", "review_table", "review_note", "state", "tabs", "check_status")
-TRAIN_OUTPUTS = ("state", "analysis_state", "train_status", "loss_plot", "recall_plot", "summary_md",
+TRAIN_OUTPUTS = ("state", "analysis_state", "train_status", "loss_plot", "recall_plot", "headline_md", "summary_md",
                  "results_table", "plots", "files_out", "ask_prompt", "ask_target", "ask_btn", "stop_btn", "tabs", "earlier_in",
                  "export_btn", "export_status", "interference_chart", "distance_chart", "recall_chart")
 EXPORT_OUTPUTS = ("files_out", "export_status")
@@ -324,6 +325,36 @@ def review_settings(analysis, sess, model, quant, filt, weighting):
 
 # ---------------------------------------------------------------- 3 train
 
+def _count_facts(facts_df, analysis, cfg) -> int:
+    """The facts a run would train: those the check keeps, else every non-blank row of the table."""
+    if getattr(analysis, "unique", None) is not None:   # a check's analysis: its review decides
+        return sum(bool(r["kept"]) for r in pipeline.review_rows(analysis, cfg))
+    if facts_df is None:
+        return 0
+    return sum(any(str(v).strip() for v in row) for row in facts_df.fillna("").itertuples(index=False))
+
+
+def _run_estimate(cfg, n: int, measured: bool):
+    return estimate(n, cfg, measured=measured, model_cached=(cfg.model, cfg.quantization, cfg.trust_remote_code)
+                    in _FRESH)
+
+
+def estimate_note(sess, analysis, facts_df, model, quant, filt, weighting, steps, rewordings, orders, gate, guard):
+    """Beside Train: how long a run of these facts with these settings will take, from Beacon's cost model
+    (core/estimate.py). Settings that would be refused say nothing here: Train says why."""
+    try:
+        cfg = make_config(sess, model, quant, filt, weighting, steps=steps, guard=guard, orders=orders,
+                          rewordings=rewordings, gate=gate)
+    except gr.Error:
+        return ""
+    n = _count_facts(facts_df, analysis, cfg)
+    if not n:
+        return ""
+    est = _run_estimate(cfg, n, measured=analysis is not None)
+    what = f"{n} fact{'s' * (n != 1)}" + (" (checked)" if analysis is not None else "")
+    return f"⏱ Training {what} takes **{est.text}** (Beacon's estimate; up to {est.step_budget} steps)."
+
+
 @GPU(duration=_train_seconds)
 def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, rank, guard,
           layers_choice, layers_custom, orders, merge, earlier, rewordings=None, anchors=None, gate=None,
@@ -340,6 +371,7 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
     if analysis is not None and getattr(analysis, "probes", {}).get("yours") != (sess.get("probes") or None):
         analysis = None   # Check measured other probes than these: the run measures again
     stages = train_stages(cfg)
+    est = _run_estimate(cfg, _count_facts(facts_df, analysis, cfg), measured=analysis is not None)
     n_orders, budget = value(cfg, "orders"), value(cfg, "steps")
     K = n_orders if n_orders > 1 and not value(cfg, "continue_from") else 1
     key = visitor_of(sess, request)
@@ -385,6 +417,7 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
         # Measured by Check facts: those stages are done before the run starts.
         reused = [k for k, _ in CHECK_STAGES] if analysis is not None else []
         history, seen, current, message = [], reused, "check", "starting"
+        entered = [current, time.perf_counter()]   # the stage shown and when it began: its seconds so far
         order, last_step, offset = 0, 0, 0  # with K data orders, each order's steps count from 1 again
         streaming = True   # from here the worker releases the lock, the visitor and the run folder
         for batch in stream(job, f"beacon-train-{sess['id']}", key, run_dir):
@@ -409,11 +442,12 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                 else:
                     report = payload
                     sess["report"] = report
-                    summary, table, gallery = results_view(report, run_dir, settings.RUNS.parent,
-                                                           layer_count(report["config"]["model"]))
+                    headline, table, summary, gallery = results_view(report, run_dir, settings.RUNS.parent,
+                                                                     layer_count(report["config"]["model"]))
                     loss, recall = curves(history)
                     inter_chart, dist_chart, recall_chart = charts(report)
-                    yield {"state": sess, "summary_md": summary, "results_table": table, "plots": gallery,
+                    yield {"state": sess, "headline_md": headline, "summary_md": summary, "results_table": table,
+                           "plots": gallery,
                            "files_out": downloads(run_dir), "ask_prompt": ask_default(report),
                            "ask_target": ask_target(report),
                            "ask_btn": gr.Button(interactive=True), "stop_btn": gr.Button(interactive=False),
@@ -429,7 +463,15 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                     "plots": 0.95}.get(current, 0.04 * len(set(seen)))
             note = ("<div class='note'>Stopping after this step, then measuring what was learned…</div>"
                     if stop.is_set() and current == "train" else "")
-            update = {"train_status": status_html(stages, seen, current, frac, message, time.perf_counter() - t0, note)}
+            if current != entered[0]:
+                entered[:] = [current, time.perf_counter()]
+            try:
+                left = remaining(est, current, step=offset + last_step if current == "train" else None,
+                                 elapsed=time.perf_counter() - entered[1], done=seen)
+            except ValueError:   # a stage the estimate does not know: no guess
+                left = None
+            update = {"train_status": status_html(stages, seen, current, frac, message, time.perf_counter() - t0, note,
+                                                  left)}
             if new_steps:
                 update["loss_plot"], update["recall_plot"] = curves(history)
             yield update
@@ -492,7 +534,9 @@ def ask_model(prompt, sess, target=None, request: gr.Request = None):
     out = yield from ask_run(prompt, run_dir, report, target, visitor_of(sess, request),
                              lambda ahead: (gr.skip(), ahead_note(ahead), *[gr.skip()] * 4))
     no_chat = "(this model has no chat template)"
-    yield (out["base"], out["tuned"], out.get("base_chat") or no_chat, out.get("tuned_chat") or no_chat,
+    said = lambda text: text if (text or "").strip() else "(no answer: the model ended its reply at once)"
+    yield (said(out["base"]), said(out["tuned"]), said(out["base_chat"]) if out.get("base_chat") is not None else no_chat,
+           said(out["tuned_chat"]) if out.get("tuned_chat") is not None else no_chat,
            ask_scores(out, "base", target), ask_scores(out, "tuned", target))
 
 
@@ -578,33 +622,49 @@ def recent_dropdown(recent, value=None):
     return gr.Dropdown(choices=choices, value=value, interactive=bool(choices))
 
 
+def _recent_note(recent) -> str:
+    n = len(recent)
+    return (f"{n} recent run{'s' * (n != 1)} of yours in this browser: choose one to reopen its results." if n
+            else "No recent runs of yours in this browser.")
+
+
 def remember_run(sess, recent):
-    """After a train: the finished run (report.json written) goes first in the browser's list."""
+    """After a train: the finished run (report.json written) goes first in the browser's list, shown as the
+    one on the page."""
     recent = [e for e in (recent or []) if isinstance(e, dict)]
     run_dir = Path(sess["run_dir"]) if sess.get("run_dir") else None
     if run_dir is None or not (run_dir / "report.json").is_file() or not sess.get("report"):
-        return recent, gr.skip()
+        return recent, gr.skip(), gr.skip()
     labels = dict(earlier_runs(sess)[1:])
     label = {v: k for k, v in labels.items()}.get(run_dir.name, f"run {run_dir.name}")
     entry = {"session": sess["id"], "run": run_dir.name, "label": label}
     recent = [entry, *[e for e in recent if e.get("run") != run_dir.name or e.get("session") != sess["id"]]]
     recent = recent[:RECENT_MAX]
-    return recent, recent_dropdown(recent)
+    return recent, recent_dropdown(recent, run_dir.name), _recent_note(recent)
+
+
+RESTORE_OUTPUTS = ("state", "recent", "recent_runs", "earlier_in", "recent_note")
 
 
 def restore_runs(recent, sess):
-    """Page load: the runs still on disk, listed again; the session id of the newest one is taken back, so
-    Continue from and the earlier-runs list find them. Expired ones are dropped."""
+    """Page load: the runs still on disk, listed again, and the newest one shown; the session id of the
+    newest one is taken back, so Continue from and the earlier-runs list find them. Expired ones are
+    dropped."""
     recent = [e for e in (recent or []) if recent_run_dir(e) is not None]
     if recent:
         sess["id"] = recent[0]["session"]
-        note = f"{len(recent)} recent run{'s' * (len(recent) != 1)} of yours: choose one to reopen its results."
-    else:
-        note = "No recent runs of yours in this browser."
-    return sess, recent, recent_dropdown(recent), gr.Dropdown(choices=earlier_runs(sess)), note
+    out = {"state": sess, "recent": recent, "recent_runs": recent_dropdown(recent), "recent_note": _recent_note(recent),
+           "earlier_in": gr.Dropdown(choices=earlier_runs(sess))}
+    if recent:
+        shown = open_run(recent[0]["run"], sess, recent)
+        out.update(shown)
+        if "headline_md" in shown:   # shown: the list says which run the page holds
+            out.update(recent_runs=recent_dropdown(recent, recent[0]["run"]), recent_note=_recent_note(recent))
+    return out
 
 
-OPEN_OUTPUTS = ("state", "recent", "recent_runs", "recent_note", "summary_md", "results_table", "plots", "files_out",
+OPEN_OUTPUTS = ("state", "recent", "recent_runs", "recent_note", "headline_md", "summary_md", "results_table", "plots",
+                "files_out",
                 "ask_prompt", "ask_target", "ask_btn", "export_btn", "export_status", "earlier_in",
                 "interference_chart", "distance_chart", "recall_chart")
 
@@ -625,15 +685,16 @@ def open_run(name, sess, recent):
                                f"(runs are kept {settings.RUN_TTL_HOURS:g} hours): removed from the list."}
     try:
         report = json.loads((run_dir / "report.json").read_text())
-        summary, table, gallery = results_view(report, run_dir, settings.RUNS.parent,
-                                               layer_count(report["config"]["model"]))
+        headline, table, summary, gallery = results_view(report, run_dir, settings.RUNS.parent,
+                                                         layer_count(report["config"]["model"]))
     except (OSError, ValueError, KeyError, TypeError) as e:
         return {"recent_note": f"That run's report could not be read ({type(e).__name__})."}
     sess.update(id=entry["session"], run_dir=str(run_dir), report=report, stop=None)
     inter_chart, dist_chart, recall_chart = charts(report)
     adapter = (run_dir / "adapter").is_dir()
     return {"state": sess, "recent": recent, "recent_note": f"Reopened {entry.get('label') or name}.",
-            "summary_md": summary, "results_table": table, "plots": gallery, "files_out": downloads(run_dir),
+            "headline_md": headline, "summary_md": summary, "results_table": table, "plots": gallery,
+            "files_out": downloads(run_dir),
             "ask_prompt": ask_default(report), "ask_target": ask_target(report),
             "ask_btn": gr.Button(interactive=adapter), **_export_state(run_dir),
             "earlier_in": gr.Dropdown(choices=earlier_runs(sess)),

@@ -11,11 +11,11 @@ import pandas as pd
 from core import pipeline
 from core.models import DEFAULT_MODEL, QUANTIZATIONS
 
-from .handlers import (CHECK_OUTPUTS, EXPORT_OUTPUTS, TRAIN_OUTPUTS, ask_model, check, export_gguf, facts_changed,
-                       upload_anchors, upload_probes,
-                       load_sample, model_changed, new_session, on_unload, review_edit, review_settings, stop_check,
-                       stop_run, train, upload, OPEN_OUTPUTS, interference_kind, open_run, remember_run, restore_runs)
-from .render import (FACT_COLUMNS, FACT_TOOLTIP, INTERFERENCE_KINDS, INTERFERENCE_TOOLTIP, RESULT_COLUMNS,
+from .handlers import (CHECK_OUTPUTS, EXPORT_OUTPUTS, OPEN_OUTPUTS, RESTORE_OUTPUTS, TRAIN_OUTPUTS, ask_model, check,
+                       estimate_note, export_gguf, facts_changed, interference_kind, load_sample, model_changed,
+                       new_session, on_unload, open_run, remember_run, restore_runs, review_edit, review_settings,
+                       stop_check, stop_run, train, upload, upload_anchors, upload_probes)
+from .render import (error_box, FACT_COLUMNS, FACT_TOOLTIP, INTERFERENCE_KINDS, INTERFERENCE_TOOLTIP, RESULT_COLUMNS,
                      REVIEW_COLUMNS)
 from . import api
 from .settings import (LAYER_CHOICES, MAX_STEPS, NO_EARLIER, QUEUE_SIZE, RUN_TTL_HOURS, SAMPLES, default, device_note,
@@ -33,6 +33,8 @@ CSS = """
 .beacon-status .msg { font-family: var(--font-mono); font-size: .9em; color: var(--body-text-color-subdued); }
 .beacon-status .note { margin-top: .3em; font-weight: 600; }
 .small-note { font-size: .85em; color: var(--body-text-color-subdued); }
+.beacon-error { border-left: 4px solid #d1495b; background: #fdecee; color: #7a1522; padding: .5em .8em;
+                border-radius: 4px; margin: .3em 0; }
 /* plots are wide (7:4.5): show them whole instead of as square thumbnails */
 #plots .grid-wrap { max-height: none !important; height: auto !important; overflow: visible; padding-top: 2.4em; }
 #plots .grid-container { grid-template-rows: none; grid-auto-rows: auto; }
@@ -50,15 +52,21 @@ LOGO = ("<svg width='34' height='34' viewBox='0 0 32 32' aria-hidden='true'><pat
         "fill='#f59e0b'/><path d='M21 5l9-3v8zM11 5L2 2v8z' fill='#fcd34d' opacity='.7'/></svg>")
 
 
-def _by_name(fn, components: dict):
+def _by_name(fn, components: dict, errors_to: str | None = None):
     """fn yields {output name: value}; the event gets {component: value}. Closing this generator (the
-    page went away) closes fn's, so a run stops training for nobody."""
+    page went away) closes fn's, so a run stops training for nobody. A gr.Error is shown in the output
+    `errors_to` (it stays there) and as a toast; the other outputs keep what they had."""
     @functools.wraps(fn)  # keeps fn's signature: Gradio finds the gr.Request parameter through it
     def run(*args, **kwargs):
         updates = fn(*args, **kwargs)
         try:
             for update in updates:
                 yield {components[name]: value for name, value in update.items()}
+        except gr.Error as e:
+            if errors_to is None:
+                raise
+            gr.Warning(e.message)
+            yield {components[errors_to]: error_box(e.message)}
         finally:
             updates.close()
     return run
@@ -69,6 +77,21 @@ def _named_once(fn, components: dict):
     @functools.wraps(fn)
     def run(*args, **kwargs):
         return {components[name]: value for name, value in fn(*args, **kwargs).items()}
+    return run
+
+
+def _inline(fn, n_outputs: int, errors_to: int):
+    """fn returns its outputs as a tuple; a gr.Error becomes a toast and a box in output `errors_to` that
+    stays, while the other outputs (the facts table, say) keep what they had."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error as e:
+            gr.Warning(e.message)
+            out = [gr.skip()] * n_outputs
+            out[errors_to] = error_box(e.message)
+            return tuple(out)
     return run
 
 
@@ -140,7 +163,7 @@ def build_demo() -> gr.Blocks:
                                                            "96px", "13%"])
                 gr.Markdown("*known*: the model already answers it · *update*: it confidently answers something "
                             "else · *new*: no settled answer · *distance*: semantic distance between the prompt and "
-                            "the target inside the model (larger is harder) · *weight*: its share of the loss · "
+                            "the target inside the model (larger is harder) · *weight*: how much its loss counts against an average fact's (1.00) · "
                             "*answer before*: the model's answer now (✓ = already right)", elem_classes="small-note")
                 to_train_btn = gr.Button("Next: train →", variant="primary")
 
@@ -216,6 +239,7 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     train_btn = gr.Button("Train", variant="primary", scale=3, elem_id="train-btn")
                     stop_btn = gr.Button("Stop", variant="stop", scale=1, interactive=False, elem_id="stop-btn")
+                estimate_md = gr.Markdown("", elem_id="estimate")
                 train_status = gr.HTML("<div class='small-note'>Trains on the facts table with your review choices "
                                        "(not checked yet? Train checks them first). Stop keeps what was learned.</div>",
                                        elem_id="train-status")
@@ -235,26 +259,31 @@ def build_demo() -> gr.Blocks:
                                               info="kept in this browser; a run's folder expires after "
                                                    f"{RUN_TTL_HOURS:g} hours")
                     recent_note = gr.Markdown("", elem_id="recent-note", elem_classes="small-note")
-                summary_md = gr.Markdown("No run yet: train on tab 3.", elem_id="summary")
+                headline_md = gr.Markdown("No run yet: train on tab 3.", elem_id="headline")
                 results_table = gr.Dataframe(pd.DataFrame(columns=RESULT_COLUMNS), interactive=False, wrap=True,
-                                             max_height=560, label="Fact by fact (green: recalled after training; "
-                                                                   "red: not; grey: not trained)",
+                                             max_height=620, label="Every answer, fact by fact (green: recalled "
+                                                                   "after training; amber: recalled, but another "
+                                                                   "fact's answer given in some form; red: not "
+                                                                   "recalled; grey: not trained)",
                                              elem_id="results-table",
-                                             column_widths=["70px", "25%", "12%", "15%", "70px", "70px", "20%",
-                                                            "120px"])
+                                             column_widths=["5%", "10%", "14%", "8%", "12%", "12%", "15%", "9%",
+                                                            "9%", "6%"])
+                summary_md = gr.Markdown("", elem_id="summary")
                 plots = gr.Gallery(label="Plots (click to enlarge)", columns=2, height="auto", elem_id="plots",
                                    object_fit="contain", preview=False)
-                gr.Markdown("### Interactive charts\nHover a mark for the fact's id and prompt; drag across a "
+                gr.Markdown("### Interactive charts\nHover a mark for its facts and prompts; drag across a "
                             "chart to zoom into that range, double-click to zoom out.")
                 inter_kind = gr.Radio(list(INTERFERENCE_KINDS), value="cosine", label="Interference colour",
                                       elem_id="interference-kind",
                                       info="cosine: do the two facts' updates point the same way? step effect: "
-                                           "what one step on fact i does to fact j's log-prob")
-                interference_chart = gr.ScatterPlot(None, x="j", y="i", color="value", tooltip=INTERFERENCE_TOOLTIP,
-                                                    label="Interference between facts (row i stepped on, column j "
-                                                          "affected)", x_title="fact j", y_title="fact i",
-                                                    color_title="cosine", x_axis_format="d", y_axis_format="d",
-                                                    height=460, visible=False, elem_id="interference-chart")
+                                           "what one step on one fact does to another's log-prob")
+                interference_chart = gr.ScatterPlot(None, x="fact_j", y="fact_i", color="range",
+                                                    tooltip=INTERFERENCE_TOOLTIP,
+                                                    label="Interference between facts (row: the fact a step trains; "
+                                                          "column: the fact it moves; a fact on itself left out)",
+                                                    x_title="fact it moves", y_title="fact trained", color_title="cosine",
+                                                    x_label_angle=-40, height=460, visible=False,
+                                                    elem_id="interference-chart")
                 with gr.Row():
                     distance_chart = gr.ScatterPlot(None, x="distance", y="gain", color="outcome",
                                                     tooltip=FACT_TOOLTIP + ["distance", "gain"],
@@ -301,7 +330,7 @@ def build_demo() -> gr.Blocks:
         # The components the generator handlers (check, train, export_gguf) update, by the names they yield.
         named = dict(state=state, analysis_state=analysis_state, tabs=tabs, check_status=check_status,
                      review_table=review_table, review_note=review_note, train_status=train_status,
-                     loss_plot=loss_plot, recall_plot=recall_plot, summary_md=summary_md,
+                     loss_plot=loss_plot, recall_plot=recall_plot, headline_md=headline_md, summary_md=summary_md,
                      results_table=results_table, plots=plots, files_out=files_out, ask_prompt=ask_prompt,
                      ask_target=ask_target,
                      ask_btn=ask_btn, stop_btn=stop_btn, earlier_in=earlier_in, export_btn=export_btn,
@@ -313,14 +342,15 @@ def build_demo() -> gr.Blocks:
             btn.click(lambda s, label=label: load_sample(label, s), [state], [facts_table, state, facts_note],
                       api_name=f"load_sample_{SAMPLES[label][0].removesuffix('.csv')}", api_visibility="undocumented",
                       concurrency_limit=None)
-        file_in.upload(upload, [file_in, state], [facts_table, state, facts_note], api_name="upload",
+        file_in.upload(_inline(upload, 3, 2), [file_in, state], [facts_table, state, facts_note], api_name="upload",
                        api_visibility="undocumented", concurrency_limit=None)
         # The visitor's own probes and anchors (tab 3, Advanced): kept in the session for Check and Train.
-        probes_in.upload(upload_probes, [probes_in, state], [state, yours_note], api_name="upload_probes",
-                         api_visibility="undocumented", concurrency_limit=None)
+        probes_in.upload(_inline(upload_probes, 2, 1), [probes_in, state], [state, yours_note],
+                         api_name="upload_probes", api_visibility="undocumented",
+                         concurrency_limit=None)
         probes_in.clear(lambda s: upload_probes(None, s), [state], [state, yours_note], api_visibility="private",
                         concurrency_limit=None)
-        anchors_file_in.upload(upload_anchors, [anchors_file_in, state], [state, yours_note],
+        anchors_file_in.upload(_inline(upload_anchors, 2, 1), [anchors_file_in, state], [state, yours_note],
                                api_name="upload_anchors", api_visibility="undocumented", concurrency_limit=None)
         anchors_file_in.clear(lambda s: upload_anchors(None, s), [state], [state, yours_note],
                               api_visibility="private", concurrency_limit=None)
@@ -333,7 +363,7 @@ def build_demo() -> gr.Blocks:
         # Check, Train, Export and Ask share one model slot (ui/jobs.py): they enter at once, up to the line's
         # length, so each says how many jobs are ahead of it and a second job of the same visitor is refused.
         model_jobs = dict(concurrency_id="model", concurrency_limit=QUEUE_SIZE + 1)
-        check_event = check_btn.click(_by_name(check, named),
+        check_event = check_btn.click(_by_name(check, named, "check_status"),
                                       [state, facts_table, model_in, quant_in, filter_in, weighting_in],
                                       [named[n] for n in CHECK_OUTPUTS], api_name="check",
                                       api_visibility="undocumented", **model_jobs,
@@ -357,7 +387,7 @@ def build_demo() -> gr.Blocks:
                          api_visibility="private", queue=False)
         orders_in.change(lambda k: gr.Radio(interactive=int(k) > 1), orders_in, merge_in, api_visibility="private",
                          queue=False)
-        train_btn.click(_by_name(train, named),
+        train_btn.click(_by_name(train, named, "train_status"),
                         [state, analysis_state, facts_table, model_in, quant_in, filter_in, weighting_in,
                          steps_in, lr_in, rank_in, guard_in, layers_in, layers_custom, orders_in, merge_in,
                          earlier_in, rewordings_in, anchors_in, gate_in],
@@ -366,19 +396,27 @@ def build_demo() -> gr.Blocks:
                         show_progress_on=[train_status]
                         ).then(lambda: gr.Button(interactive=False), None, stop_btn, api_visibility="private",
                                queue=False
-                               ).then(remember_run, [state, recent], [recent, recent_runs], api_visibility="private",
+                               ).then(remember_run, [state, recent], [recent, recent_runs, recent_note],
+                                      api_visibility="private",
                                       queue=False)
+        # Beacon's estimate of the run, beside Train, whenever the facts, the check or a setting it depends on changes.
+        gr.on([facts_table.change, analysis_state.change, model_in.change, quant_in.change, filter_in.change,
+               steps_in.change, rewordings_in.change, orders_in.change, gate_in.change, guard_in.change, demo.load],
+              estimate_note, [state, analysis_state, facts_table, model_in, quant_in, filter_in, weighting_in, steps_in,
+                              rewordings_in, orders_in, gate_in, guard_in], estimate_md, api_visibility="private",
+              concurrency_limit=None, show_progress="hidden")
         stop_btn.click(stop_run, [state], [stop_btn], api_name="stop", api_visibility="undocumented", queue=False)
         gr.on([ask_btn.click, ask_prompt.submit, ask_target.submit], ask_model, [ask_prompt, state, ask_target],
               [base_out, tuned_out, base_chat_out, tuned_chat_out, base_score, tuned_score], api_name="ask_ui",
               api_visibility="undocumented", **model_jobs)
         # Export loads the model too: it takes the same slot as Check and Train.
-        export_btn.click(_by_name(export_gguf, named), [state], [named[n] for n in EXPORT_OUTPUTS],
+        export_btn.click(_by_name(export_gguf, named, "export_status"), [state], [named[n] for n in EXPORT_OUTPUTS],
                          api_name="export_gguf", api_visibility="undocumented", **model_jobs, trigger_mode="once",
                          show_progress_on=[export_status])
         # Recent runs: listed again on load (and the session id restored), reopened from their report.json.
-        demo.load(restore_runs, [recent, state], [state, recent, recent_runs, earlier_in, recent_note],
-                  api_visibility="private", queue=False)
+        demo.load(_named_once(restore_runs, named), [recent, state],
+                  [named[n] for n in dict.fromkeys(RESTORE_OUTPUTS + OPEN_OUTPUTS)], api_visibility="private",
+                  queue=False)
         recent_runs.input(_named_once(open_run, named), [recent_runs, state, recent],
                           [named[n] for n in OPEN_OUTPUTS], api_visibility="private", concurrency_limit=None)
         inter_kind.change(interference_kind, [inter_kind, state], [interference_chart], api_visibility="private",

@@ -11,10 +11,13 @@ import pandas as pd
 
 from core import pipeline
 from core.guard import HOLD_MARK
+from core.plots import fact_labels
 
 FACT_COLUMNS = ["id", "prompt", "target", "subject", "relation", "paraphrases"]
 REVIEW_COLUMNS = ["keep", "id", "prompt", "target", "status", "category", "distance", "weight", "answer before"]
-RESULT_COLUMNS = ["id", "prompt", "target", "trained", "before", "after", "answer after", "paraphrases after"]
+RESULT_COLUMNS = ["id", "fact", "prompt", "target", "answer before", "answer after", "paraphrases never trained on",
+                  "question form", "chat form", "trained"]
+CROSSED = "⚠ another fact's answer"   # the mark of a crossed wire in the answers table
 STAGES = [("check", "check"), ("load", "load model"), ("before", "recall before, known / update / new, distance"),
           ("guard", "guard + rewordings"), ("interference", "interference"),
           ("train", "train"), ("after", "recall after"), ("plots", "plots")]
@@ -64,8 +67,9 @@ def facts_frame(facts) -> pd.DataFrame:
                         columns=FACT_COLUMNS)
 
 
-def status_html(stages, seen, current, frac, message, elapsed=None, note="") -> str:
-    """Stage checklist (✓ done, ▶ now, ○ to come), a progress bar and the latest message."""
+def status_html(stages, seen, current, frac, message, elapsed=None, note="", left=None) -> str:
+    """Stage checklist (✓ done, ▶ now, ○ to come), a progress bar and the latest message, with the time
+    spent and (left: Beacon's estimate) the time still to go."""
     keys = [k for k, _ in stages]
     current = ALIASES.get(current, current)
     now = keys.index(current) if current in keys else (len(keys) if current == "done" else -1)
@@ -76,9 +80,17 @@ def status_html(stages, seen, current, frac, message, elapsed=None, note="") -> 
         else:  # stages before the current one, or reused from the check, are done
             parts.append(f"<span class='done'>✓ {label}</span>" if i < now or k in seen else f"<span>○ {label}</span>")
     when = f" · {seconds(elapsed)}" if elapsed is not None else ""
+    if left is not None and elapsed is not None:
+        from core.estimate import duration
+        when += f" elapsed · about {duration(left)} left" if left > 0 else " elapsed"
     return (f"<div class='beacon-status'><div class='stages'>{' · '.join(parts)}</div>"
             f"<div class='bar'><div style='width:{100 * min(max(frac, 0), 1):.0f}%'></div></div>"
             f"<div class='msg'>{html.escape(message)}{when}</div>{note}</div>")
+
+
+def error_box(message: str) -> str:
+    """An error shown where it happened, kept on the page until the next try replaces it."""
+    return f"<div class='beacon-error' role='alert'><b>⚠</b> {html.escape(message)}</div>"
 
 
 def review_frame(analysis, cfg) -> tuple[pd.DataFrame, str]:
@@ -183,15 +195,17 @@ def done_message(report: dict) -> str:
 
 
 def results_view(report: dict, run_dir: Path, root: Path | None = None, n_layers: int | None = None):
-    """The results tab: (summary markdown, the fact table coloured by outcome, gallery of (image, caption)).
-    The run folder is shown relative to root when it lies inside it."""
+    """The results tab: (headline markdown, the answers table coloured by outcome, the summary markdown,
+    gallery of (image, caption)). The run folder is shown relative to root when it lies inside it."""
     s = report["summary"]
     stopped = {"budget": "used the whole step budget", "all recalled": "stopped early: every fact recalled",
                "cancelled": "stopped by you"}.get(s["stopped"], s["stopped"])
-    lines = [f"### Recall {pct(s['recall_before'])} → {pct(s['recall_after'])} on {s['facts_kept']} trained facts",
-             "| | before | after |", "|---|---|---|",
+    lines = ["#### The numbers", "| | before | after |", "|---|---|---|",
              f"| **Recall** of the trained facts | {pct(s['recall_before'])} | {pct(s['recall_after'])} |",
-             f"| **Paraphrases** never trained on (generalisation) | {pct(s['paraphrase_before'])} | {pct(s['paraphrase_after'])} |",
+             f"| **Paraphrases** never trained on (generalisation) | {pct(s['paraphrase_before'])} | {pct(s['paraphrase_after'])} |"
+             if s.get("paraphrase_after") is not None else
+             "| **Paraphrases** never trained on | – | – (none measured: your facts came without paraphrases; add "
+             "some in the `paraphrases` column, separated by `|`) |",
              f"| **Question** form (\"Question: … what?\") | {pct(s.get('question_before'))} | {pct(s.get('question_after'))} |",
              f"| **Chat** form (the model's chat template) | {pct(s.get('chat_before'))} | {pct(s.get('chat_after'))} |",
              f"| **Locality**: facts like capitals and symbols it knew | {pct(s['locality_before'])} | {pct(s['locality_after'])} |",
@@ -204,6 +218,10 @@ def results_view(report: dict, run_dir: Path, root: Path | None = None, n_layers
                if s.get("short_names_after") is not None else []),
              *([f"| **Decoys** that share a short name, answered with the new fact (lower is better) | "
                 f"{pct(s['decoys_before'])} | {pct(s['decoys_after'])} |"] if s.get("decoys_after") is not None else []),
+             *([f"| **Reverse**: the answer asked for its subject (\"Marta Ilves is the CEO of\") | "
+                f"{pct(s['reverse_before'])} | {pct(s['reverse_after'])}"
+                + (" (unchanged by construction: the text names no subject, so the gate stays shut)"
+                   if s.get("reverse_unchanged") else "") + " |"] if s.get("reverse_after") is not None else []),
              *([f"| **Crossed wires**: prompts answered with another fact's answer (lower is better) | "
                 f"{pct(s['crossed_before'])} | {pct(s['crossed_after'])} |"] if s.get("crossed_after") is not None else []),
              *([f"| **Fluency**: NLL per token on neutral text, tuned / base | 1.00 | {s['neutral_nll_ratio']:.3f} |"]
@@ -235,27 +253,91 @@ def results_view(report: dict, run_dir: Path, root: Path | None = None, n_layers
               f"- run folder: `{shown}`"]
     lines += setup_md(report, n_layers)
 
-    rows = []
-    for f in sorted(report["facts"], key=lambda f: not f["kept"]):  # trained facts first
-        paras = f.get("paraphrases") or []
-        rows.append({"id": f["id"], "prompt": f["prompt"], "target": f["target"],
-                     "trained": "yes" if f["kept"] else f"no: {f.get('reason') or ''}",
-                     "before": "✓" if f["recall_before"] else "✗", "after": "✓" if f["recall_after"] else "✗",
-                     "answer after": f.get("answer_after") or "",
-                     "paraphrases after": f"{sum(p['recalled_after'] for p in paras)}/{len(paras)}" if paras else ""})
-    df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
-
-    def colour(row):  # green: recalled after training; red: not; grey: not trained
-        if row["trained"] != "yes":
-            return ["background-color: #f1f1f1; color: #777"] * len(row)
-        return [f"background-color: {'#d3f0dc' if row['after'] == '✓' else '#f9d6da'}"] * len(row)
+    table = answers_frame(report)
+    headline = headline_md(report)
 
     # Trained over K data orders, the distances are not tracked during training: the drift plot would
     # show one dot per fact at step 0, so it is left out of the page (it stays in plots.zip).
     tracked = any(len(t) > 1 for t in ((report.get("training") or {}).get("distance_trajectories") or {}).values())
     gallery = [(str(run_dir / p), PLOT_CAPTIONS.get(Path(p).stem, Path(p).stem)) for p in report.get("plots", [])
                if tracked or Path(p).stem != "drift"]
-    return "\n".join(lines), df.style.apply(colour, axis=1), gallery
+    return headline, table, "\n".join(lines), gallery
+
+
+def _answer(recalled, answer, crossed, labels: dict) -> str:
+    """One measured answer as a cell: ✓ or ✗, the answer's opening, and a crossed wire named by the fact
+    whose answer it gave."""
+    if recalled is None:
+        return "–"
+    text = "✓ " if recalled else "✗ "
+    text += (answer or "").strip() or "(nothing)"
+    if crossed:
+        text += f"  {CROSSED}: {labels.get(str(crossed), crossed)}"
+    return text
+
+
+def _paraphrases_cell(paras: list[dict], labels: dict) -> str:
+    """k/n recalled after training, then each one missed with the answer it got."""
+    if not paras:
+        return "– (none in the file)"
+    got = sum(bool(p["recalled_after"]) for p in paras)
+    misses = [f"✗ {p['prompt']} → {(p.get('answer_after') or '').strip() or '(nothing)'}"
+              + (f"  {CROSSED}: {labels.get(str(p['crossed_after']), p['crossed_after'])}"
+                 if p.get("crossed_after") else "") for p in paras if not p["recalled_after"]]
+    return " · ".join([f"{got}/{len(paras)}", *misses])
+
+
+def crossed_after(f: dict) -> int:
+    """How many of a fact's measured answers after training gave another fact's answer."""
+    marks = [f.get("crossed_after"), f.get("question_crossed_after"), f.get("chat_crossed_after"),
+             *(p.get("crossed_after") for p in f.get("paraphrases") or [])]
+    return sum(bool(m) for m in marks)
+
+
+def answers_frame(report: dict):
+    """Per fact, trained first: the answer before and after in every form measured (the prompt itself, the
+    paraphrases never trained on, the question and chat forms), each marked ✓ or ✗ and, when it gave
+    another fact's answer, with that fact's name. Rows coloured: green recalled after training, red not,
+    amber recalled but another fact's answer given somewhere, grey not trained."""
+    labels = fact_labels(report.get("facts") or [])
+    rows = []
+    for f in sorted(report["facts"], key=lambda f: not f["kept"]):  # trained facts first
+        rows.append({
+            "id": f["id"], "fact": labels.get(str(f["id"]), f["id"]), "prompt": f["prompt"], "target": f["target"],
+            "answer before": _answer(f["recall_before"], f.get("answer_before"), f.get("crossed_before"), labels),
+            "answer after": _answer(f["recall_after"], f.get("answer_after"), f.get("crossed_after"), labels),
+            "paraphrases never trained on": _paraphrases_cell(f.get("paraphrases") or [], labels),
+            "question form": _answer(f.get("question_after"), f.get("question_answer_after"),
+                                     f.get("question_crossed_after"), labels),
+            "chat form": _answer(f.get("chat_after"), f.get("chat_answer_after"), f.get("chat_crossed_after"),
+                                 labels),
+            "trained": "yes" if f["kept"] else f"no: {f.get('reason') or ''}"})
+    df = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    crossed = {labels.get(str(f["id"]), f["id"]) for f in report["facts"] if f["kept"] and crossed_after(f)}
+
+    def colour(row):
+        if row["trained"] != "yes":
+            return ["background-color: #f1f1f1; color: #777"] * len(row)
+        if not row["answer after"].startswith("✓"):
+            return ["background-color: #f9d6da"] * len(row)
+        return [f"background-color: {'#fde8c8' if row['fact'] in crossed else '#d3f0dc'}"] * len(row)
+
+    return df.style.apply(colour, axis=1)
+
+
+def headline_md(report: dict) -> str:
+    """What a visitor came for, in two lines: recall before → after, and the wrong answers after training."""
+    s = report["summary"]
+    kept = [f for f in report["facts"] if f["kept"]]
+    missed = sum(not f["recall_after"] for f in kept)
+    crossed = sum(crossed_after(f) for f in kept)
+    parts = [f"{missed} of {len(kept)} trained facts not recalled" if missed else "every trained fact recalled"]
+    if s.get("paraphrase_after") is not None:
+        parts.append(f"paraphrases never trained on {pct(s['paraphrase_after'])}")
+    parts.append(f"{crossed} answer{'s' * (crossed != 1)} after training gave another fact's answer "
+                 f"({CROSSED})" if crossed else "no answer gave another fact's answer")
+    return (f"### Recall {pct(s['recall_before'])} → {pct(s['recall_after'])} on {s['facts_kept']} trained facts\n"
+            + " · ".join(parts) + ". The table gives every answer; the numbers and plots follow.")
 
 
 def ask_default(report: dict) -> str:
@@ -286,22 +368,46 @@ def ask_scores(out: dict, model: str, target) -> str:
 # The PNGs (core/plots.py) stay in the downloads; these are the same numbers as gr.ScatterPlot data, with a
 # tooltip naming each fact. Brushing a range on a chart zooms into it (double-click: back).
 INTERFERENCE_KINDS = {"cosine": "cosine of the two facts' gradients",
-                      "step_effect": "step effect: change in j's log-prob from one step on i"}
-INTERFERENCE_TOOLTIP = ["fact_i", "prompt_i", "fact_j", "prompt_j", "value"]
-FACT_TOOLTIP = ["id", "prompt", "target", "outcome"]
+                      "step_effect": "step effect: the change in the moved fact's log-prob from one step on the "
+                                     "trained one"}
+INTERFERENCE_TOOLTIP = ["fact_i", "prompt trained", "fact_j", "prompt moved", "value"]
+FACT_TOOLTIP = ["fact", "prompt", "target", "outcome"]
+# The interference chart's colour: the value in five bins on a scale symmetric about 0, each labelled with
+# its range, so the legend is read as numbers (the native plot's colour legend is categorical).
+BIN_COLOURS = ["#2166ac", "#6fa8dc", "#a6a6a6", "#f08a5d", "#b2182b"]
+BIN_NAMES = ["dark blue", "blue", "grey", "orange", "red"]   # the key in the chart's label names them
 
 
-def interference_frame(report: dict, kind: str = "cosine") -> pd.DataFrame:
-    """One row per cell of the interference matrix: i (row: the fact stepped on), j (the fact affected),
-    both facts' ids and prompts, and the value (kind: "cosine" or "step_effect")."""
-    cols = ["i", "j", "fact_i", "fact_j", "prompt_i", "prompt_j", "value"]
+def _bins(lim: float) -> list[tuple[float, str]]:
+    """(upper edge, label) of the five bins of a scale from -lim to +lim."""
+    a, b = lim / 2, lim / 10
+    f = (lambda x: f"{x:.2g}") if lim < 0.1 else (lambda x: f"{x:.2f}")
+    return [(-a, f"≤ −{f(a)}"), (-b, f"−{f(a)} to −{f(b)}"), (b, f"−{f(b)} to {f(b)}"),
+            (a, f"{f(b)} to {f(a)}"), (float("inf"), f"≥ {f(a)}")]
+
+
+def interference_frame(report: dict, kind: str = "cosine") -> tuple[pd.DataFrame, dict]:
+    """One row per off-diagonal cell of the interference matrix (a fact on itself is not interference, and
+    its value would set the scale): i (the fact stepped on) and j (the fact affected) named by subject,
+    their prompts, the value rounded, and its bin on a scale symmetric about 0; and the bins' colour map."""
+    cols = ["fact_i", "fact_j", "prompt trained", "prompt moved", "value", "range"]
     inter = report.get("interference") or {}
     ids, m = list(inter.get("ids") or []), inter.get(kind) or []
-    prompts = {f["id"]: f["prompt"] for f in report.get("facts") or []}
-    rows = [{"i": i, "j": j, "fact_i": a, "fact_j": b, "prompt_i": prompts.get(a, ""), "prompt_j": prompts.get(b, ""),
-             "value": float(m[i][j])}
-            for i, a in enumerate(ids) if i < len(m) for j, b in enumerate(ids) if j < len(m[i])]
-    return pd.DataFrame(rows, columns=cols)
+    facts = report.get("facts") or []
+    labels, prompts = fact_labels(facts), {f["id"]: f["prompt"] for f in facts}
+    cells = [(i, j, float(m[i][j])) for i in range(min(len(ids), len(m)))
+             for j in range(min(len(ids), len(m[i]))) if i != j]
+    if not cells:
+        return pd.DataFrame(columns=cols), {}
+    lim = max(abs(v) for *_, v in cells) or 1.0
+    if kind == "cosine":
+        lim = 1.0   # a cosine's own range
+    bins = _bins(lim)
+    rows = [{"fact_i": labels.get(str(ids[i]), str(ids[i])), "fact_j": labels.get(str(ids[j]), str(ids[j])),
+             "prompt trained": prompts.get(ids[i], ""), "prompt moved": prompts.get(ids[j], ""),
+             "value": round(v, 3), "range": next(label for edge, label in bins if v <= edge)}
+            for i, j, v in cells]
+    return pd.DataFrame(rows, columns=cols), {label: c for (_, label), c in zip(bins, BIN_COLOURS)}
 
 
 def _outcome(f: dict) -> str:
@@ -314,8 +420,9 @@ def _outcome(f: dict) -> str:
 
 def distance_frame(report: dict) -> pd.DataFrame:
     """Trained facts: semantic distance before training vs the log-prob training gained, with id and prompt."""
-    cols = ["id", "prompt", "target", "distance", "gain", "outcome"]
-    rows = [{"id": f["id"], "prompt": f["prompt"], "target": f.get("target", ""),
+    cols = ["fact", "prompt", "target", "distance", "gain", "outcome"]
+    labels = fact_labels(report.get("facts") or [])
+    rows = [{"fact": labels.get(str(f["id"]), f["id"]), "prompt": f["prompt"], "target": f.get("target", ""),
              "distance": float(f["semantic_distance"]),
              "gain": float(f["logprob_after"]) - float(f["logprob_before"]), "outcome": _outcome(f)}
             for f in report.get("facts") or [] if f.get("kept") and f.get("semantic_distance") is not None
@@ -325,8 +432,9 @@ def distance_frame(report: dict) -> pd.DataFrame:
 
 def recall_frame(report: dict) -> pd.DataFrame:
     """Every fact measured: the target's log-prob before vs after, recall before and after, id and prompt."""
-    cols = ["id", "prompt", "target", "before", "after", "recall_before", "recall_after", "outcome"]
-    rows = [{"id": f["id"], "prompt": f["prompt"], "target": f.get("target", ""),
+    cols = ["fact", "prompt", "target", "before", "after", "recall_before", "recall_after", "outcome"]
+    labels = fact_labels(report.get("facts") or [])
+    rows = [{"fact": labels.get(str(f["id"]), f["id"]), "prompt": f["prompt"], "target": f.get("target", ""),
              "before": float(f["logprob_before"]), "after": float(f["logprob_after"]),
              "recall_before": "yes" if f.get("recall_before") else "no",
              "recall_after": "yes" if f.get("recall_after") else "no", "outcome": _outcome(f)}
@@ -337,9 +445,12 @@ def recall_frame(report: dict) -> pd.DataFrame:
 
 def charts(report: dict, kind: str = "cosine"):
     """(interference, distance, recall) ScatterPlot updates for the results tab; a chart with no data is hidden."""
-    inter, dist, rec = interference_frame(report, kind), distance_frame(report), recall_frame(report)
-    n = int(inter["i"].max()) + 1 if len(inter) else 0
-    return (gr.ScatterPlot(inter, visible=len(inter) > 0, x_lim=[-0.5, n - 0.5] if n else None,
-                           y_lim=[-0.5, n - 0.5] if n else None, color_title=kind.replace("_", " ")),
+    (inter, colours), dist, rec = interference_frame(report, kind), distance_frame(report), recall_frame(report)
+    n = len(set(inter["fact_i"])) if len(inter) else 0
+    key = " · ".join(f"{name} {label}" for name, label in zip(BIN_NAMES, colours))
+    label = ("Interference between facts (row: the fact a step trains; column: the fact it moves; a fact on itself "
+             f"left out). Colour, {INTERFERENCE_KINDS[kind]}: {key}")
+    return (gr.ScatterPlot(inter, visible=len(inter) > 0, color_map=colours or None, label=label,
+                           color_title=kind.replace("_", " "), height=max(420, 28 * n + 240)),
             gr.ScatterPlot(dist, visible=len(dist) > 0),
             gr.ScatterPlot(rec, visible=len(rec) > 0))
