@@ -131,8 +131,11 @@ def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
     # From the subject on is the default; a gated adapter cannot be merged into the GGUF this run exports
     assert page.get_by_label("from a subject's name on").is_checked()
     page.get_by_label("on every token").check()
+    estimate = page.locator("#estimate").inner_text()   # Beacon's estimate beside Train, before it runs
+    assert "15 facts (checked)" in estimate and "on this machine" in estimate, estimate
     page.locator("#train-btn").click()
     page.wait_for_selector("#train-status >> text=▶", timeout=60_000)  # the live stage checklist
+    page.wait_for_selector("#train-status >> text=left", timeout=60_000)  # time spent and left
     page.wait_for_selector("#results-table [role=row] >> nth=1", timeout=400_000)  # moves to 4 · Results
     timings["train"] = time.time() - t0
 
