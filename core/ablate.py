@@ -1,7 +1,7 @@
 """Ablation: vanilla LoRA, each part of the method alone, and all together, at one step budget
 over several seeds. The measuring before training is done once per fact set and shared.
 
-Written as ablation.md (the table for the README) and ablation.json (every run).
+Written as ablation.md (the table, for docs/results.md) and ablation.json (every run).
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ OFF = dict(filter=False, weighting="uniform", locality_guard=0.0, rewordings=Fal
            gate="none")
 FULL = dict(filter=True, weighting="semantic", locality_guard=None, rewordings=True, layers="all", orders=1,
             gate=None)
-# Every token trained, the locality guard holding other knowledge (the default until stop 25, when the gate
-# from the subject on became it). The variants that study the guard name it, so they stay guard studies
+# Every token trained, the locality guard holding other knowledge (`--gate none`; the default is the gate
+# from the subject on). The variants that study the guard name it, so they stay guard studies
 # whatever gate the user chose.
 GUARDED = {**FULL, "gate": "none"}
 # Parts a variant does not name keep the user's setting (guard anchors, near share, settle steps).
@@ -48,8 +48,8 @@ VARIANTS = {
     "full + file anchors": {**GUARDED, "guard_anchors": "neighbours,sampled,file"},
     "full: LoRA on MLP only": {**FULL, "lora_modules": "mlp"},
     "full: sibling neighbours": {**GUARDED, "guard_anchors": "siblings,sampled"},
-    "full: guard batch 8": {**GUARDED, "guard_batch": 8},      # the default until stop 20
-    "full: no focus": {**GUARDED, "focus": False},          # the default until stop 22 (measured with the guard)
+    "full: guard batch 8": {**GUARDED, "guard_batch": 8},      # 16 is the default: fewer steps, each dearer (docs/results.md)
+    "full: no focus": {**GUARDED, "focus": False},          # focus is on by default (docs/results.md)
     "+rewordings + null space 0.99": {**OFF, "rewordings": True, "null_space": 0.99},
     "full + null space 0.99": {**GUARDED, "null_space": 0.99},
     "full + null space 0.999": {**GUARDED, "null_space": 0.999},

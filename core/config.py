@@ -53,16 +53,16 @@ class TrainConfig:
     locality_guard: float = setting(10.0, "weight of the KL term that keeps the model close to the base on "
                                     "unrelated text and known facts near yours (0 = off)", min=0.0, max=1000.0)
     # 16, not 8: over 3 seeds on the counterfactual and invented samples it held more of both probe sets
-    # in fewer steps (README, Results); each step's guard pass costs twice as much.
+    # in fewer steps (docs/results.md); each step's guard pass costs twice as much.
     guard_batch: int = setting(16, "anchors in each guard batch", min=1, max=256)
     guard_near: float = setting(0.5, "share of each guard batch drawn from the anchors nearest the facts "
                                 "(0 = uniform)", min=0.0, max=1.0)
     guard_margin: float = setting(0.0, "weight of a guard term that keeps the base model's first choice ahead of "
                                   "its runners-up by the base's margin at each anchor position (0 = KL only)",
                                   min=0.0, max=1000.0)
-    # from-subject by default since stop 25: both shipped probe sets whole by construction (every token trained
+    # from-subject by default: both shipped probe sets whole by construction (every token trained
     # lost 7-14% of the general one), and with relation anchors on what the model knows of each edited subject
-    # it keeps about as much of that as every-token training did (README, Results). A gated adapter cannot be
+    # it keeps about as much of that as every-token training did (docs/results.md). A gated adapter cannot be
     # merged: train with none for a merged or GGUF export.
     gate: str = setting("from-subject", "where the adapter acts: on every token (none), from the first token that "
                         "names a kept fact's subject on (from-subject), or only on those tokens (subject); behind "
@@ -75,20 +75,20 @@ class TrainConfig:
     null_space: float = setting(0.0, "keep each LoRA layer out of the input directions that hold this share of "
                                 "the energy of the guard anchors' text (AlphaEdit-style projection; 0 = off)",
                                 min=0.0, max=0.9999)
-    # fp32 by default: in stop 28 bf16 made a step 1.38x faster but the 30-fact benchmark took 55 steps against 39,
-    # the whole run 383 s against 390 s, and the chat form lost points on two of four samples (README, Speed).
+    # fp32 by default: on a 2-core CPU with bf16 instructions, bf16 made a step 1.38x faster but the 30-fact benchmark took 55 steps against 39,
+    # the whole run 383 s against 390 s, and the chat form lost points on two of four samples (docs/speed.md).
     compute: str = setting("fp32", "matmul precision of the frozen layers while training and while the base model "
                            "writes rewordings and anchors: bf16 on a CPU (a step about 1.4x faster where the CPU has "
                            "bf16 instructions), fp32, or auto (bf16 where the CPU has bf16 instructions); recall is "
                            "always measured in the model's own precision", choices=("auto", "fp32", "bf16"))
     early_stop: bool = setting(True, "stop once every wording of every fact is recalled")
-    # On by default since stop 22: seed 0 on four samples, 264 -> 183 steps in all (people 101 -> 55, invented
+    # On by default: seed 0 on four samples, 264 -> 183 steps in all (people 101 -> 55, invented
     # 77 -> 50, held-out 47 -> 39, counterfactual 20 -> 19 and 19 -> 20 at seed 1), locality and paraphrases
-    # within a probe or two of the runs without it (README, Speed).
+    # within a probe or two of the runs without it (docs/speed.md).
     focus: bool = setting(True, "once at most half a batch of wordings is still missed, put every missed one in "
                           "each batch (the rest of the batch goes on through the epoch)")
     settle_steps: int = setting(0, "with the guard on, train N more steps once every fact is recalled (0 = stop "
-                                "at once; measured on the samples it lowers locality, see README)", min=0)
+                                "at once; measured on the samples it lowers locality, see docs/results.md)", min=0)
 
     def __post_init__(self):
         _check(self)

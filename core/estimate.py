@@ -58,7 +58,7 @@ STEP_PER_WORDING = 2.0 / 32  # the task's pass, forward and backward, per traini
 STEP_PER_ANCHOR = 2.1 / 16   # the guard's pass per anchor: about as much as the task's at the defaults
 STEP_GROWTH = 0.0075         # a step costs more as n grows (more subjects behind the gate, longer texts)
 UNGATED = 1.4                # on every token each text runs whole, not from its subject on: rough
-CPU_4BIT = 20.0              # bitsandbytes' 4-bit kernels on a CPU (README: a step about 20x slower)
+CPU_4BIT = 20.0              # bitsandbytes' 4-bit kernels on a CPU (docs/method.md: a step about 20x slower)
 
 # A CUDA GPU: gpu_seconds's model, rough and pessimistic. (fixed, per fact) of the stages other than training
 # add up to its "40 s plus 0.5 s a fact"; a step is 0.25 s plus 0.05 s per 32 wordings of the run.

@@ -1,7 +1,7 @@
 """The subject gate: the adapter acts only on the tokens that name a trained fact's subject.
 
 A LoRA update on every token moves every prompt a little, and a probe whose answer leads its runner-up
-by a fraction of a nat flips (README, Results: the lost probes are the thin-margin ones). With the gate,
+by a fraction of a nat flips (docs/results.md: the lost probes are the thin-margin ones). With the gate,
 each LoRA layer's update is multiplied by a mask that is 1 on the tokens of a subject ("Zentrix
 Robotics") and 0 elsewhere, so:
 * text that names no trained subject runs through the base model exactly;

@@ -288,7 +288,7 @@ def relation_anchors_from(model, tok, requests: Requests, answers: list[str], ol
     if specific > 0 and kept:
         # A known subject's anchor is held only where its own answer is knowledge too: specific to the subject
         # and said with some confidence ("The capital of Japan is | Tokyo"), not "The light bulb was painted by |
-        # a single", whose pull pinned "The first practical light bulb was made by" (README, Results: stop 25).
+        # a single", whose pull pinned "The first practical light bulb was made by" (docs/results.md).
         per_subject, per_anchor = subject_specificity(model, tok, kept, _fill)
         kept = [x for x in kept if per_subject.get(x[2], 0) >= specific and x[0] in per_anchor
                 and per_anchor[x[0]][0] >= specific and per_anchor[x[0]][1] >= KNOWN_LOGPROB]

@@ -12,8 +12,8 @@ Recall is measured outside this context, in the model's own precision, so before
 compared as the person will run the model. What ran is in the report (`compute`).
 
 Off by default (`--compute auto` takes it where the CPU has bf16 instructions, `bf16` anywhere). Behind
-the subject gate (stop 28) it kept the bar on four samples, but on the 30-fact benchmark its faster steps
-were spent on more of them (55 against 39): no whole-run gain measured (README, Speed).
+the subject gate it kept the bar on four samples, but on the 30-fact benchmark its faster steps
+were spent on more of them (55 against 39): no whole-run gain measured (docs/speed.md).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ folders, and the one place widget values become an InjectConfig (`make_config`).
 
 Env: BEACON_CONFIG (JSON of InjectConfig fields) and BEACON_STEPS override the defaults, BEACON_PROBES
 names a smaller locality probe file, BEACON_RUNS where run folders go. The limits of a public server
-(README, "Running it in public"): BEACON_MAX_FACTS (core/facts.py), BEACON_MAX_UPLOAD_MB, BEACON_MAX_STEPS,
+(docs/public.md): BEACON_MAX_FACTS (core/facts.py), BEACON_MAX_UPLOAD_MB, BEACON_MAX_STEPS,
 BEACON_QUEUE_SIZE, BEACON_MODEL_ALLOWLIST (on by itself on a Space: SPACE_ID), BEACON_RUN_TTL_HOURS,
 BEACON_DISK_BUDGET_MB.
 """
