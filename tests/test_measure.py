@@ -138,8 +138,9 @@ def test_what_is_the_same_in_every_run_of_a_model_is_measured_once(tiny_dir, tmp
         sum(len(p) for p, _ in groups)) or real(m, t, groups, *a, **k))
     second = pipeline.analyze(facts, probes, cfg, model=(model, tok, info))
     short, decoys = evaluate.name_prompts(facts)
-    # facts, paraphrases, questions, short names and decoys: no probes
-    assert scored == [len(facts) * (2 + len(facts[0].paraphrases)) + len(short) + len(decoys)]
+    # facts, paraphrases, questions, short names, decoys and the reverse direction: no probes
+    assert scored == [len(facts) * (2 + len(facts[0].paraphrases)) + len(short) + len(decoys)
+                      + len(evaluate.reverse_prompts(facts))]
     assert second.before["probes"] == json.loads(json.dumps(first.before["probes"]))
     assert second.before["summary"]["neutral_nll"] == first.before["summary"]["neutral_nll"]
     changed = {"probes": probes["probes"][:5]}
