@@ -781,12 +781,12 @@ def test_the_estimate_beside_train_counts_the_facts_and_follows_the_settings(ses
     args = (sess, None, df, DEFAULT_MODEL, "none", True, "semantic")
     note = handlers.estimate_note(*args, 300, True, 1, "from-subject", 10.0)
     cfg = settings.make_config(sess, DEFAULT_MODEL, "none", True, "semantic", steps=300)
-    assert f"**{estimate(2, cfg).text}**" in note and "2 facts" in note   # the blank row is not a fact
+    assert f"takes {estimate(2, cfg).text}" in note and "2 facts" in note   # the blank row is not a fact
     fewer = handlers.estimate_note(*args, 300, False, 1, "from-subject", 10.0)   # rewordings off: less work
     four = handlers.estimate_note(*args, 300, True, 4, "from-subject", 10.0)     # 4 data orders: more
     secs = lambda n: estimate(2, settings.make_config(sess, DEFAULT_MODEL, "none", True, "semantic", steps=300,
                                                       orders=n[0], rewordings=n[1])).seconds
-    assert secs((1, False)) < secs((1, True)) < secs((4, True)) and note != four and fewer.startswith("⏱ Training 2 facts")
+    assert secs((1, False)) < secs((1, True)) < secs((4, True)) and note != four and fewer.startswith("**Estimate**: training 2 facts")
     assert handlers.estimate_note(*args, 10**6, True, 1, "from-subject", 10.0) == ""   # refused settings: Train says why
     assert handlers.estimate_note(sess, None, table([]), DEFAULT_MODEL, "none", True, "semantic", 300, True, 1,
                                   "from-subject", 10.0) == ""

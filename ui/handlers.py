@@ -352,7 +352,7 @@ def estimate_note(sess, analysis, facts_df, model, quant, filt, weighting, steps
         return ""
     est = _run_estimate(cfg, n, measured=analysis is not None)
     what = f"{n} fact{'s' * (n != 1)}" + (" (checked)" if analysis is not None else "")
-    return f"⏱ Training {what} takes **{est.text}** (Beacon's estimate; up to {est.step_budget} steps)."
+    return f"**Estimate**: training {what} takes {est.text} (up to {est.step_budget} steps)."
 
 
 @GPU(duration=_train_seconds)
