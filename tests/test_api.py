@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from test_app import start_app, stop_app
+from test_app import server  # noqa: F401  (the app on a free port, for this module)
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = re.compile(r"[0-9a-f]{12}/\d{8}-\d{6}(-\d+)?")
@@ -21,15 +21,6 @@ def readme_example() -> str:
     found = [b for b in blocks if "from gradio_client import Client" in b]
     assert len(found) == 1 and len(found[0].strip().splitlines()) <= 10, "README: one short gradio_client example"
     return found[0]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("api") / "runs"
-    runs.mkdir()
-    proc, url = start_app(runs)
-    yield url, runs
-    stop_app(proc)
 
 
 @pytest.mark.slow
