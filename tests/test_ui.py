@@ -170,6 +170,10 @@ def test_status_html_marks_done_current_and_coming_stages():
     # A run after Check facts: the check's stages are done; the rewordings show under the guard's label.
     run = render.status_html(render.STAGES, [k for k, _ in stages] + ["guard"], "rewordings", 0.3, "rewriting")
     assert "✓ recall before" in run and "<b>▶ guard + rewordings</b>" in run and "○ interference" in run
+    # with Beacon's estimate: the time spent and the time left
+    timed = render.status_html(render.STAGES, [], "train", 0.5, "step 3", 80, "", 200)
+    assert "step 3 · 80 s elapsed · about 3 min left" in timed
+    assert "left" not in render.status_html(render.STAGES, [], "done", 1, "Done", 80, "", 0)
 
 
 def report(**summary):

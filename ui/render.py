@@ -10,6 +10,7 @@ import gradio as gr
 import pandas as pd
 
 from core import pipeline
+from core.estimate import duration
 from core.guard import HOLD_MARK
 from core.plots import fact_labels
 
@@ -81,7 +82,6 @@ def status_html(stages, seen, current, frac, message, elapsed=None, note="", lef
             parts.append(f"<span class='done'>✓ {label}</span>" if i < now or k in seen else f"<span>○ {label}</span>")
     when = f" · {seconds(elapsed)}" if elapsed is not None else ""
     if left is not None and elapsed is not None:
-        from core.estimate import duration
         when += f" elapsed · about {duration(left)} left" if left > 0 else " elapsed"
     return (f"<div class='beacon-status'><div class='stages'>{' · '.join(parts)}</div>"
             f"<div class='bar'><div style='width:{100 * min(max(frac, 0), 1):.0f}%'></div></div>"
