@@ -37,7 +37,7 @@ VARIANTS = {
     "full + gate from the subject on (every relation anchor)": {**FULL, "gate": "from-subject", "relation_specific": 0.0},
     "full: no gate (guard)": GUARDED,
     "full: no gate (guard) + relation anchors": {**GUARDED, "guard_anchors": "neighbours,sampled,relations"},
-    "full + short names": {**FULL, "short_names": True},
+    "full + short names": {**FULL, "gate": "from-subject", "short_names": True},
     "full: uniform weights": {**FULL, "weighting": "uniform"},
     "full: dynamic weights": {**FULL, "weighting": "dynamic"},
     "full: no rewordings": {**FULL, "rewordings": False},
@@ -72,7 +72,7 @@ PCT = {"recall_after", "paraphrase_after", "question_after", "chat_after", "loca
 
 def _variant_config(base: InjectConfig, overrides: dict, seed: int) -> InjectConfig:
     o = {k: (base.value(k) if v is None else v) for k, v in overrides.items()}
-    return base.updated(**o, seed=seed, early_stop=True, interference=False, plots=False, categorize_samples=0)
+    return base.variant(**o, seed=seed, early_stop=True, interference=False, plots=False, categorize_samples=0)
 
 
 def _stat(xs):

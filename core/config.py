@@ -25,6 +25,14 @@ def setting(default, help: str, *, choices=None, min=None, max=None, cli: str | 
     return field(default=default, metadata=meta)
 
 
+class IdleSetting(ValueError):
+    """A setting given a value that the rest of the config leaves with nothing to do (`idle_settings`)."""
+
+    def __init__(self, name: str, message: str):
+        super().__init__(message)
+        self.name = name
+
+
 def _check(obj) -> None:
     for f in fields(obj):
         m, v = f.metadata, getattr(obj, f.name)
@@ -171,6 +179,11 @@ class InjectConfig:
             self.train = _build(TrainConfig, self.train)
         _check(self)
         guard_sources(self.guard_anchors)    # names an unknown source
+        for name, why in idle_settings(self).items():
+            v, d = self.value(name), describe(name)["default"]
+            if v != d and v not in (0, False, None, "", []):   # turning an idle thing off is harmless
+                raise IdleSetting(name, f"{name} {v!r} would do nothing: {why}. Leave {name} at its default "
+                                        f"({d!r}) or change that setting")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,12 +206,65 @@ class InjectConfig:
                 raise ValueError(f"unknown setting {k!r}")
         return replace(self, **run, train=replace(self.train, **train))
 
+    def variant(self, **values) -> "InjectConfig":
+        """`updated`, with the settings that `values` leave with nothing to do put back to their defaults: an
+        ablation's variant switches parts off whatever the user's config set for them."""
+        cfg = self
+        for _ in range(len(_names(InjectConfig) | _names(TrainConfig))):
+            try:
+                return cfg.updated(**values)
+            except IdleSetting as e:
+                if e.name in values:   # the variant's own choice: say so
+                    raise
+                cfg = replace(cfg, **{e.name: describe(e.name)["default"]}) if e.name in _names(InjectConfig) else \
+                    replace(cfg, train=replace(cfg.train, **{e.name: describe(e.name)["default"]}))
+        return cfg.updated(**values)
+
     def value(self, name: str):
         """A setting by plain field name (see `updated`)."""
         return getattr(self.train if name in _names(TrainConfig) else self, name)
 
 
 GUARD_SOURCES = ("neighbours", "siblings", "sampled", "file", "relations")
+
+
+def idle_settings(cfg: InjectConfig) -> dict[str, str]:
+    """The settings that the rest of `cfg` leaves with nothing to do, each with the setting that makes it so.
+    A config refuses a value other than the default (or off) for any of them, and the app greys their widgets:
+    a visitor's choice must never be silently ignored."""
+    t, out = cfg.train, {}
+    if t.gate != "none":
+        why = (f"with gate {t.gate!r} the guard holds the relation anchors only (what the base model says of each "
+               "subject); the guard's sources and anchors are chosen with gate 'none'")
+        out.update(dict.fromkeys(("guard_anchors", "anchors_file", "neighbours_per_fact", "sampled_anchors"), why))
+    else:
+        sources = guard_sources(cfg.guard_anchors)
+        if not {"neighbours", "siblings"} & set(sources):
+            out["neighbours_per_fact"] = f"guard_anchors {cfg.guard_anchors!r} has neither neighbours nor siblings"
+        if "sampled" not in sources:
+            out["sampled_anchors"] = f"guard_anchors {cfg.guard_anchors!r} does not include sampled"
+        if "relations" not in sources:
+            out["relation_specific"] = f"guard_anchors {cfg.guard_anchors!r} does not include relations"
+        out["short_names"] = "short names open the subject gate, and gate 'none' has none"
+    if t.gate != "from-subject":
+        out["held_texts"] = f"held texts are held behind gate 'from-subject' only, and gate is {t.gate!r}"
+    if not t.reads_anchors:
+        why = "locality_guard and null_space are both 0, so no anchors are read"
+        for name in ("guard_anchors", "anchors_file", "neighbours_per_fact", "sampled_anchors", "relation_specific",
+                     "held_texts"):
+            out.setdefault(name, why)
+    if t.locality_guard == 0:
+        out.update(dict.fromkeys(("guard_batch", "guard_near", "guard_margin", "settle_steps"),
+                                 "the locality guard is off (locality_guard 0)"))
+    if cfg.orders == 1:
+        out["merge"] = "merge joins the adapters of several data orders, and orders is 1"
+    if not cfg.rewordings:
+        out["model_rewordings"] = "rewordings is off"
+    if not cfg.filter:
+        out.update(dict.fromkeys(("filter_strength", "max_drop_fraction"), "the filter is off (filter false)"))
+    if not cfg.interference:
+        out["interference_max_facts"] = "interference is off"
+    return out
 
 
 def guard_sources(spec: str) -> list[str]:

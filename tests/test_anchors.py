@@ -20,7 +20,7 @@ class HashEmbedder:
 
 
 def test_config_round_trip():
-    cfg = InjectConfig().updated(anchors_file="/tmp/mine.txt")
+    cfg = InjectConfig().updated(gate="none", anchors_file="/tmp/mine.txt")
     assert InjectConfig.from_dict(cfg.to_dict()).anchors_file == "/tmp/mine.txt"
     assert InjectConfig().anchors_file is None
 
@@ -29,7 +29,7 @@ def test_cli_option_sets_the_field():
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert "--anchors" in parser.format_help()
-    assert from_arguments(parser.parse_args(["--anchors", "mine.txt"])).anchors_file == "mine.txt"
+    assert from_arguments(parser.parse_args(["--gate", "none", "--anchors", "mine.txt"])).anchors_file == "mine.txt"
     assert from_arguments(parser.parse_args([])).anchors_file is None
 
 

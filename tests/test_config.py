@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from core.config import InjectConfig, TrainConfig, add_arguments, describe, from_arguments
+from core.config import IdleSetting, InjectConfig, TrainConfig, add_arguments, describe, from_arguments
 
 
 def test_round_trip_through_the_report_keeps_every_setting():
@@ -63,3 +63,38 @@ def test_describe_gives_the_app_its_labels_and_ranges():
     assert describe("merge")["choices"] == ("select", "average")
     with pytest.raises(ValueError, match="'nope'"):
         describe("nope")
+
+
+def test_settings_that_would_do_nothing_are_refused_naming_both():
+    from core.config import idle_settings
+
+    cases = {("guard_anchors", "file"): "gate 'from-subject'", ("anchors_file", "mine.txt"): "gate 'from-subject'",
+             ("merge", "average"): "orders is 1", ("held_texts", 8): "gate is 'none'",
+             ("short_names", True): "gate 'none'", ("guard_batch", 8): "locality_guard 0",
+             ("model_rewordings", 5): "rewordings is off", ("filter_strength", 3.0): "filter false",
+             ("sampled_anchors", 10): "guard_anchors 'file'"}
+    context = {"held_texts": dict(gate="none"), "short_names": dict(gate="none"), "guard_batch": dict(locality_guard=0),
+               "model_rewordings": dict(rewordings=False), "filter_strength": dict(filter=False),
+               "sampled_anchors": dict(gate="none", guard_anchors="file")}
+    for (name, v), why in cases.items():
+        with pytest.raises(IdleSetting, match=f"^{name} .*{why}") as err:
+            InjectConfig().updated(**context.get(name, {}), **{name: v})
+        assert err.value.name == name
+        assert name in idle_settings(InjectConfig().updated(**context.get(name, {})))
+    # the same values where they are read are taken; turning an idle thing off is harmless
+    InjectConfig().updated(gate="none", guard_anchors="file,sampled", anchors_file="mine.txt", sampled_anchors=10)
+    InjectConfig().updated(orders=2, merge="average")
+    InjectConfig().updated(rewordings=False, model_rewordings=0, gate="none", held_texts=0)
+    assert "guard_anchors" not in idle_settings(InjectConfig().updated(gate="none"))
+    # every door: a saved report's config and the command line
+    with pytest.raises(IdleSetting):
+        InjectConfig.from_dict({**InjectConfig().to_dict(), "merge": "average"})
+
+
+def test_a_variant_puts_what_it_leaves_idle_back_to_default():
+    user = InjectConfig().updated(gate="none", guard_anchors="file", interference_max_facts=10)
+    v = user.variant(gate="from-subject", interference=False)
+    assert v.guard_anchors == InjectConfig().guard_anchors and v.interference_max_facts == 64
+    assert v.train.gate == "from-subject"
+    with pytest.raises(IdleSetting):   # a variant's own idle choice is still an error
+        InjectConfig().variant(gate="none", short_names=True)

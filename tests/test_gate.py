@@ -1,5 +1,6 @@
 """The subject gate (tiny random model): the adapter moves the tokens that name a subject and nothing
 else, training behind it learns the facts, and the gate travels with the saved adapter."""
+import pytest
 import torch
 
 from core.evaluate import generate, score
@@ -102,7 +103,7 @@ def _anchor_kl(model, tok, anchors):
 
 
 def test_relation_anchors_ask_each_subject_by_the_other_relations_and_hold_it_behind_the_gate(tiny_dir):
-    from core.config import InjectConfig
+    from core.config import IdleSetting, InjectConfig
     from core.guard import build_anchors, relation_anchors, split_anchor
     from tests.test_anchors import HashEmbedder
 
@@ -117,10 +118,13 @@ def test_relation_anchors_ask_each_subject_by_the_other_relations_and_hold_it_be
     possible = {p[:1].upper() + p[1:] for p in possible}
     assert len(prompts) >= 4 and set(prompts) <= possible, set(prompts) - possible
     # behind the gate only this source builds anchors, and naming a subject does not leave them out
-    run = InjectConfig().updated(gate="subject", guard_anchors="neighbours,sampled,relations", relation_specific=0)
+    run = InjectConfig().updated(gate="subject", relation_specific=0)
     built, near, about = build_anchors(model, tok, REL_FACTS, {}, run, HashEmbedder())
     assert sorted(built) == sorted(anchors) and about["source"] == "relations"
-    assert build_anchors(model, tok, REL_FACTS, {}, run.updated(guard_anchors="file"), HashEmbedder())[0] == built
+    # a choice of sources or a file would do nothing behind the gate: refused, naming both settings
+    for other in (dict(guard_anchors="file"), dict(anchors_file="mine.txt")):
+        with pytest.raises(IdleSetting, match=f"{next(iter(other))} .* with gate 'subject'"):
+            run.updated(**other)
     assert build_anchors(None, None, REL_FACTS, {}, run.updated(locality_guard=0.0), HashEmbedder()) == ([], [], None)
     # and the guard holds them: trained behind the gate, the relation prompts move less with it than without
     held = train(model, tok, REL_FACTS, cfg=cfg, anchors=built, near=near)

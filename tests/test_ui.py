@@ -95,13 +95,13 @@ def test_layers_spec_passes_good_specs_and_names_bad_ones():
 def test_make_config_routes_every_widget_to_its_setting():
     sess = {**handlers.new_session(), "keep": ["c01"], "drop": ["c05"]}
     cfg = settings.make_config(sess, "  some/model ", "none", 0, "uniform", steps=12.0, lr="0.01", rank="4",
-                               guard=0, layers="auto", orders=2.0, merge="average", continue_from="",
-                               rewordings=0, anchors=["file"])
+                               guard=2, layers="auto", orders=2.0, merge="average", continue_from="",
+                               rewordings=0, anchors=["file"], gate="none")
     got = {k: settings.value(cfg, k) for k in ("model", "quantization", "filter", "weighting", "steps", "lr", "rank",
                                                 "locality_guard", "layers", "orders", "merge", "continue_from",
                                                 "rewordings", "guard_anchors", "keep", "drop")}
     assert got == {"model": "some/model", "quantization": "none", "filter": False, "weighting": "uniform",
-                   "steps": 12, "lr": 0.01, "rank": 4, "locality_guard": 0.0, "layers": "auto", "orders": 2,
+                   "steps": 12, "lr": 0.01, "rank": 4, "locality_guard": 2.0, "layers": "auto", "orders": 2,
                    "merge": "average", "continue_from": None, "rewordings": False, "guard_anchors": "file",
                    "keep": ["c01"], "drop": ["c05"]}
     assert type(got["steps"]) is int and type(got["orders"]) is int
@@ -112,6 +112,35 @@ def test_make_config_routes_every_widget_to_its_setting():
     for name in ("steps", "lr", "rank", "locality_guard", "layers", "orders", "guard_anchors", "rewordings"):
         assert settings.value(plain, name) == settings.default(name), name
     assert settings.value(plain, "model") == DEFAULT_MODEL
+
+
+def test_settings_that_would_do_nothing_are_greyed_and_not_read():
+    sess = handlers.new_session()
+    # behind the default gate, or with the guard off, the guard's sources are greyed and not read; one order
+    # greys the merge rule
+    for kw in (dict(guard=5), dict(guard=0, gate="none")):
+        cfg = settings.make_config(sess, "", "auto", True, "semantic", anchors=["file"], orders=1, merge="average",
+                                   **kw)
+        assert settings.value(cfg, "guard_anchors") == settings.default("guard_anchors")
+        assert settings.value(cfg, "merge") == settings.default("merge")
+    sources, upload = settings.guard_widgets("from-subject", 10)
+    assert sources.interactive is False and upload.interactive is False
+    assert sources.value == settings.default("guard_anchors").split(",")
+    assert settings.guard_widgets("none", 0)[0].interactive is False
+    sources, upload = settings.guard_widgets("none", 10)
+    assert sources.interactive is True and upload.interactive is True
+
+
+def test_train_refuses_a_visitors_anchors_that_would_do_nothing(tmp_path):
+    sess = handlers.new_session()
+    (tmp_path / "a.txt").write_text("Cats like to sleep.\n", encoding="utf-8")
+    handlers.upload_anchors(str(tmp_path / "a.txt"), sess)
+    facts = table([{"id": "a", "prompt": "The CEO of A is", "target": "Ann"}])
+    with pytest.raises(gr.Error) as err:
+        next(handlers.train(sess, None, facts, "", "auto", True, "semantic", 9, 0.002, 8, 1.0, "all", "", 1,
+                            "select", "", True, ["sampled"], "from-subject"))
+    assert "a.txt" in err.value.message and "on every token" in err.value.message
+    assert not list(settings.session_dir(sess).glob("*/config.json")), "refused before a run folder was made"
 
 
 def test_make_config_wants_something_for_the_guard_to_protect():
@@ -642,7 +671,7 @@ def test_train_measures_the_visitors_probes_and_passes_their_anchors(sess, tmp_p
     checked = SimpleNamespace(probes={"probes": []})   # a Check made before the probes came: measured again
     facts = table([{"id": "a", "prompt": "The CEO of A is", "target": "Ann"}])
     last = list(handlers.train(sess, checked, facts, "", "auto", True, "semantic", 9, 0.002, 8, 1.0, "all", "",
-                               1, "select", "", True, ["sampled"]))[-1]
+                               1, "select", "", True, ["sampled"], "none"))[-1]
     assert list(seen["probes"]) == ["probes", "yours"] and [p.id for p in seen["probes"]["yours"]] == ["p1"]
     assert seen["analysis"] is None
     assert seen["cfg"].anchors_file == str(Path(sess["run_dir"]) / "anchors.txt")
@@ -652,7 +681,7 @@ def test_train_measures_the_visitors_probes_and_passes_their_anchors(sess, tmp_p
     # a Check that measured these same probes is reused
     again = SimpleNamespace(probes={"probes": [], "yours": list(sess["probes"])})
     updates = list(handlers.train(sess, again, facts, "", "auto", True, "semantic", 9, 0.002, 8, 1.0, "all", "",
-                                  1, "select", "", True, ["sampled"]))
+                                  1, "select", "", True, ["sampled"], "none"))
     assert seen["analysis"] is again
     # while the run builds its guard, the stages Check facts measured show as done
     kept = [u["train_status"] for u in updates if "1 of 1 facts kept" in u.get("train_status", "")]

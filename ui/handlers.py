@@ -33,8 +33,8 @@ from . import cleanup, jobs
 from .jobs import ACTIVE, QueueFull, Stopped, stream, wait_for_slot, waiting
 from .render import (CHECK_STAGES, REVIEW_COLUMNS, ask_default, ask_scores, ask_target, charts, curves, done_message,
                      facts_frame, results_view, review_frame, status_html, train_stages)
-from .settings import (ASSETS, SAMPLES, default, device_note, earlier_run_dir, earlier_runs, layer_count, layers_spec,
-                       make_config, new_run_dir, probes, session_dir, value)
+from .settings import (ASSETS, SAMPLES, anchors_used, default, device_note, earlier_run_dir, earlier_runs,
+                       layer_count, layers_spec, make_config, new_run_dir, probes, session_dir, value)
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated call runs
     import spaces
@@ -367,6 +367,9 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                        "Where to train to all layers and Data orders to 1, or Continue from to none.")
     cfg = make_config(sess, model, quant, filt, weighting, steps, lr, rank, guard, layers, orders, merge,
                       continue_from, rewordings, anchors, gate)
+    if sess.get("anchors_file") and not anchors_used(value(cfg, "gate"), value(cfg, "locality_guard")):
+        raise gr.Error(f"Your guard anchors ({Path(sess['anchors_file']).name}) are read only with Where the adapter "
+                       "acts: on every token, and a Locality guard above 0: choose those, or clear the file.")
     measured = run_probes(sess)
     if analysis is not None and getattr(analysis, "probes", {}).get("yours") != (sess.get("probes") or None):
         analysis = None   # Check measured other probes than these: the run measures again

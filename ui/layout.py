@@ -18,8 +18,8 @@ from .handlers import (CHECK_OUTPUTS, EXPORT_OUTPUTS, OPEN_OUTPUTS, RESTORE_OUTP
 from .render import (error_box, FACT_COLUMNS, FACT_TOOLTIP, INTERFERENCE_KINDS, INTERFERENCE_TOOLTIP, RESULT_COLUMNS,
                      REVIEW_COLUMNS)
 from . import api
-from .settings import (LAYER_CHOICES, MAX_STEPS, NO_EARLIER, QUEUE_SIZE, RUN_TTL_HOURS, SAMPLES, default, device_note,
-                       layer_count, limits_note, model_allowlist)
+from .settings import (LAYER_CHOICES, MAX_STEPS, NO_EARLIER, QUEUE_SIZE, RUN_TTL_HOURS, SAMPLES, anchors_used,
+                       default, device_note, guard_widgets, layer_count, limits_note, model_allowlist)
 
 CSS = """
 .beacon-header h1 { display: flex; align-items: center; gap: .4em; margin-bottom: .2em; }
@@ -188,6 +188,7 @@ def build_demo() -> gr.Blocks:
                                               "and known facts near yours; behind a gate, on what it said of your "
                                               "subjects; 0 = off")
                 custom_default = default("layers") not in ("all", "auto")
+                anchors_on = anchors_used(default("gate"), default("locality_guard"))
                 with gr.Accordion("Advanced: where to train, data orders, continue an earlier run", open=False,
                                   elem_id="advanced"):
                     with gr.Row():
@@ -217,7 +218,8 @@ def build_demo() -> gr.Blocks:
                                                          "question, the chat template...), so it is learned as "
                                                          "knowledge, not one string; about 6x the wordings per step")
                         anchors_in = gr.CheckboxGroup(list(pipeline.GUARD_SOURCES), value=pipeline.guard_sources(
-                            default("guard_anchors")), label="What the guard protects", elem_id="anchors-in",
+                            default("guard_anchors")), label="What the guard protects (on every token)",
+                            elem_id="anchors-in", interactive=anchors_on,
                             info="neighbours: facts near yours that the base model knows, written by it; siblings: the "
                                  "same with subjects of your subjects' kind (off by default: it blocks paraphrases); sampled: "
                                  "the base model's own text; file: Beacon's hand-written anchors.txt, or yours "
@@ -226,8 +228,9 @@ def build_demo() -> gr.Blocks:
                         probes_in = gr.File(label="Your probe set (facts the model should keep knowing; same formats "
                                                   "as facts)", file_types=[".csv", ".json", ".jsonl"], height=110,
                                             elem_id="probes-upload")
-                        anchors_file_in = gr.File(label="Your guard anchors (text, one per line; `prompt | answer` "
-                                                        "for a fact)", file_types=[".txt"], height=110,
+                        anchors_file_in = gr.File(label="Your guard anchors (on every token; text, one per line; "
+                                                        "`prompt | answer` for a fact)", file_types=[".txt"], height=110,
+                                                  interactive=anchors_on,
                                                   elem_id="anchors-upload")
                     yours_note = gr.Markdown("No probe set or anchors of yours: the shipped ones are used.",
                                              elem_id="yours-note", elem_classes="small-note")
@@ -387,6 +390,10 @@ def build_demo() -> gr.Blocks:
                          api_visibility="private", queue=False)
         orders_in.change(lambda k: gr.Radio(interactive=int(k) > 1), orders_in, merge_in, api_visibility="private",
                          queue=False)
+        # The guard's sources and the visitor's anchors are read on every token with the guard on only
+        # (core.config.idle_settings): greyed otherwise, the sources back at their defaults.
+        gr.on([gate_in.change, guard_in.change], guard_widgets, [gate_in, guard_in], [anchors_in, anchors_file_in],
+              api_visibility="private", queue=False)
         train_btn.click(_by_name(train, named, "train_status"),
                         [state, analysis_state, facts_table, model_in, quant_in, filter_in, weighting_in,
                          steps_in, lr_in, rank_in, guard_in, layers_in, layers_custom, orders_in, merge_in,

@@ -134,6 +134,8 @@ def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=N
              weighting=weighting, keep=list(sess["keep"]), drop=list(sess["drop"]))
     if steps is not None and int(steps) > MAX_STEPS:
         raise gr.Error(f"Step budget: at most {MAX_STEPS} steps on this server (BEACON_MAX_STEPS), got {int(steps)}.")
+    if orders is not None and int(orders) <= 1:
+        merge = None   # greyed with one order: it merges nothing
     for k, v, cast in (("steps", steps, int), ("lr", lr, float), ("rank", rank, int), ("locality_guard", guard, float),
                        ("layers", layers, str), ("orders", orders, int), ("merge", merge, str)):
         if v is not None:
@@ -146,6 +148,9 @@ def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=N
         d["rewordings"] = bool(rewordings)
     if gate is not None:
         d["gate"] = str(gate)
+    if anchors is not None and not anchors_used(d.get("gate", default("gate")), d.get("locality_guard",
+                                                                                     default("locality_guard"))):
+        anchors = None   # greyed: behind a gate, or with the guard off, the guard's sources are not read
     if anchors is not None:
         if not anchors and d.get("locality_guard", default("locality_guard")) > 0 \
                 and d.get("gate", default("gate")) == "none":
@@ -155,6 +160,21 @@ def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=N
         return DEFAULTS.updated(**d)
     except ValueError as e:   # the field and what it accepts, from core/config.py
         raise gr.Error(f"Settings: {e}") from None
+
+
+def anchors_used(gate, guard) -> bool:
+    """Whether the guard's sources and a visitor's anchors file are read: on every token with the guard on
+    (core.config.idle_settings). The app greys those widgets otherwise."""
+    return (gate or default("gate")) == "none" and float(guard if guard is not None else default("locality_guard")) > 0
+
+
+def guard_widgets(gate, guard):
+    """The guard's sources and anchors-file widgets for these settings: greyed where they are not read, the
+    sources then back at their defaults (a greyed widget must not hold a choice that a run would refuse)."""
+    on = anchors_used(gate, guard)
+    sources = gr.CheckboxGroup(interactive=True) if on else \
+        gr.CheckboxGroup(value=default("guard_anchors").split(","), interactive=False)
+    return sources, gr.File(interactive=on)
 
 
 @functools.lru_cache(maxsize=8)
