@@ -22,6 +22,8 @@ from .settings import (LAYER_CHOICES, MAX_STEPS, NO_EARLIER, QUEUE_SIZE, RUN_TTL
                        default, device_note, guard_widgets, layer_count, limits_note, model_allowlist)
 
 CSS = """
+/* a greyed choice (a setting the others leave idle) looks greyed, not merely unclickable */
+#anchors-in label:has(input:disabled), #merge-in label:has(input:disabled) { opacity: .45; }
 .beacon-header h1 { display: flex; align-items: center; gap: .4em; margin-bottom: .2em; }
 .beacon-header p { max-width: 62em; }
 .beacon-status { font-size: .95em; padding: .3em 0; }
