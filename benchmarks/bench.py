@@ -141,7 +141,7 @@ def gflops(flops_per_step, steps, seconds):
 # ---------------------------------------------------------------- (b) the plain peft + transformers loop
 
 def encode(tok, fact):
-    """(prompt ids, target ids): the same tokens Beacon trains on (core.evaluate.encode_pair, end=True),
+    """(prompt ids, target ids): the same tokens Beacon trains on (core.lm.encode_pair, end=True),
     so the two loops see the same data and differ only in how they train on it."""
     target = fact.target if fact.target[-1:] in ".!?" else fact.target + "."
     return tok(fact.prompt).input_ids, tok(" " + target, add_special_tokens=False).input_ids

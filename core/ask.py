@@ -7,7 +7,7 @@ from __future__ import annotations
 import functools
 import threading
 
-from .evaluate import generate, score
+from .lm import generate, score
 from .models import load_model
 from .rewordings import chat_prompt
 

@@ -333,13 +333,3 @@ def from_arguments(args: argparse.Namespace, base: InjectConfig | None = None) -
     """The config the options asked for: the defaults with every option given on the command line."""
     names = (_names(InjectConfig) | _names(TrainConfig)) - {"train"}
     return (base or InjectConfig()).updated(**{k: v for k, v in vars(args).items() if k in names})
-
-
-def gpu_seconds(n_facts: int, steps: int, orders: int = 1, wordings: int = 6) -> int:
-    """Seconds to reserve on a ZeroGPU Space for a run: loading and measuring (about 40 s plus 0.5 s
-    a fact for the before/after passes), then the step budget at a pessimistic 0.05 s per 32
-    wordings a step plus 0.25 s of guard and optimiser. Capped at ZeroGPU's 20-minute ceiling.
-    The same model as the estimate's on a GPU (core/estimate.py), at the whole budget."""
-    from .estimate import gpu_reservation
-
-    return gpu_reservation(n_facts, steps, orders, wordings)

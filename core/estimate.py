@@ -70,9 +70,10 @@ def gpu_step_seconds(n_facts: int, wordings: float) -> float:
     return 0.25 + 0.05 * max(1.0, n_facts * wordings / 32)
 
 
-def gpu_reservation(n_facts: int, steps: int, orders: int = 1, wordings: float = 6) -> int:
-    """What ZeroGPU reserves (core.config.gpu_seconds): every stage at the whole step budget, capped at
-    its 20-minute ceiling."""
+def gpu_seconds(n_facts: int, steps: int, orders: int = 1, wordings: float = 6) -> int:
+    """Seconds to reserve on a ZeroGPU Space for a run: every stage on a GPU (about 40 s plus 0.5 s a fact
+    outside training) and the whole step budget at a pessimistic 0.25 s plus 0.05 s per 32 wordings a step,
+    capped at ZeroGPU's 20-minute ceiling."""
     fixed = sum(a + b * n_facts for a, b in GPU.values())
     return int(min(1200, fixed + orders * steps * gpu_step_seconds(n_facts, wordings)))
 

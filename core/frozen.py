@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .evaluate import _decoder, collate
+from .lm import collate, decoder_of
 
 
 def first_open(gate, seqs: list[list[int]]) -> list[int]:
@@ -38,7 +38,7 @@ class FrozenPrefixes:
         self.kv: list[torch.Tensor | None] = [None] * len(seqs)
         dev = next(model.parameters()).device
         todo = sorted((i for i, c in enumerate(self.cut) if c > 0), key=self.cut.__getitem__)
-        decoder = _decoder(model)
+        decoder = decoder_of(model)
         with torch.no_grad(), model.disable_adapter():
             for b in range(0, len(todo), batch_size):
                 rows = todo[b:b + batch_size]
@@ -58,7 +58,7 @@ class FrozenPrefixes:
 
         cuts = [self.cut[i] for i in rows]
         width = max(cuts)
-        decoder = _decoder(model)
+        decoder = decoder_of(model)
         if width == 0:
             return decoder(input_ids=ids_rest, attention_mask=mask_rest).last_hidden_state
         dev = ids_rest.device

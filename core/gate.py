@@ -1,16 +1,19 @@
-"""The subject gate: the adapter acts only on the tokens that name a trained fact's subject.
+"""The subject gate: the adapter acts only from the tokens that name a trained fact's subject.
 
 A LoRA update on every token moves every prompt a little, and a probe whose answer leads its runner-up
 by a fraction of a nat flips (docs/results.md: the lost probes are the thin-margin ones). With the gate,
-each LoRA layer's update is multiplied by a mask that is 1 on the tokens of a subject ("Zentrix
-Robotics") and 0 elsewhere, so:
+each LoRA layer's update is multiplied by a mask computed from the token ids: with `from-subject` (the
+default) it is 1 from the first token of a subject ("Zentrix Robotics") to the end of the text, so the
+positions that read the relation after the subject ("Italy's capital city is") move too; with `subject`,
+1 on the subject's own tokens only. Either way:
 * text that names no trained subject runs through the base model exactly;
-* a fact is learned as something about its subject: every wording that names the subject sees the
-  changed subject tokens, and the positions after them read the change through attention (the
-  subject's tokens are where ROME and MEMIT edit too).
+* a fact is learned as something about its subject: every wording that names the subject opens the gate
+  (the subject's tokens are where ROME and MEMIT edit too).
 What it cannot do: change an answer to a prompt that does not name the subject as written (a pronoun,
-a description, another spelling). The mask is computed from the token ids of each forward call, so a
-subject split across two calls (a prompt cut between a cached prefix and the rest) is missed.
+a description, another spelling; `short_names` adds a subject's short forms). The mask is computed from the
+token ids of each forward call, so a subject split across two calls (a prompt cut between a cached prefix
+and the rest) is missed: core/frozen.py cuts every text before its subject. A gated adapter cannot be
+merged into the weights: loaded without the gate, its update acts on every token.
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ import json
 from pathlib import Path
 
 import torch
+
+from .lm import decoder_of
 
 GATE_FILE = "beacon_gate.json"
 
@@ -111,8 +116,6 @@ class SubjectGate:
     def attach(self, model) -> "SubjectGate":
         """Mask every LoRA update of `model` (a PeftModel). The decoder's input ids set the mask before
         each forward call; a call without ids (embeddings only) gets no update."""
-        from .evaluate import _decoder
-
         self.detach()
         if getattr(model, "_beacon_gate", None) is not None:   # one gate at a time: a new one replaces it
             model._beacon_gate.detach()
@@ -134,8 +137,8 @@ class SubjectGate:
                 return out * 0
             return out * m.unsqueeze(-1).to(out.dtype)
 
-        self._handles.append(_decoder(model).register_forward_pre_hook(set_mask, with_kwargs=True))
-        self._handles.append(_decoder(model).register_forward_hook(keep_state, with_kwargs=True))
+        self._handles.append(decoder_of(model).register_forward_pre_hook(set_mask, with_kwargs=True))
+        self._handles.append(decoder_of(model).register_forward_hook(keep_state, with_kwargs=True))
         for module in model.modules():
             lora_a = getattr(module, "lora_A", None)
             if isinstance(lora_a, torch.nn.ModuleDict):

@@ -6,8 +6,11 @@ adapter disabled. An anchor is plain text, or a fact written `prompt | answer`, 
 positions make up half its KL (averaged over the whole sentence, the one position that holds the
 knowledge would weigh a tenth, and that is where edits spill: "The capital of Canada is" -> "Toronto").
 
-Where anchors come from:
-* **Neighbours** (default), built from the base model itself, so they protect whatever the model
+Where anchors come from. Behind the subject gate (the default) text that names no subject cannot move, so the
+guard holds what the base model says of each edited subject: **relation anchors** (each subject asked by the
+other facts' relations), **held texts** (how the base model goes on after each fact and about each subject)
+and, with short names, **decoys**. On every token (gate none), `guard_anchors` chooses among:
+* **Neighbours** (with sampled, the default on every token), built from the base model itself, so they protect whatever the model
   knows near the facts rather than what a hand-written list resembles. For each fact, the prompt
   up to its subject ("The CEO of") is continued by the base model a few times to get other subjects
   ("Apple", "Google"); the fact's prompt with such a subject ("The CEO of Apple is") is answered by
@@ -15,7 +18,8 @@ Where anchors come from:
   then also holds "the telephone was invented by ..." where the base model had it. (In the spirit
   of the neighbourhood prompts of ROME/MEMIT, which those papers use to measure specificity;
   here they are the training constraint.)
-* **Hand-written** `assets/anchors.txt` (everyday text and general-knowledge facts), optional.
+* **Sampled**: text the base model writes itself in reply to topic-free requests.
+* **Hand-written** `assets/anchors.txt` (everyday text and general-knowledge facts), or the visitor's file.
 * Near anchors: half of each guard batch comes from the anchors nearest the facts (sentence-embedding
   cosine, round robin over facts so one relation with many facts does not take every place).
 An anchor that restates a fact's prompt or subject is left out: the guard would pull the model back
@@ -33,8 +37,8 @@ import torch
 
 from .config import GUARD_SOURCES, guard_sources  # noqa: F401 (the sources are declared with the settings)
 from .frozen import FrozenPrefixes
-from .evaluate import (ARTICLES, collate, decoder_states, encode_pair, generate, length_groups, normalise,
-                       prefix_groups, score)
+from .lm import (ARTICLES, collate, decoder_states, encode_pair, generate, length_groups, normalise, prefix_groups,
+                 score)
 
 ANCHORS_FILE = Path(__file__).resolve().parent.parent / "assets" / "anchors.txt"
 ANSWER_MARK = " | "

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .evaluate import collate, encode_pair, forward_targets, target_stats
+from .lm import collate, encode_pair, forward_targets, target_stats
 
 
 def _lora_params(model):

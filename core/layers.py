@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .evaluate import encode_pair
+from .lm import encode_pair
 
 
 def _parts(model):

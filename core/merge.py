@@ -76,9 +76,9 @@ def train_orders_and_merge(model, tok, facts, weights, cfg, layers, anchors, on_
     import math
     import random
 
-    from .evaluate import encode_pair
+    from .lm import encode_pair
     from .gate import reattach
-    from .train import TrainResult, _all_hits, add_lora, train
+    from .train import TrainResult, all_hits, add_lora, train
 
     tcfg = cfg.train
     n = len(facts)
@@ -97,7 +97,7 @@ def train_orders_and_merge(model, tok, facts, weights, cfg, layers, anchors, on_
         order = rng.sample(range(n), n)
         res = train(model, tok, facts, weights, kcfg, anchors=anchors[0], near=anchors[1], on_step=on_step,
                     should_stop=should_stop, order=order, prompts=prompts)
-        hit = dict(zip(ids, _all_hits(model, tok, pairs, device, bs)))
+        hit = dict(zip(ids, all_hits(model, tok, pairs, device, bs)))
         runs.append({"run": k, "order": [ids[i] for i in order], "steps": res.steps, "seconds": res.seconds,
                      "recall": round(sum(hit.values()) / n, 4), **_early_late([ids[i] for i in order], hit)})
         names.append(name)
@@ -121,7 +121,7 @@ def train_orders_and_merge(model, tok, facts, weights, cfg, layers, anchors, on_
     model.set_adapter(MERGED)
     for a in names:
         model.delete_adapter(a)
-    hit = dict(zip(ids, _all_hits(model, tok, pairs, device, bs)))
+    hit = dict(zip(ids, all_hits(model, tok, pairs, device, bs)))
     total.recalled = [hit[i] for i in ids]
     info = {"orders": K, "how": cfg.merge, "batch_size": bs, "svd_rank": tcfg.rank * K,
             "svd_relative_error": err, "runs": runs,

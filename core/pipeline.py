@@ -217,6 +217,85 @@ def _where_to_train(model, tok, kept_facts, cfg, emit):
     return parse_layers(cfg.layers, model.config.num_hidden_layers), None
 
 
+def _adapter(model, tok, info, cfg: InjectConfig, layers):
+    """(the model with the adapter to train, the earlier run's facts and their recall before, or None): a new
+    LoRA adapter, or with continue_from, an earlier run's adapter (and its gate) trained further."""
+    if not cfg.continue_from:
+        return attach_lora(model, cfg.train, "nf4" in info.quantization, layers), None
+    # sequential injection: train on top of an earlier run's adapter, watching its facts
+    from peft import PeftModel
+
+    from .gate import load_gate
+
+    earlier = {"facts": _load_earlier(cfg.continue_from)}
+    model = PeftModel.from_pretrained(model, str(Path(cfg.continue_from) / "adapter"), is_trainable=True)
+    if (earlier_gate := load_gate(tok, Path(cfg.continue_from) / "adapter")) is not None:
+        if cfg.train.gate != earlier_gate.kind:
+            raise ValueError(f"{cfg.continue_from} trained behind the subject gate: continue it with gate "
+                             f"'{earlier_gate.kind}'")
+        earlier_gate.attach(model)   # its facts are measured as they were trained
+    earlier["before"] = evaluate_facts(model, tok, earlier["facts"], forms=False)["facts"]
+    return model, earlier
+
+
+def _interference(model, tok, kept_facts, cfg: InjectConfig, emit) -> dict | None:
+    if not cfg.interference or len(kept_facts) < 2:
+        return None
+    emit("interference", "measuring interference between facts")
+    from .interference import interference
+
+    sub = kept_facts[:cfg.interference_max_facts]
+    return {"ids": [f.id for f in sub], **interference(model, tok, sub, cfg.train.lr)}
+
+
+def _gate(model, tok, facts, cfg: InjectConfig):
+    """The subject gate on `facts`' subjects, attached to the model; None with gate "none"."""
+    if cfg.train.gate == "none":
+        return None
+    from .gate import SubjectGate
+
+    return SubjectGate.for_facts(tok, facts, cfg.train.gate, cfg.train.short_names).attach(model)
+
+
+def _wordings(tok, kept_facts, written: dict, gate, cfg: InjectConfig) -> list[list[str]]:
+    """Each kept fact's training wordings: its prompt, Beacon's rewordings and the base model's own; behind the
+    gate, less those that do not name the subject (they cannot move)."""
+    prompts = [training_prompts(f, tok, forms=None if cfg.rewordings else (), own_paraphrases=cfg.train_paraphrases,
+                                seed=cfg.train.seed, short=cfg.train.short_names and gate is not None) + extra
+               for f, extra in zip(kept_facts, written["prompts"])]
+    if gate is not None:
+        prompts = [[p for j, p in enumerate(ps) if j == 0 or gate.covers(tok, p)] for ps in prompts]
+    return prompts
+
+
+def _measure_after(model, tok, analysis: Analysis, gate, cfg: InjectConfig, earlier: dict | None) -> dict:
+    """evaluate_facts after training, and the earlier run's facts' recall (earlier["after"]) when continuing one.
+    Behind the gate a text that names no kept subject runs through the base model exactly: its "after" is its
+    "before", copied and marked unchanged (a test checks the claim on the ungated path, where it fails)."""
+    unchanged = (lambda text: not gate.covers(tok, text)) if gate is not None else None
+    after = evaluate_facts(model, tok, analysis.unique, analysis.probes, cfg.train_paraphrases,
+                           neutral_text=neutral_text(), about_reference=analysis.before.get("subject_texts"),
+                           earlier=analysis.before, unchanged=unchanged)
+    if earlier:
+        earlier["after"] = evaluate_facts(model, tok, earlier["facts"], forms=False)["facts"]
+    return after
+
+
+def _measured(facts, probes, cfg: InjectConfig, model, analysis: Analysis | None, progress, stages):
+    """(model, analysis): the model loaded unless given, and the measurement before training unless `analysis`
+    holds one made on the same model."""
+    if cfg.continue_from and (cfg.layers != "all" or cfg.orders > 1):
+        # The earlier adapter fixes the layers and rank trained; merging orders would start from scratch.
+        raise ValueError("continue-from trains the earlier run's adapter as it is: use it with layers 'all' "
+                         "and a single data order")
+    if analysis is not None and analysis.model_key != (cfg.model, cfg.quantization):
+        analysis = None  # measured on another model: measure again
+    model = model or load(cfg)
+    if analysis is None:
+        analysis = analyze(facts, probes, cfg, model, progress, stages)
+    return model, analysis
+
+
 def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir=None, progress=None,
         should_stop=None, model=None, analysis: Analysis | None = None) -> Report:
     """Inject `facts`; returns the Report and, with out_dir, writes report.json, adapter/ and plots/.
@@ -225,17 +304,9 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
     stages, t_start = _Stages(), time.perf_counter()
     emit = _emitter(progress, stages)
     cfg = cfg or InjectConfig()
-    if cfg.continue_from and (cfg.layers != "all" or cfg.orders > 1):
-        # The earlier adapter fixes the layers and rank trained; merging orders would start from scratch.
-        raise ValueError("continue-from trains the earlier run's adapter as it is: use it with layers 'all' "
-                         "and a single data order")
     out = Path(out_dir) if out_dir else None
-    if analysis is not None and analysis.model_key != (cfg.model, cfg.quantization):
-        analysis = None  # measured on another model: measure again
-    if analysis is None:
-        model = model or load(cfg)
-        analysis = analyze(facts, probes, cfg, model, progress, stages)
-    model, tok, info = model or load(cfg)
+    model, analysis = _measured(facts, probes, cfg, model, analysis, progress, stages)
+    model, tok, info = model
     unique, probes = analysis.unique, analysis.probes
 
     # 1. check: which facts train, with which weights
@@ -250,32 +321,9 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
         anchors, near, guard_info = guard.build_anchors(model, tok, kept_facts, probes, cfg, embedder(), emit,
                                                         [analysis.before["facts"][i]["answer"] for i in kept])
         written = _model_rewordings(model, tok, kept_facts, cfg, emit)
-    earlier = None
-    if cfg.continue_from:  # sequential injection: train on top of an earlier run's adapter, watching its facts
-        from peft import PeftModel
-        earlier = {"facts": _load_earlier(cfg.continue_from)}
-        model = PeftModel.from_pretrained(model, str(Path(cfg.continue_from) / "adapter"), is_trainable=True)
-        from .gate import load_gate
-        if (earlier_gate := load_gate(tok, Path(cfg.continue_from) / "adapter")) is not None:
-            if cfg.train.gate != earlier_gate.kind:
-                raise ValueError(f"{cfg.continue_from} trained behind the subject gate: continue it with gate "
-                                 f"'{earlier_gate.kind}'")
-            earlier_gate.attach(model)   # its facts are measured as they were trained
-        earlier["before"] = evaluate_facts(model, tok, earlier["facts"], forms=False)["facts"]
-    else:
-        model = attach_lora(model, cfg.train, "nf4" in info.quantization, layers)
-    gate = None
-    if cfg.train.gate != "none":
-        from .gate import SubjectGate
-        gate = SubjectGate.for_facts(tok, kept_facts + (earlier["facts"] if earlier else []), cfg.train.gate,
-                                     cfg.train.short_names)
-        gate.attach(model)
-    inter = None
-    if cfg.interference and len(kept_facts) >= 2:
-        emit("interference", "measuring interference between facts")
-        from .interference import interference
-        sub = kept_facts[:cfg.interference_max_facts]
-        inter = {"ids": [f.id for f in sub], **interference(model, tok, sub, cfg.train.lr)}
+    model, earlier = _adapter(model, tok, info, cfg, layers)
+    gate = _gate(model, tok, kept_facts + (earlier["facts"] if earlier else []), cfg)
+    inter = _interference(model, tok, kept_facts, cfg, emit)
 
     # 3. train, tracking each fact's semantic distance
     u = semantic.target_vectors(model, tok, kept_facts)
@@ -290,11 +338,7 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
         emit("train", f"step {rec['step']}/{cfg.train.steps}  loss {rec['loss']:.3f}  recall {rec['recall']:.0%}"
                       f"{settle}", **rec, ids=[f.id for f in kept_facts])
 
-    prompts = [training_prompts(f, tok, forms=None if cfg.rewordings else (), own_paraphrases=cfg.train_paraphrases,
-                                seed=cfg.train.seed, short=cfg.train.short_names and gate is not None) + extra
-               for f, extra in zip(kept_facts, written["prompts"])]
-    if gate is not None:   # a wording that does not name the subject cannot move under the gate
-        prompts = [[p for j, p in enumerate(ps) if j == 0 or gate.covers(tok, p)] for ps in prompts]
+    prompts = _wordings(tok, kept_facts, written, gate, cfg)
     compute = precision.resolve(cfg.train.compute, model)
     emit("train", f"training LoRA (rank {cfg.train.rank}) on {len(kept_facts)} facts, {sum(map(len, prompts))} "
                   "wordings" + (f", layers {layers[0]}-{layers[-1]}" if layers else ""))
@@ -313,15 +357,8 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
 
     # 4. measure again
     emit("after", "measuring recall after training")
-    # Behind the gate a text that names no kept subject runs through the base model exactly: its "after" is its
-    # "before", copied and marked unchanged (a test checks the claim on the ungated path, where it fails).
-    unchanged = (lambda text: not gate.covers(tok, text)) if gate is not None else None
-    after = evaluate_facts(model, tok, unique, probes, cfg.train_paraphrases, neutral_text=neutral_text(),
-                           about_reference=analysis.before.get("subject_texts"), earlier=analysis.before,
-                           unchanged=unchanged)
+    after = _measure_after(model, tok, analysis, gate, cfg, earlier)
     dist_after = [s["distance"] for s in after["fact_scores"]]
-    if earlier:
-        earlier["after"] = evaluate_facts(model, tok, earlier["facts"], forms=False)["facts"]
 
     # 5. the report
     report = build_report(cfg, info, analysis, kept_facts, reasons, weights, after, dist_after, result, compute=compute,

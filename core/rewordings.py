@@ -22,8 +22,9 @@ must contain the target.
 from __future__ import annotations
 
 import random
+import re
 
-from .evaluate import ARTICLES
+from .lm import ARTICLES, generate, normalise
 
 # Short everyday sentences put before a prompt. None of them says anything about a fact, probe or anchor.
 CONTEXTS = (
@@ -126,9 +127,7 @@ def model_rewordings(model, tok, facts, per_fact: int = 3, seed: int = 0, avoid=
     run by its chief executive,").
     avoid(fact_index, prompts) -> the prompts to drop (the caller drops near copies of held-out
     paraphrases, so that generalisation is still measured on wordings never trained)."""
-    import re
 
-    from .evaluate import generate, normalise
 
     k = 2 * per_fact
     leads = [subject_lead(f) for f in facts]

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .evaluate import encode_pair, normalise
+from .lm import encode_pair, normalise, score
 
 CROWD_COSINE = 0.95
 
@@ -179,7 +179,6 @@ def categorize(model, tok, facts, greedy_answers: list[str], fact_scores: list[d
     (1 - (1 - q)^samples >= 0.5). Update: not known, and a sampled answer agrees with the greedy one on its
     first two words more often than not (g >= 0.5): the model has a stable answer that the fact replaces.
     New: otherwise. samples = 0 skips the sampled part: known only from the greedy answer, update never."""
-    from .evaluate import score
 
     heads = [" ".join(a.split()[:2]) for a in greedy_answers]
     rows = [i for i, h in enumerate(heads) if h and samples]

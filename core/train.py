@@ -22,13 +22,16 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from .config import TrainConfig
-from .evaluate import collate, encode_pair, first_targets, forward_targets, length_groups, prefix_groups, target_stats
+from .lm import (collate, encode_pair, first_targets, forward_targets, length_groups, prefix_groups,
+                 target_stats)
 from . import nullspace, precision
 from .frozen import FrozenPrefixes
+from .gate import SubjectGate
 from .guard import anchor_targets, anchor_text, guard_loss, guard_picks
 
 
@@ -144,7 +147,7 @@ def _forward_rows(model, pairs, pad_id, device, frozen=None, items=None):
 
 
 @torch.no_grad()
-def _all_hits(model, tok, pairs, device, batch_size, stop_on_miss: bool = False, frozen=None,
+def all_hits(model, tok, pairs, device, batch_size, stop_on_miss: bool = False, frozen=None,
               items: list[int] | None = None) -> list[bool]:
     """Teacher-forced hit of each pair (of `items`, default all), batch by batch; with stop_on_miss, only up to
     the first batch with a miss."""
@@ -167,7 +170,7 @@ def _confirm(result, item_hit, own, owner, model, tok, pairs, device, batch_size
     own prompts on the weights now (one no-grad pass over n short rows, not over every wording); True if all
     pass. A fact that fails is marked missed and training goes on."""
     mine = [k for k in range(len(pairs)) if own[k]]
-    hits = _all_hits(model, tok, pairs, device, batch_size, frozen=frozen, items=mine)
+    hits = all_hits(model, tok, pairs, device, batch_size, frozen=frozen, items=mine)
     for k, ok in zip(mine, hits):
         item_hit[k] = ok
         result.recalled[owner[k]] = ok
@@ -184,6 +187,124 @@ def _dynamic_weights(h, u, temperature: float = 2.0):
     z = (d - d.mean()) / (d.std() + 1e-6)
     w = torch.exp(temperature * z).clamp(0.25, 4.0)
     return (w / w.mean()).detach()
+
+
+def _schedule(pairs, owner, batch_size: int, rng, order):
+    """(steps an epoch, batch size, the batches, the same order item by item for focus). Equal-sized batches:
+    35 items at batch size 32 make 18 + 17, not 32 + 3, whose alternating step sizes made the loss see-saw.
+    order: a fixed order of facts, each fact's items kept together in it."""
+    n_items = len(pairs)
+    steps_per_epoch = math.ceil(n_items / batch_size)
+    batch_size = math.ceil(n_items / steps_per_epoch)
+    if order is not None:
+        order = [k for i in order for k in range(n_items) if owner[k] == i]
+    batches = _batches(n_items, batch_size, rng, order, lengths=[len(p) + len(t) for p, t in pairs])
+    return steps_per_epoch, batch_size, batches, (k for b in batches for k in b)
+
+
+def _next_batch(batches, stream, misses: list[int], batch_size: int, focus: bool) -> list[int]:
+    """The next batch of items: the epoch's next, or with focus, once at most half a batch is still missed, every
+    missed item and the epoch's next items after them (a few missed wordings would otherwise wait a whole epoch
+    between visits)."""
+    if 0 < len(misses) <= batch_size // 2:
+        return misses + _take(stream, batch_size - len(misses), skip=set(misses))
+    return next(batches) if not focus else _take(stream, batch_size)
+
+
+def _note_hits(result, item_hit, idx, own, owner, out) -> None:
+    """Each item's hit in this step's pass; a fact's own prompt also sets its recall and its loss curve."""
+    for j, k in enumerate(idx):
+        item_hit[k] = bool(out["hit"][j])
+        if own[k]:
+            result.recalled[owner[k]] = bool(out["hit"][j])
+            result.fact_curves[owner[k]].append(round(float(out["nll"][j]), 4))
+
+
+class _Stop:
+    """When training ends. Every item's last check passed, in its own step's pass, before that step's update: the
+    facts' own prompts are then confirmed on the updated weights before stopping, or, with settle steps (taken
+    once, the first time all are recalled), before those start and again after them."""
+
+    def __init__(self, settle: int):
+        self.left, self.until = settle, None
+
+    @property
+    def settling(self) -> bool:
+        return self.until is not None
+
+    def done(self, step: int, all_hit: bool, ready: bool, confirm) -> bool:
+        if self.until is not None:
+            if step < self.until:
+                return False
+            self.until = None
+            return confirm()
+        if not (ready and all_hit and confirm()):
+            return False
+        if self.left:
+            self.until, self.left = step + self.left, 0
+            return False
+        return True
+
+
+class _Fixed(NamedTuple):
+    """What every step reads and nothing in training changes."""
+    fast: object                 # precision.FrozenBf16: the step's passes in bf16 where that is faster
+    frozen: object | None        # behind the gate, each wording's tokens before its subject (core/frozen.py)
+    guard_set: object | None     # the guard's anchors and the base model's distributions on them
+    anchors: list
+    null: dict | None            # null-space bases, with null_space > 0
+    u: torch.Tensor | None       # target vectors, with dynamic weights
+
+
+def _prepare(model, tok, facts, cfg: TrainConfig, guarded: list, anchors, pairs, device) -> _Fixed:
+    """Everything computed once before the first step. The early-stop check runs without bf16, so "all
+    recalled" holds in the precision recall is measured in; the prefixes and the guard's targets are computed
+    in the step's precision, so the KL is 0 before the first update."""
+    fast = precision.FrozenBf16(model, precision.resolve(cfg.compute, model) == "bf16")
+    gate = getattr(model, "_beacon_gate", None)
+    frozen = guard_set = null = u = None
+    with fast.active():
+        if gate is not None:
+            frozen = FrozenPrefixes(model, gate, [p + t for p, t in pairs], [len(p) - 1 for p, _ in pairs],
+                                    tok.pad_token_id)
+        if guarded:
+            guard_set = anchor_targets(model, tok, guarded, device, gate=gate)
+    if cfg.null_space > 0 and len(anchors) > 0:
+        null = nullspace.bases(nullspace.input_covariances(model, tok, [anchor_text(a) for a in anchors]),
+                               cfg.null_space)
+        nullspace.project(model, null)
+    if cfg.weighting == "dynamic":
+        from .semantic import target_vectors
+        u = target_vectors(model, tok, facts).to(device)
+    return _Fixed(fast, frozen, guard_set, guarded, null, u)
+
+
+def _step(model, tok, opt, ctx: _Fixed, cfg: TrainConfig, batch, idx, wb, fidx, rng, near, device) -> dict:
+    """One optimiser step on `batch` (the items `idx` of facts `fidx`, weighted `wb`): the task's NLL, then the
+    guard's KL. Two backward passes add up to the same gradient as one on their sum, and each part's seconds can
+    be told apart: the profile the report keeps per step."""
+    clock = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    with ctx.fast.active():
+        nll, hit, h_last = _forward_rows(model, batch, tok.pad_token_id, device, ctx.frozen, idx)
+        if ctx.u is not None:
+            wb = wb * _dynamic_weights(h_last.detach(), ctx.u[fidx])
+        task = (nll * wb).mean()
+        task.backward()
+        t_task, clock = time.perf_counter() - clock, time.perf_counter()
+        g = torch.zeros(())
+        if ctx.guard_set is not None:
+            picks = guard_picks(rng, len(ctx.anchors), near, cfg.guard_batch, cfg.guard_near)
+            g = guard_loss(model, ctx.guard_set, picks, tok.pad_token_id, device, cfg.guard_margin)
+            (cfg.locality_guard * g).backward()
+        t_guard, clock = (time.perf_counter() - clock if ctx.guard_set is not None else 0.0), time.perf_counter()
+    opt.step()
+    if ctx.null is not None:
+        nullspace.project(model, ctx.null)
+    t_update = time.perf_counter() - clock
+    return {"nll": nll.detach(), "hit": hit, "h_last": h_last, "task": task.detach(), "guard": g.detach(),
+            "loss": task.detach() + cfg.locality_guard * g.detach(),
+            "time": dict(task=round(t_task, 3), guard=round(t_guard, 3), update=round(t_update, 3))}
 
 
 def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, anchors=(),
@@ -203,8 +324,7 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     every guard batch comes from them, the rest from all anchors.
     """
     cfg = cfg or TrainConfig()
-    if cfg.gate != "none" and getattr(model, "_beacon_gate", None) is None:
-        from .gate import SubjectGate
+    if cfg.gate != "none" and getattr(model, "_beacon_gate", None) is None:   # a caller that brought none
         SubjectGate.for_facts(tok, facts, cfg.gate, cfg.short_names).attach(model)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -223,38 +343,11 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
         return result
     item_hit = [False] * n_items
     guard = cfg.guarded and len(anchors) > 0
-    # The step's passes run with bf16 frozen layers where that is faster; the early-stop check runs
-    # without, so "all recalled" holds in the precision recall is measured in.
-    fast = precision.FrozenBf16(model, precision.resolve(cfg.compute, model) == "bf16")
-    gate = getattr(model, "_beacon_gate", None)
-    frozen = None
-    with fast.active():   # the same precision as the step's passes: KL is 0 before the first update
-        if gate is not None:   # each wording's tokens before its subject, computed once (core/frozen.py)
-            frozen = FrozenPrefixes(model, gate, [p + t for p, t in pairs], [len(p) - 1 for p, _ in pairs],
-                                    tok.pad_token_id)
-        if guard:
-            guard_set = anchor_targets(model, tok, list(anchors), device, gate=gate)
-    null = None
-    if cfg.null_space > 0 and len(anchors) > 0:
-        null = nullspace.bases(nullspace.input_covariances(model, tok, [anchor_text(a) for a in anchors]),
-                               cfg.null_space)
-        nullspace.project(model, null)
-    u = None
-    if cfg.weighting == "dynamic":
-        from .semantic import target_vectors
-        u = target_vectors(model, tok, facts).to(device)
+    ctx = _prepare(model, tok, facts, cfg, list(anchors) if guard else [], anchors, pairs, device)
 
-    # Equal-sized batches: 35 items at batch size 32 make 18 + 17, not 32 + 3, whose
-    # alternating step sizes made the loss see-saw.
-    steps_per_epoch = math.ceil(n_items / cfg.batch_size)
-    batch_size = math.ceil(n_items / steps_per_epoch)
-    if order is not None:   # a fixed order of facts: each fact's items stay together, in that order
-        order = [k for i in order for k in range(n_items) if owner[k] == i]
-    batches = _batches(n_items, batch_size, rng, order, lengths=[len(p) + len(t) for p, t in pairs])
-    stream = (k for b in batches for k in b)   # the same order item by item, for focus
+    steps_per_epoch, batch_size, batches, stream = _schedule(pairs, owner, cfg.batch_size, rng, order)
     t0 = time.perf_counter()
-    settle_left = cfg.settle_steps if guard else 0   # settle steps are taken once, the first time all are recalled
-    settle_until = None
+    stop = _Stop(cfg.settle_steps if guard else 0)
     model.train()
     try:
         for step in range(1, cfg.steps + 1):
@@ -262,67 +355,27 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
                 result.stopped = "cancelled"
                 break
             misses = [k for k in range(n_items) if not item_hit[k]] if cfg.focus and step > steps_per_epoch else []
-            if 0 < len(misses) <= batch_size // 2:
-                # The tail: a few wordings still missed would otherwise wait a whole epoch between visits.
-                idx = misses + _take(stream, batch_size - len(misses), skip=set(misses))
-            else:
-                idx = next(batches) if not cfg.focus else _take(stream, batch_size)
+            idx = _next_batch(batches, stream, misses, batch_size, cfg.focus)
             fidx = [owner[k] for k in idx]
-            # Two backward passes (task, then guard) add up to the same gradient as one on their sum,
-            # and each part's seconds can be told apart: the profile the report keeps per step.
-            clock = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            with fast.active():
-                nll, hit, h_last = _forward_rows(model, [pairs[k] for k in idx], tok.pad_token_id, device, frozen, idx)
-                nll_d = nll.detach()
-                wb = w[fidx]
-                if u is not None:
-                    wb = wb * _dynamic_weights(h_last.detach(), u[fidx])
-                task = (nll * wb).mean()
-                task.backward()
-                t_task, clock = time.perf_counter() - clock, time.perf_counter()
-                g = torch.zeros(())
-                if guard:
-                    picks = guard_picks(rng, len(anchors), near, cfg.guard_batch, cfg.guard_near)
-                    g = guard_loss(model, guard_set, picks, tok.pad_token_id, device, cfg.guard_margin)
-                    (cfg.locality_guard * g).backward()
-                t_guard, clock = (time.perf_counter() - clock if guard else 0.0), time.perf_counter()
-            loss = task.detach() + cfg.locality_guard * g.detach()
-            opt.step()
-            if null is not None:
-                nullspace.project(model, null)
-            t_update, clock = time.perf_counter() - clock, time.perf_counter()
-
+            out = _step(model, tok, opt, ctx, cfg, [pairs[k] for k in idx], idx, w[fidx], fidx, rng, near, device)
             mine = [j for j, k in enumerate(idx) if own[k]]
             if hidden_hook is not None and mine:
-                hidden_hook(step, [fidx[j] for j in mine], h_last[mine].detach())
-            for j, k in enumerate(idx):
-                item_hit[k] = bool(hit[j])
-                if own[k]:
-                    result.recalled[owner[k]] = bool(hit[j])
-                    result.fact_curves[owner[k]].append(round(float(nll_d[j]), 4))
-            recall = sum(result.recalled) / n
-            rec = dict(step=step, loss=round(float(loss.detach()), 4), task=round(float(task.detach()), 4),
-                       guard=round(float(g.detach()), 5), recall=round(recall, 4),
+                hidden_hook(step, [fidx[j] for j in mine], out["h_last"][mine].detach())
+            _note_hits(result, item_hit, idx, own, owner, out)
+            rec = dict(step=step, loss=round(float(out["loss"]), 4), task=round(float(out["task"]), 4),
+                       guard=round(float(out["guard"]), 5), recall=round(sum(result.recalled) / n, 4),
                        items=round(sum(item_hit) / n_items, 4),
-                       seconds=round(time.perf_counter() - t0, 2), settling=settle_until is not None,
-                       time=dict(task=round(t_task, 3), guard=round(t_guard, 3), update=round(t_update, 3)))
+                       seconds=round(time.perf_counter() - t0, 2), settling=stop.settling,
+                       time=out["time"])
             result.history.append(rec)
             result.steps = step
             if on_step is not None:
                 on_step({**rec, "per_fact": list(result.recalled)})
             # Every item's last check passed, in its own step's pass, before that step's update: the facts' own
             # prompts are confirmed on the updated weights before stopping, or before the settle steps start.
-            clock, done = time.perf_counter(), False
-            if settle_until is not None:
-                if step >= settle_until:
-                    settle_until = None
-                    done = _confirm(result, item_hit, own, owner, model, tok, pairs, device, batch_size, frozen)
-            elif cfg.early_stop and all(item_hit) and step >= steps_per_epoch:
-                if _confirm(result, item_hit, own, owner, model, tok, pairs, device, batch_size, frozen):
-                    done = not settle_left
-                    if settle_left:
-                        settle_until, settle_left = step + settle_left, 0
+            clock = time.perf_counter()
+            done = stop.done(step, all(item_hit), cfg.early_stop and step >= steps_per_epoch, lambda: _confirm(
+                result, item_hit, own, owner, model, tok, pairs, device, batch_size, ctx.frozen))
             rec["time"]["check"] = round(time.perf_counter() - clock, 3)
             if done:
                 result.stopped = "all recalled"

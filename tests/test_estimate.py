@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from core.config import InjectConfig, gpu_seconds
+from core.config import InjectConfig
+from core.estimate import gpu_seconds
 from core.estimate import (ORDER, REFERENCE_GFLOPS, REFERENCE_PARAMETERS, Estimate, duration, estimate,
                            model_parameters, remaining)
 

@@ -1,4 +1,5 @@
-from core.evaluate import normalise, recall_table, recalls, score
+from core.lm import normalise, score
+from core.evaluate import recall_table, recalls
 from core.models import load_model
 
 

@@ -4,8 +4,8 @@ real tokens only."""
 import pytest
 import torch
 
-from core import evaluate, guard, precision
-from core.evaluate import score
+from core import evaluate, guard, lm, precision
+from core.lm import score
 from core.train import train
 from core.facts import Fact
 from tests.test_train import FACTS, FACT_ANCHORS, _tiny
@@ -61,16 +61,16 @@ def test_a_shared_prefix_runs_once_and_generates_what_the_plain_path_does(tiny_d
     lead = "Sentence: The head chef of Lorimer Bistro is Anna Pell.\nIn other words: Lorimer Bistro's kitchen is run by"
     prompts = [f"{lead} {x}" for x in ("its chef.\nSentence: The mayor of Dunmore is", "a cook", "Anna",
                                        "the head chef, whose name is")]
-    assert evaluate._shared_prefix([tok(p).input_ids for p in prompts]) >= evaluate.PREFIX_MIN
+    assert lm._shared_prefix([tok(p).input_ids for p in prompts]) >= lm.PREFIX_MIN
     calls = []
-    hook = evaluate._decoder(model).register_forward_hook(lambda m, a, k, out: calls.append(k["input_ids"].shape),
+    hook = lm.decoder_of(model).register_forward_hook(lambda m, a, k, out: calls.append(k["input_ids"].shape),
                                                           with_kwargs=True)
-    fast = evaluate.generate(model, tok, prompts, max_new_tokens=6)
+    fast = lm.generate(model, tok, prompts, max_new_tokens=6)
     hook.remove()
     assert calls[0][0] == 1                                    # the prefix, once
     assert all(shape[1] < 20 for shape in calls[1:])           # rows never run the prefix again
-    monkeypatch.setattr(evaluate, "PREFIX_MIN", 10**9)
-    assert evaluate.generate(model, tok, prompts, max_new_tokens=6) == fast
+    monkeypatch.setattr(lm, "PREFIX_MIN", 10**9)
+    assert lm.generate(model, tok, prompts, max_new_tokens=6) == fast
 
 
 def test_grouped_guard_loss_equals_each_anchor_alone(tiny_dir):
@@ -85,7 +85,7 @@ def test_grouped_guard_loss_equals_each_anchor_alone(tiny_dir):
     targets = guard.anchor_targets(model, tok, anchors, "cpu")
     enc, start, _, held, _ = targets
     assert held == [False] * (len(anchors) - 2) + [True, True]
-    assert evaluate._shared_prefix([enc[-2], enc[-1]]) >= evaluate.PREFIX_MIN
+    assert lm._shared_prefix([enc[-2], enc[-1]]) >= lm.PREFIX_MIN
     picks = list(range(len(anchors)))
     got = guard.guard_loss(model, targets, picks, tok.pad_token_id, "cpu")
     want = 0.0
@@ -108,8 +108,8 @@ def test_recall_without_generating_what_teacher_forcing_already_recalls(tiny_dir
     train(model, tok, FACTS[:2], cfg=cfg)                       # two facts recalled, two not
     prompts, targets = [f.prompt for f in FACTS], [f.target for f in FACTS]
     recs = evaluate.recall_table(model, tok, prompts, targets)
-    budget = max(len(evaluate.encode_pair(tok, "", t)[1]) for t in targets) + 3   # as recall_table's
-    full = evaluate.generate(model, tok, prompts, max_new_tokens=budget)
+    budget = max(len(lm.encode_pair(tok, "", t)[1]) for t in targets) + 3   # as recall_table's
+    full = lm.generate(model, tok, prompts, max_new_tokens=budget)
     assert [r["recalled"] for r in recs] == [evaluate.recalls(a, t) for a, t in zip(full, targets)]
     assert [r["recalled"] for r in recs][:2] == [True, True]
     for r, a in zip(recs, full):
@@ -124,10 +124,10 @@ def test_chat_wordings_share_their_system_turn_in_training_and_scoring(tiny_dir,
     train(model, tok, FACTS, cfg=cfg)                           # LoRA's B is no longer zero: the prefix matters
     prompts = [chat_prompt(tok, f"Finish the sentence: {f.prompt}") for f in FACTS] + [f.prompt for f in FACTS]
     targets = [f.target for f in FACTS] * 2
-    pairs = [evaluate.encode_pair(tok, p, t, end=True) for p, t in zip(prompts, targets)]
-    groups = evaluate.prefix_groups(pairs)
+    pairs = [lm.encode_pair(tok, p, t, end=True) for p, t in zip(prompts, targets)]
+    groups = lm.prefix_groups(pairs)
     assert sorted(i for _, g in groups for i in g) == list(range(len(pairs)))
-    assert {i for s, g in groups if s >= evaluate.PREFIX_MIN for i in g} == set(range(len(FACTS)))
+    assert {i for s, g in groups if s >= lm.PREFIX_MIN for i in g} == set(range(len(FACTS)))
 
     def run():
         model.zero_grad(set_to_none=True)
@@ -138,8 +138,8 @@ def test_chat_wordings_share_their_system_turn_in_training_and_scoring(tiny_dir,
 
     model.train()
     fast = run()
-    monkeypatch.setattr(evaluate, "PREFIX_MIN", 10**9)          # every row runs its whole prompt
-    assert all(s == 0 for s, _ in evaluate.prefix_groups(pairs))
+    monkeypatch.setattr(lm, "PREFIX_MIN", 10**9)          # every row runs its whole prompt
+    assert all(s == 0 for s, _ in lm.prefix_groups(pairs))
     plain = run()
     assert torch.allclose(fast[0], plain[0], atol=1e-5) and torch.equal(fast[1], plain[1])
     assert torch.allclose(fast[2], plain[2], atol=1e-4)
@@ -157,14 +157,14 @@ def test_repeats_run_each_prompt_once_and_sample_what_repeated_prompts_do(lead):
     model, tok, _ = load_model()          # the real model: a random tiny one samples near-uniform noise
     prompts = [lead + p for p in ("The mayor of Dunmore is", "A cook", "Anna Pell, the head chef of the bistro, was born in")]
     kw = dict(max_new_tokens=5, sample=True, temperature=1.0, generator_seed=7, batch_size=8)
-    decoder = evaluate._decoder(model)
+    decoder = lm.decoder_of(model)
     seen = []
     hook = decoder.register_forward_hook(lambda m, a, k, out: seen.append(k["input_ids"].shape), with_kwargs=True)
-    fast = evaluate.generate(model, tok, prompts, repeats=4, **kw)
+    fast = lm.generate(model, tok, prompts, repeats=4, **kw)
     hook.remove()
     assert len(fast) == 12
     assert [s[0] for s in seen[:2]] == [1, 2] if lead else [s[0] for s in seen[:1]] == [2]   # prompts, not their repeats
-    plain = evaluate.generate(model, tok, [p for p in prompts for _ in range(4)], **kw)
+    plain = lm.generate(model, tok, [p for p in prompts for _ in range(4)], **kw)
     assert fast == plain
     assert len(set(fast)) > 3                                   # sampled, not one text copied
 
@@ -180,7 +180,7 @@ def test_the_sampler_draws_from_transformers_nucleus_distribution(top_p):
     flat = torch.randn(5000) * 0.05                        # the nucleus: thousands of tokens (the full-sort path)
     n = 20000
     scores = torch.stack([peaked] * n + [flat] * n)
-    got = evaluate._Sampler(0.8, top_p)(None, scores)
+    got = lm._Sampler(0.8, top_p)(None, scores)
     assert ((got == 0).sum(1) == 1).all()                  # one token left open per row
     drawn = got.argmax(1)
     for row, base in ((0, peaked), (n, flat)):
@@ -228,7 +228,7 @@ def test_behind_the_gate_the_tokens_before_a_subject_are_computed_once_and_nothi
     for n, p in model.named_parameters():      # an adapter that moves what it touches
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.05)
-    pairs = [evaluate.encode_pair(tok, p, f.target, end=True) for f in facts for p in training_prompts(f, tok)]
+    pairs = [lm.encode_pair(tok, p, f.target, end=True) for f in facts for p in training_prompts(f, tok)]
     frozen = FrozenPrefixes(model, gate, [p + t for p, t in pairs], [len(p) - 1 for p, _ in pairs], tok.pad_token_id)
     assert sum(c > 0 for c in frozen.cut) >= len(pairs) // 2 and max(frozen.cut) > 20   # the chat form's system turn
     anchors = [f"{facts[0].prompt} {facts[0].target}. |> It builds small robots for farms.",

@@ -3,7 +3,7 @@ else, training behind it learns the facts, and the gate travels with the saved a
 import pytest
 import torch
 
-from core.evaluate import generate, score
+from core.lm import generate, score
 from core.facts import Fact
 from core.gate import GATE_FILE, SubjectGate, load_gate
 from core.train import save_adapter, train
@@ -159,7 +159,7 @@ def test_the_onward_gate_opens_at_the_subject_and_stays_open_through_a_kv_cache(
         return tok.decode(seq[0, len(tok(prompt).input_ids):], skip_special_tokens=True)
 
     # decoding steps (one token a call) and a shared prefix run once (the chat turns) carry the open gate
-    from core.evaluate import PREFIX_MIN, _shared_prefix
+    from core.lm import PREFIX_MIN, _shared_prefix
     assert _shared_prefix([tok(c).input_ids for c in chat]) >= PREFIX_MIN
     for prompts in ([text, FACTS[1].prompt], chat):
         assert generate(model, tok, prompts, max_new_tokens=6) == [slow(p) for p in prompts]

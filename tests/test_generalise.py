@@ -96,7 +96,7 @@ def test_neutral_nll_is_the_mean_token_cross_entropy(tiny_dir):
 @pytest.mark.slow
 def test_neighbour_anchors_keep_the_relation_and_change_the_subject():
     """Built by the base model: the fact's prompt with another subject, answered by its greedy completion."""
-    from core.evaluate import generate
+    from core.lm import generate
 
     model, tok, _ = load_model()
     facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),
@@ -117,7 +117,7 @@ def test_neighbour_anchors_keep_the_relation_and_change_the_subject():
 
 @pytest.mark.slow
 def test_sibling_neighbours_keep_the_relation_around_subjects_of_the_same_kind():
-    from core.evaluate import generate
+    from core.lm import generate
 
     model, tok, _ = load_model()
     facts = [Fact("a", "The founder of Microsoft is", "Larry Page", "Microsoft", "founder"),
@@ -139,7 +139,7 @@ def test_siblings_are_the_listed_items_less_the_subject():
 
 
 def test_training_on_wordings_stops_when_every_wording_is_recalled(tiny_dir):
-    from core.evaluate import score
+    from core.lm import score
     from core.train import TrainConfig, attach_lora, train
 
     model, tok, _ = load_model(tiny_dir)

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from core import evaluate, measure_cache, pipeline
+from core import evaluate, lm, measure_cache, pipeline
 from core.config import InjectConfig
 from core.facts import load_facts
 from core.models import load_model
@@ -20,14 +20,14 @@ SAMPLES = [ASSETS / "counterfactual.csv", ROOT / "benchmarks" / "fresh" / "inven
 
 def _generated(model, tok, prompts, targets):
     """The definition the pass reads off: the greedy answer starts with the target at a word boundary."""
-    budget = max(len(evaluate.encode_pair(tok, "", t)[1]) for t in targets) + 3
-    return [evaluate.recalls(a, t) for a, t in zip(evaluate.generate(model, tok, prompts, budget), targets)]
+    budget = max(len(lm.encode_pair(tok, "", t)[1]) for t in targets) + 3
+    return [evaluate.recalls(a, t) for a, t in zip(lm.generate(model, tok, prompts, budget), targets)]
 
 
 def _chat_generated(model, tok, facts):
     prompts = [chat_form(tok, f) for f in facts]
-    budget = max(len(evaluate.encode_pair(tok, "", f.target)[1]) for f in facts) + 24
-    return [evaluate.mentions(a, f.target) for a, f in zip(evaluate.generate(model, tok, prompts, budget), facts)]
+    budget = max(len(lm.encode_pair(tok, "", f.target)[1]) for f in facts) + 24
+    return [evaluate.mentions(a, f.target) for a, f in zip(lm.generate(model, tok, prompts, budget), facts)]
 
 
 def _disagreements(model, tok, facts):

@@ -77,7 +77,7 @@ def test_qlora_trains_on_the_four_bit_model(tiny_dir):
 
 
 def test_zerogpu_reservation_grows_with_facts_steps_and_orders_and_is_capped():
-    from core.config import gpu_seconds
+    from core.estimate import gpu_seconds
 
     small, more_facts, more_steps = gpu_seconds(10, 100), gpu_seconds(100, 100), gpu_seconds(10, 300)
     assert 40 < small < more_facts and small < more_steps

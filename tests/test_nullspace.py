@@ -4,7 +4,7 @@ the facts are still learned."""
 import torch
 
 from core import nullspace
-from core.evaluate import score
+from core.lm import score
 from core.pipeline import default_anchors
 from tests.test_train import FACTS, _anchor_kl, _tiny
 from core.train import train

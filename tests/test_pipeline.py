@@ -21,10 +21,12 @@ def test_inject_cli_learns_facts_and_writes_report_and_adapter(tmp_path):
     lines = (ASSETS / "invented.csv").read_text().splitlines()
     facts.write_text("\n".join(lines[:3]) + "\n")  # header + 2 facts
     out = tmp_path / "out"
-    # The default method on 2 facts; only the guard's sampled texts are fewer (40 cost 40 s whatever the facts)
-    r = _cli("inject", "--facts", str(facts), "--out", str(out), "--steps", "40", "--sampled-anchors", "8",
-             "--no-plots")
+    # The default method on 2 facts (behind the gate the guard builds no sampled texts: --sampled-anchors is refused)
+    r = _cli("inject", "--facts", str(facts), "--out", str(out), "--steps", "40", "--no-plots")
     assert r.returncode == 0, r.stderr[-2000:]
+    idle = _cli("inject", "--facts", str(facts), "--out", str(tmp_path / "idle"), "--sampled-anchors", "8")
+    assert idle.returncode == 2 and "sampled_anchors 8 would do nothing: with gate 'from-subject'" in idle.stderr
+    assert not (tmp_path / "idle").exists()
     rep = json.loads((out / "report.json").read_text())
     s = rep["summary"]
     for k in ("facts_in", "facts_kept", "recall_before", "recall_after", "paraphrase_before", "paraphrase_after",

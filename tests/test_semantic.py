@@ -62,7 +62,8 @@ def test_semantic_weights_have_mean_one_and_follow_distance():
 def test_categories_and_distances_on_the_default_model(probes, invented):
     """Categories and distances come from the recall pass; they agree with the definitions they replace:
     categories drawn from 8 sampled answers, distances from a pass over the prompt alone."""
-    from core.evaluate import decoder_states, collate, evaluate_facts, generate, normalise, recalls
+    from core.lm import collate, decoder_states, generate, normalise
+    from core.evaluate import evaluate_facts, recalls
 
     model, tok, _ = load_model()
     facts = probes[:6] + invented[:6]

@@ -1,6 +1,6 @@
 import torch
 
-from core.evaluate import score
+from core.lm import score
 from core.facts import Fact
 from core.models import load_model
 from core.guard import anchor_targets as _anchor_targets, split_anchor, split_held

@@ -17,7 +17,8 @@ from typing import Literal, TypedDict
 import gradio as gr
 
 from core import pipeline
-from core.config import describe, gpu_seconds
+from core.config import describe
+from core.estimate import gpu_seconds
 from core.facts import FactsError, facts_from_rows, save_facts
 from core.models import ModelError
 
@@ -100,18 +101,11 @@ def inject(facts: list[FactRecord], model: str = default("model"), steps: int = 
         settings used, "files": {"adapter": zip, "report": report.json, "plots": zip, "facts": json}}; the
         records' other keys are kept in report.json
     """
-    if not isinstance(facts, list):
-        raise gr.Error('facts: expected a list of records like {"prompt": "...", "target": "..."}.')
-    try:
-        fact_list = facts_from_rows(facts, source="facts", item="record")
-    except FactsError as e:
-        raise gr.Error(str(e)) from None
+    fact_list = _records(facts)
     sess = handlers.new_session()
     try:   # make_config names a setting out of range; a value that is no number is refused here too
         cfg = make_config(sess, model, quantization, filter, weighting, steps, lr, rank, locality_guard,
                           rewordings=rewordings, gate=gate).updated(seed=int(seed))
-    except gr.Error:
-        raise
     except (TypeError, ValueError) as e:
         raise gr.Error(f"Settings: {e}") from None
     measured = handlers.run_probes(sess)
@@ -147,9 +141,23 @@ def inject(facts: list[FactRecord], model: str = default("model"), steps: int = 
             if run_dir is not None:
                 jobs.mark_running(run_dir, False)
             jobs.release(visitor)
+    return _result(run_id, report, run_dir)
+
+
+def _records(facts) -> list:
+    """The caller's fact records as Facts; a gr.Error that names the record and the problem otherwise."""
+    if not isinstance(facts, list):
+        raise gr.Error('facts: expected a list of records like {"prompt": "...", "target": "..."}.')
+    try:
+        return facts_from_rows(facts, source="facts", item="record")
+    except FactsError as e:
+        raise gr.Error(str(e)) from None
+
+
+def _result(run_id: str, report: dict, run_dir: Path) -> dict:
+    """What inject returns. Each fact without its metadata (the records' other keys, kept in report.json):
+    Gradio serves any dict in a result that is shaped like a file, and those keys are the caller's to shape."""
     files = {Path(p).name: Path(p) for p in handlers.downloads(run_dir)}
-    # Without each fact's metadata (the records' other keys, kept in report.json): Gradio serves any dict in a
-    # result that is shaped like a file, and those keys are the caller's to shape.
     facts_out = [{k: v for k, v in f.items() if k != "meta"} for f in report["facts"]]
     return {"run": run_id, "summary": report["summary"], "facts": facts_out, "config": report["config"],
             "files": {key: _file(files[name]) for key, name in (("adapter", "adapter.zip"), ("report", "report.json"),

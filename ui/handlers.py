@@ -22,8 +22,7 @@ import pandas as pd
 from core import export as core_export
 from core import pipeline
 from core.ask import ask
-from core.config import gpu_seconds
-from core.estimate import estimate, remaining
+from core.estimate import estimate, gpu_seconds, remaining
 from core.facts import FactsError, facts_from_rows, load_facts, save_facts
 from core.guard import read_anchors
 from core.models import ModelError
@@ -355,6 +354,83 @@ def estimate_note(sess, analysis, facts_df, model, quant, filt, weighting, steps
     return f"**Estimate**: training {what} takes {est.text} (up to {est.step_budget} steps)."
 
 
+def _keep_inputs(sess, facts, cfg, run_dir: Path):
+    """Written before anything can fail: the run folder holds what the person brought (the facts, their upload,
+    their anchors, the settings). Returns the config, reading the run's own copy of the anchors."""
+    save_facts(facts, run_dir / "facts.json")
+    if sess.get("upload") and Path(sess["upload"]).exists():
+        shutil.copyfile(sess["upload"], run_dir / f"uploaded-{Path(sess['upload']).name}")
+    if sess.get("anchors_file") and Path(sess["anchors_file"]).exists():
+        shutil.copyfile(sess["anchors_file"], run_dir / "anchors.txt")
+        cfg = cfg.updated(anchors_file=str(run_dir / "anchors.txt"))
+    (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+    return cfg
+
+
+class _Progress:
+    """What a running Train shows: the stages seen, the current one and its message, the loss and recall curves,
+    and the status line with its share done, seconds elapsed and Beacon's estimate of the seconds left."""
+
+    def __init__(self, cfg, stages, facts_df, analysis, t0: float):
+        """analysis: Check facts' measurement, whose stages are then done before the run starts."""
+        est = _run_estimate(cfg, _count_facts(facts_df, analysis, cfg), measured=analysis is not None)
+        reused = [k for k, _ in CHECK_STAGES] if analysis is not None else []
+        n_orders = value(cfg, "orders")
+        self.K = n_orders if n_orders > 1 and not value(cfg, "continue_from") else 1
+        self.budget, self.stages, self.est, self.t0 = value(cfg, "steps"), stages, est, t0
+        self.history, self.seen, self.current, self.message = [], reused, "check", "starting"
+        self.entered = [self.current, time.perf_counter()]   # the stage shown and when it began
+        self.order, self.last_step, self.offset = 0, 0, 0    # with K data orders, each counts its steps from 1
+
+    def take(self, payload: dict) -> bool:
+        """Note one progress record; whether it brought a training step."""
+        if payload["stage"] != self.current:
+            self.seen.append(self.current)
+        self.current, self.message = payload["stage"], payload["message"]
+        if "step" not in payload:
+            return False
+        if payload["step"] <= self.last_step:
+            self.order, self.offset = self.order + 1, self.offset + self.last_step
+        self.last_step = payload["step"]
+        self.history.append({**{k: payload[k] for k in ("loss", "task", "recall")},
+                             "step": self.offset + payload["step"]})
+        if self.K > 1:
+            self.message = f"order {self.order + 1}/{self.K}: {self.message}"
+        return True
+
+    def status(self, stopping: bool) -> str:
+        frac = {"train": 0.3 + 0.55 * min(1, (self.order + self.last_step / self.budget) / self.K), "after": 0.88,
+                "plots": 0.95}.get(self.current, 0.04 * len(set(self.seen)))
+        note = ("<div class='note'>Stopping after this step, then measuring what was learned…</div>"
+                if stopping and self.current == "train" else "")
+        if self.current != self.entered[0]:
+            self.entered[:] = [self.current, time.perf_counter()]
+        try:
+            left = remaining(self.est, self.current,
+                             step=self.offset + self.last_step if self.current == "train" else None,
+                             elapsed=time.perf_counter() - self.entered[1], done=self.seen)
+        except ValueError:   # a stage the estimate does not know: no guess
+            left = None
+        return status_html(self.stages, self.seen, self.current, frac, self.message, time.perf_counter() - self.t0,
+                           note, left)
+
+
+def _finished(sess, report: dict, run_dir: Path, shown: _Progress) -> dict:
+    """The page once a run is done: the results tab with every answer, the plots, the downloads, Ask."""
+    headline, table, summary, gallery = results_view(report, run_dir, settings.RUNS.parent,
+                                                     layer_count(report["config"]["model"]))
+    loss, recall = curves(shown.history)
+    inter_chart, dist_chart, recall_chart = charts(report)
+    return {"state": sess, "headline_md": headline, "summary_md": summary, "results_table": table, "plots": gallery,
+            "files_out": downloads(run_dir), "ask_prompt": ask_default(report), "ask_target": ask_target(report),
+            "ask_btn": gr.Button(interactive=True), "stop_btn": gr.Button(interactive=False),
+            **_export_state(run_dir), "tabs": gr.Tabs(selected="results"), "loss_plot": loss, "recall_plot": recall,
+            "earlier_in": gr.Dropdown(choices=earlier_runs(sess)), "interference_chart": inter_chart,
+            "distance_chart": dist_chart, "recall_chart": recall_chart,
+            "train_status": status_html(shown.stages, shown.seen, "done", 1, done_message(report),
+                                        time.perf_counter() - shown.t0)}
+
+
 @GPU(duration=_train_seconds)
 def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, rank, guard,
           layers_choice, layers_custom, orders, merge, earlier, rewordings=None, anchors=None, gate=None,
@@ -374,9 +450,6 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
     if analysis is not None and getattr(analysis, "probes", {}).get("yours") != (sess.get("probes") or None):
         analysis = None   # Check measured other probes than these: the run measures again
     stages = train_stages(cfg)
-    est = _run_estimate(cfg, _count_facts(facts_df, analysis, cfg), measured=analysis is not None)
-    n_orders, budget = value(cfg, "orders"), value(cfg, "steps")
-    K = n_orders if n_orders > 1 and not value(cfg, "continue_from") else 1
     key = visitor_of(sess, request)
     claim(key, "training")
     try:
@@ -388,14 +461,7 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
         raise
     streaming, stop = False, threading.Event()
     try:
-        # Written before anything can fail: the run folder always holds what the person brought.
-        save_facts(facts, run_dir / "facts.json")
-        if sess.get("upload") and Path(sess["upload"]).exists():
-            shutil.copyfile(sess["upload"], run_dir / f"uploaded-{Path(sess['upload']).name}")
-        if sess.get("anchors_file") and Path(sess["anchors_file"]).exists():   # the run keeps its own copy
-            shutil.copyfile(sess["anchors_file"], run_dir / "anchors.txt")
-            cfg = cfg.updated(anchors_file=str(run_dir / "anchors.txt"))
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+        cfg = _keep_inputs(sess, facts, cfg, run_dir)
         sess.update(stop=stop, run_dir=str(run_dir), report=None)
         ACTIVE[key] = stop
         t0 = time.perf_counter()
@@ -417,66 +483,23 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                                   should_stop=lambda: stop.is_set() or (run_dir / "STOP").exists())
             return report.to_dict()   # rendered and kept as report.json has it; "Ask" loads the saved adapter
 
-        # Measured by Check facts: those stages are done before the run starts.
-        reused = [k for k, _ in CHECK_STAGES] if analysis is not None else []
-        history, seen, current, message = [], reused, "check", "starting"
-        entered = [current, time.perf_counter()]   # the stage shown and when it began: its seconds so far
-        order, last_step, offset = 0, 0, 0  # with K data orders, each order's steps count from 1 again
+        shown = _Progress(cfg, stages, facts_df, analysis, t0)
         streaming = True   # from here the worker releases the lock, the visitor and the run folder
         for batch in stream(job, f"beacon-train-{sess['id']}", key, run_dir):
             new_steps = False
             for kind, payload in batch:
                 if kind == "progress":
-                    if payload["stage"] != current:
-                        seen.append(current)
-                    current, message = payload["stage"], payload["message"]
-                    if "step" in payload:
-                        if payload["step"] <= last_step:
-                            order, offset = order + 1, offset + last_step
-                        last_step = payload["step"]
-                        history.append({**{k: payload[k] for k in ("loss", "task", "recall")},
-                                        "step": offset + payload["step"]})
-                        new_steps = True
-                        if K > 1:
-                            message = f"order {order + 1}/{K}: {message}"
+                    new_steps |= shown.take(payload)
                 elif kind == "error":
                     saved = "the adapter saved so far and " if (run_dir / "adapter").exists() else ""
                     raise gr.Error(f"{payload} (your facts, {saved}the settings are kept in {run_dir.name}).")
                 else:
-                    report = payload
-                    sess["report"] = report
-                    headline, table, summary, gallery = results_view(report, run_dir, settings.RUNS.parent,
-                                                                     layer_count(report["config"]["model"]))
-                    loss, recall = curves(history)
-                    inter_chart, dist_chart, recall_chart = charts(report)
-                    yield {"state": sess, "headline_md": headline, "summary_md": summary, "results_table": table,
-                           "plots": gallery,
-                           "files_out": downloads(run_dir), "ask_prompt": ask_default(report),
-                           "ask_target": ask_target(report),
-                           "ask_btn": gr.Button(interactive=True), "stop_btn": gr.Button(interactive=False),
-                           **_export_state(run_dir),
-                           "tabs": gr.Tabs(selected="results"), "loss_plot": loss, "recall_plot": recall,
-                           "earlier_in": gr.Dropdown(choices=earlier_runs(sess)),
-                           "interference_chart": inter_chart, "distance_chart": dist_chart,
-                           "recall_chart": recall_chart,
-                           "train_status": status_html(stages, seen, "done", 1, done_message(report),
-                                                       time.perf_counter() - t0)}
+                    sess["report"] = payload
+                    yield _finished(sess, payload, run_dir, shown)
                     return
-            frac = {"train": 0.3 + 0.55 * min(1, (order + last_step / budget) / K), "after": 0.88,
-                    "plots": 0.95}.get(current, 0.04 * len(set(seen)))
-            note = ("<div class='note'>Stopping after this step, then measuring what was learned…</div>"
-                    if stop.is_set() and current == "train" else "")
-            if current != entered[0]:
-                entered[:] = [current, time.perf_counter()]
-            try:
-                left = remaining(est, current, step=offset + last_step if current == "train" else None,
-                                 elapsed=time.perf_counter() - entered[1], done=seen)
-            except ValueError:   # a stage the estimate does not know: no guess
-                left = None
-            update = {"train_status": status_html(stages, seen, current, frac, message, time.perf_counter() - t0, note,
-                                                  left)}
+            update = {"train_status": shown.status(stop.is_set())}
             if new_steps:
-                update["loss_plot"], update["recall_plot"] = curves(history)
+                update["loss_plot"], update["recall_plot"] = curves(shown.history)
             yield update
     except GeneratorExit:  # the page went away (tab closed, cancelled): don't train on for nobody
         stop.set()

@@ -1,0 +1,94 @@
+"""The code's shape, read from its source: no import cycles, no reaches into another module's private names,
+no function longer than a screen or two outside the page's layout, and core/ never imports Gradio."""
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("core", "ui")
+MAX_LINES = 80
+LONG_ALLOWED = {("ui/layout.py", "build_demo")}   # the page, one component after another
+
+
+def _modules() -> dict[str, Path]:
+    return {f"{pkg}.{p.stem}": p for pkg in PACKAGES for p in sorted((ROOT / pkg).glob("*.py")) if p.stem != "__init__"}
+
+
+def _imports(name: str, path: Path):
+    """(module imported, names taken from it) for every import in the file, at any depth (an import inside a
+    function is an edge too: it only hides a cycle until that function runs)."""
+    pkg = name.split(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = pkg + (f".{node.module}" if node.module else "") if node.level else (node.module or "")
+            yield base, [a.name for a in node.names]
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                yield a.name, []
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    graph = {m: set() for m in mods}
+    for m, path in mods.items():
+        for base, names in _imports(m, path):
+            targets = {base} | {f"{base}.{n}" for n in names}
+            graph[m] |= {t for t in targets if t in mods and t != m}
+    return graph
+
+
+def _cycle(graph):
+    """One import cycle as a list of modules, or None (depth-first search, three colours)."""
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                return stack[stack.index(n):] + [n]
+            if n not in state and (found := visit(n)):
+                return found
+        stack.pop()
+        state[m] = "done"
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    assert graph["core.evaluate"] >= {"core.lm", "core.rewordings"}, "the walk sees the imports"
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_no_module_takes_another_modules_private_names():
+    mods = _modules()
+    reaches = [(m, base, n) for m, path in mods.items() for base, names in _imports(m, path)
+               for n in names if base in mods and base != m and n.startswith("_") and not n.startswith("__")]
+    assert not reaches
+
+
+def test_core_never_imports_gradio():
+    for m, path in _modules().items():
+        if m.startswith("core."):
+            assert not [b for b, _ in _imports(m, path) if b.split(".")[0] == "gradio"], m
+
+
+def test_no_function_longer_than_80_lines_outside_the_layout():
+    long = []
+    for path in [ROOT / "app.py", *[p for pkg in PACKAGES for p in sorted((ROOT / pkg).glob("*.py"))]]:
+        rel = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (rel, node.name) not in LONG_ALLOWED:
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_LINES:
+                    long.append(f"{rel}:{node.lineno} {node.name} ({n} lines)")
+    assert not long, long
