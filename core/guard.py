@@ -134,25 +134,6 @@ def _answer(text: str) -> str:
     return re.split(r"[.,;:!?\n]|\s-\s", text.strip(), maxsplit=1)[0].strip()
 
 
-# A list prompt whose examples share nothing with the samples or probes: the model goes on listing
-# things of the subject's own kind ("Microsoft," -> " Apple, Google, Facebook").
-_LIST = ("Lists of things of one kind:\n1. Toyota, Honda, Ford, BMW, Nissan\n2. the Nile, the Danube, the "
-         "Mississippi, the Rhine\n3. the violin, the cello, the flute, the piano\n4. {subject},")
-
-
-def _siblings(texts: list[str], subject: str) -> list[str]:
-    """Items of the model's list continuations, less the subject itself and names that contain it."""
-    own, out = normalise(subject), []
-    for text in texts:
-        for item in text.split("\n")[0].split(","):
-            item = item.strip().strip(".").strip()
-            key = normalise(item)
-            if 2 <= len(key) <= 40 and own not in key and key not in own and len(item.split()) <= 5 \
-                    and item not in out and not re.search(r"\b(etc|and so on)\b", key):
-                out.append(item)
-    return out
-
-
 @torch.no_grad()
 def neighbour_anchors(model, tok, facts, per_fact: int = 5, seed: int = 0, siblings: bool = False) -> list[str]:
     """Fact anchors `prompt | answer` that share a fact's relation with other subjects, the subjects
@@ -165,10 +146,14 @@ def neighbour_anchors(model, tok, facts, per_fact: int = 5, seed: int = 0, sibli
     spans = [(f, s) for f, s in spans if s]
     if not spans or per_fact <= 0:
         return []
+    if siblings:
+        from .experimental.siblings import siblings as sibling_items
     k = 2 * per_fact
     greedy, sampled_lists, led = [], [], []
     if siblings:
-        lists = [_LIST.format(subject=f.subject) for f, _ in spans]
+        from .experimental.siblings import LIST
+
+        lists = [LIST.format(subject=f.subject) for f, _ in spans]
         greedy = generate(model, tok, lists, max_new_tokens=20)
         sampled_lists = generate(model, tok, lists, max_new_tokens=20, sample=True, temperature=0.9, top_p=0.9,
                                  generator_seed=seed + 3, repeats=2)
@@ -182,7 +167,7 @@ def neighbour_anchors(model, tok, facts, per_fact: int = 5, seed: int = 0, sibli
     prompts = []
     for j, (f, (before, after)) in enumerate(spans):
         words = len(f.subject.split()) + 1
-        candidates = _siblings([greedy[j], *sampled_lists[2 * j:2 * j + 2]], f.subject) if siblings else \
+        candidates = sibling_items([greedy[j], *sampled_lists[2 * j:2 * j + 2]], f.subject) if siblings else \
             [_clean_subject(t, words) for t in by_lead.get(j, [])]
         got = 0
         for subj in candidates:
@@ -641,17 +626,6 @@ def _real_logprobs(model, seqs: list[list[int]], pad_id, device, froms=None, sha
     return torch.log_softmax(model.get_output_embeddings()(h[rows, cols]).float(), -1)
 
 
-def margin_drop(p_base, logp, k: int = 4):
-    """Per position, the mean squared shrink of the base model's lead: how far the tuned model's
-    log-prob gap between the base's first choice and each of its next k-1 choices fell below the
-    base's gap (a gap that grows costs nothing). KL barely sees a flip between two near-equal tokens
-    (50/50 -> 40/60 is 0.02 nats), and greedy answers are exactly such flips."""
-    top = p_base.topk(k, -1).indices
-    lb, lt = p_base.gather(-1, top), logp.gather(-1, top)
-    drop = (lb[:, :1] - lb[:, 1:]) - (lt[:, :1] - lt[:, 1:])
-    return drop.clamp(min=0).pow(2).mean(-1)
-
-
 def guard_loss(model, anchors, picks, pad_id, device, margin: float = 0.0):
     """Mean over the picked anchors of KL(base || tuned), each anchor averaged over its positions;
     a fact anchor's answer positions count as half its KL, and a held text's context not at all. With
@@ -668,6 +642,7 @@ def guard_loss(model, anchors, picks, pad_id, device, margin: float = 0.0):
         p_base = torch.cat([base[i][f - start[i] if held[i] else f:] for i, f in zip(rows, froms)]).float()
         kl = (p_base.exp() * (p_base - logp)).sum(-1)                  # per position that counts
         if margin:
+            from .experimental.margin import margin_drop
             kl = kl + margin * margin_drop(p_base, logp)
         at = 0
         for i, f in zip(rows, froms):

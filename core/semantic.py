@@ -267,7 +267,7 @@ WEIGHTINGS = ("semantic", "dynamic", "uniform")
 
 def loss_weights(distances, mode: str = "semantic") -> list[float]:
     """Static weights from the distances before training. "dynamic" starts from uniform: its weights
-    come from the distances at each step (core.train._dynamic_weights)."""
+    come from the distances at each step (core.experimental.dynamic)."""
     d = np.asarray(distances, dtype=float)
     if mode not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, not {mode!r}")

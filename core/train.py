@@ -5,7 +5,7 @@ mean target-token NLL of each fact, times that fact's weight, averaged over the 
 locality guard adds W * KL(base || tuned) on unrelated anchor text: the base model's
 next-token distributions are computed once, with the adapter disabled, and the tuned model
 is pulled towards them, so it learns the facts without rewriting what it knew. With `null_space`,
-LoRA's A matrices are also kept out of the input directions the anchors use (core/nullspace.py),
+LoRA's A matrices are also kept out of the input directions the anchors use (core/experimental/nullspace.py),
 projected once before training and again after every optimiser step.
 
 Early stop is read off the training passes: each step's forward pass already holds the logits of
@@ -18,6 +18,7 @@ about the learning rate whatever the size of the loss, so most likely the facts 
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -29,7 +30,7 @@ import torch
 from .config import TrainConfig
 from .lm import (collate, encode_pair, first_targets, forward_targets, length_groups, prefix_groups,
                  target_stats)
-from . import nullspace, precision
+from . import precision
 from .frozen import FrozenPrefixes
 from .gate import SubjectGate
 from .guard import anchor_targets, anchor_text, guard_loss, guard_picks
@@ -177,18 +178,6 @@ def _confirm(result, item_hit, own, owner, model, tok, pairs, device, batch_size
     return all(hits)
 
 
-def _dynamic_weights(h, u, temperature: float = 2.0):
-    """Weights from the semantic distance as it is now: d = 1 - cos(h, u) at each item's last prompt
-    token, z-scored within the batch, w = exp(temperature * z) clipped to [0.25, 4], mean 1. Static
-    distances bunch (weights 0.77-1.10 on the samples); the z-score makes the spread count."""
-    d = 1 - torch.nn.functional.cosine_similarity(h.float(), u.float(), dim=-1)
-    if len(d) < 2:
-        return torch.ones_like(d)
-    z = (d - d.mean()) / (d.std() + 1e-6)
-    w = torch.exp(temperature * z).clamp(0.25, 4.0)
-    return (w / w.mean()).detach()
-
-
 def _schedule(pairs, owner, batch_size: int, rng, order):
     """(steps an epoch, batch size, the batches, the same order item by item for focus). Equal-sized batches:
     35 items at batch size 32 make 18 + 17, not 32 + 3, whose alternating step sizes made the loss see-saw.
@@ -252,7 +241,7 @@ class _Fixed(NamedTuple):
     frozen: object | None        # behind the gate, each wording's tokens before its subject (core/frozen.py)
     guard_set: object | None     # the guard's anchors and the base model's distributions on them
     anchors: list
-    null: dict | None            # null-space bases, with null_space > 0
+    null: object | None          # with null_space > 0: project the LoRA A matrices again
     u: torch.Tensor | None       # target vectors, with dynamic weights
 
 
@@ -270,9 +259,10 @@ def _prepare(model, tok, facts, cfg: TrainConfig, guarded: list, anchors, pairs,
         if guarded:
             guard_set = anchor_targets(model, tok, guarded, device, gate=gate)
     if cfg.null_space > 0 and len(anchors) > 0:
-        null = nullspace.bases(nullspace.input_covariances(model, tok, [anchor_text(a) for a in anchors]),
-                               cfg.null_space)
-        nullspace.project(model, null)
+        from .experimental import nullspace
+        null = functools.partial(nullspace.project, model, nullspace.bases(
+            nullspace.input_covariances(model, tok, [anchor_text(a) for a in anchors]), cfg.null_space))
+        null()
     if cfg.weighting == "dynamic":
         from .semantic import target_vectors
         u = target_vectors(model, tok, facts).to(device)
@@ -288,7 +278,8 @@ def _step(model, tok, opt, ctx: _Fixed, cfg: TrainConfig, batch, idx, wb, fidx, 
     with ctx.fast.active():
         nll, hit, h_last = _forward_rows(model, batch, tok.pad_token_id, device, ctx.frozen, idx)
         if ctx.u is not None:
-            wb = wb * _dynamic_weights(h_last.detach(), ctx.u[fidx])
+            from .experimental.dynamic import dynamic_weights
+            wb = wb * dynamic_weights(h_last.detach(), ctx.u[fidx])
         task = (nll * wb).mean()
         task.backward()
         t_task, clock = time.perf_counter() - clock, time.perf_counter()
@@ -300,7 +291,7 @@ def _step(model, tok, opt, ctx: _Fixed, cfg: TrainConfig, batch, idx, wb, fidx, 
         t_guard, clock = (time.perf_counter() - clock if ctx.guard_set is not None else 0.0), time.perf_counter()
     opt.step()
     if ctx.null is not None:
-        nullspace.project(model, ctx.null)
+        ctx.null()
     t_update = time.perf_counter() - clock
     return {"nll": nll.detach(), "hit": hit, "h_last": h_last, "task": task.detach(), "guard": g.detach(),
             "loss": task.detach() + cfg.locality_guard * g.detach(),

@@ -1,6 +1,9 @@
 """The code's shape, read from its source: no import cycles, no reaches into another module's private names,
 no function longer than a screen or two outside the page's layout, and core/ never imports Gradio."""
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -10,16 +13,18 @@ LONG_ALLOWED = {("ui/layout.py", "build_demo")}   # the page, one component afte
 
 
 def _modules() -> dict[str, Path]:
-    return {f"{pkg}.{p.stem}": p for pkg in PACKAGES for p in sorted((ROOT / pkg).glob("*.py")) if p.stem != "__init__"}
+    return {".".join(p.relative_to(ROOT).with_suffix("").parts): p for pkg in PACKAGES
+            for p in sorted((ROOT / pkg).rglob("*.py")) if p.stem != "__init__"}
 
 
 def _imports(name: str, path: Path):
     """(module imported, names taken from it) for every import in the file, at any depth (an import inside a
     function is an edge too: it only hides a cycle until that function runs)."""
-    pkg = name.split(".")[0]
+    package = name.split(".")[:-1]
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
-            base = pkg + (f".{node.module}" if node.module else "") if node.level else (node.module or "")
+            here = ".".join(package[:len(package) - node.level + 1])
+            base = here + (f".{node.module}" if node.module else "") if node.level else (node.module or "")
             yield base, [a.name for a in node.names]
         elif isinstance(node, ast.Import):
             for a in node.names:
@@ -84,7 +89,7 @@ def test_core_never_imports_gradio():
 
 def test_no_function_longer_than_80_lines_outside_the_layout():
     long = []
-    for path in [ROOT / "app.py", *[p for pkg in PACKAGES for p in sorted((ROOT / pkg).glob("*.py"))]]:
+    for path in [ROOT / "app.py", *[p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))]]:
         rel = path.relative_to(ROOT).as_posix()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (rel, node.name) not in LONG_ALLOWED:
@@ -92,3 +97,35 @@ def test_no_function_longer_than_80_lines_outside_the_layout():
                 if n > MAX_LINES:
                     long.append(f"{rel}:{node.lineno} {node.name} ({n} lines)")
     assert not long, long
+
+
+def test_the_default_path_never_imports_what_did_not_help(tiny_dir):
+    # Statically: outside core/experimental/, it is imported only inside a function (where its setting is on) ...
+    for m, path in _modules().items():
+        if m.startswith("core.experimental"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert not [n for n in top if "experimental" in (getattr(n, "module", None) or "")
+                    or any("experimental" in a.name for a in n.names)], m
+    # ... and at run time: the app, a default guarded training run behind the gate, then one with each setting on.
+    script = f"""
+import sys
+import app
+from tests.test_train import FACTS, FACT_ANCHORS, _tiny
+from core.train import train
+model, tok, cfg = _tiny({str(tiny_dir)!r}, steps=3, early_stop=False, gate="from-subject")
+train(model, tok, FACTS, cfg=cfg, anchors=FACT_ANCHORS)
+print(sorted(m for m in sys.modules if m.startswith("core.experimental")))
+model, tok, cfg = _tiny({str(tiny_dir)!r}, steps=2, early_stop=False, gate="none", null_space=0.9,
+                        weighting="dynamic", guard_margin=1.0)
+train(model, tok, FACTS, cfg=cfg, anchors=FACT_ANCHORS)
+print(sorted(m for m in sys.modules if m.startswith("core.experimental")))
+"""
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    default, switched_on = r.stdout.strip().splitlines()[-2:]
+    assert default == "[]"
+    assert switched_on == str(["core.experimental", "core.experimental.dynamic", "core.experimental.margin",
+                               "core.experimental.nullspace"])

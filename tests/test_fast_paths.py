@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from core import evaluate, guard, lm, precision
+from core.experimental.margin import margin_drop
 from core.lm import score
 from core.train import train
 from core.facts import Fact
@@ -199,7 +200,7 @@ def test_margin_term_sees_the_flip_that_kl_barely_does(tiny_dir):
     base = torch.log_softmax(torch.tensor([[1.0, 0.9, -2.0, -2.0, -2.0], [3.0, 0.0, 0.0, -1.0, -1.0]]), -1)
     tuned = torch.log_softmax(torch.tensor([[0.8, 1.1, -2.0, -2.0, -2.0], [5.0, 0.0, 0.0, -1.0, -1.0]]), -1)
     kl = (base.exp() * (base - tuned)).sum(-1)
-    drop = guard.margin_drop(base, tuned)
+    drop = margin_drop(base, tuned)
     assert kl[0] < 0.02 and drop[0] > 0.05 and drop[0] > 3 * kl[0]    # the flip: tiny KL, a clear margin cost
     assert drop[1] == 0 and kl[1] > 0                                # a wider lead costs no margin
     # in the guard: zero weight is the KL guard exactly; a positive weight adds the margin term

@@ -132,7 +132,7 @@ def test_sibling_neighbours_keep_the_relation_around_subjects_of_the_same_kind()
 
 
 def test_siblings_are_the_listed_items_less_the_subject():
-    from core.guard import _siblings
+    from core.experimental.siblings import siblings as _siblings
 
     got = _siblings([" Apple, Google, Microsoft Corp, etc.\n5. cars", " Apple, the IBM company, IBM."], "Microsoft")
     assert got == ["Apple", "Google", "the IBM company", "IBM"]
@@ -159,7 +159,7 @@ def test_training_on_wordings_stops_when_every_wording_is_recalled(tiny_dir):
 
 
 def test_dynamic_weights_favour_the_far_facts():
-    from core.train import _dynamic_weights
+    from core.experimental.dynamic import dynamic_weights as _dynamic_weights
 
     u = torch.eye(4)
     h = torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, -1]])

@@ -1,9 +1,9 @@
-"""The null-space constraint (core/nullspace.py) on a tiny random model: the update is kept out of
+"""The null-space constraint (core/experimental/nullspace.py) on a tiny random model: the update is kept out of
 the directions the anchors' inputs use, so the tuned model reads the anchors as the base did, and
 the facts are still learned."""
 import torch
 
-from core import nullspace
+from core.experimental import nullspace
 from core.lm import score
 from core.pipeline import default_anchors
 from tests.test_train import FACTS, _anchor_kl, _tiny

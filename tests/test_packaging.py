@@ -43,6 +43,7 @@ def test_beacon_command_runs_the_cli():
 
 def test_every_package_of_the_app_is_packaged():
     setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    found = {p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name != "tests"}
+    found = {".".join(p.parent.relative_to(ROOT).parts) for pattern in ("*/__init__.py", "*/*/__init__.py")
+             for p in ROOT.glob(pattern) if p.parts[len(ROOT.parts)] not in ("tests", ".venv")}
     assert {"core", "ui"} <= found and set(setup["packages"]) == found   # `beacon app` imports ui
     assert setup["py-modules"] == ["app"]

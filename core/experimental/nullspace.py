@@ -28,7 +28,7 @@ def lora_layers(model) -> dict[str, torch.nn.Module]:
 def input_covariances(model, tok, texts: list[str], batch_size: int = 16) -> dict[str, torch.Tensor]:
     """K0ᵀK0 / n of each LoRA layer's inputs over every token of `texts` (adapter off). Layers that
     read the same input tensor (q, k, v; gate, up) share one matrix: the same tensor object."""
-    from .lm import collate
+    from ..lm import collate
 
     layers = lora_layers(model)
     dev = next(model.parameters()).device
