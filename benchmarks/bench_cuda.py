@@ -219,7 +219,7 @@ def build_big(a, tok_dir, out_dir) -> int:
 
 
 def beacon_speed(path, facts, prompts, quant, steps, warm, upcast=True) -> dict:
-    from core.guard import read_anchors
+    from core.anchors import read_anchors
     from core.train import attach_lora, train
 
     fresh_gpu()

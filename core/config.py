@@ -109,7 +109,7 @@ class TrainConfig:
     @property
     def guarded(self) -> bool:
         """The guard runs where it has anchors: behind the subject gate only the relation anchors, which
-        name a subject (core/guard.py build_anchors)."""
+        name a subject (core/anchor_sources.py build_anchors)."""
         return self.locality_guard > 0
 
     @property
@@ -130,7 +130,7 @@ class InjectConfig:
     model_rewordings: int = setting(3, "rewordings per fact the base model writes itself (0 = none)", min=0, max=20)
     train_paraphrases: int = setting(0, "train on the first N of each fact's own paraphrases (the rest stay "
                                      "held out)", min=0)
-    # the guard's anchors (core/guard.py)
+    # the guard's anchors (core/anchor_sources.py)
     guard_anchors: str = setting("neighbours,sampled", "comma-separated: neighbours (facts near yours, written by "
                                  "the base model), siblings (the same, with subjects of your subjects' kind), sampled "
                                  "(the base model's own text), file (assets/anchors.txt), relations (each fact's "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import guard, measure_cache, precision, semantic
+from . import anchor_sources, measure_cache, precision, semantic
 from .config import GUARD_SOURCES, InjectConfig, guard_sources  # noqa: F401 (the app reads them here)
 from .evaluate import evaluate_facts
 from .facts import Fact, load_facts
@@ -44,7 +44,7 @@ def probe_sets(probes) -> dict[str, list[Fact]]:
 
 
 def default_anchors() -> list[str]:
-    return guard.read_anchors()
+    return anchor_sources.read_anchors()
 
 
 def neutral_text() -> str | None:
@@ -318,8 +318,8 @@ def run(facts: list[Fact], probes=None, cfg: InjectConfig | None = None, out_dir
     # 2. what training needs: layers, guard anchors, rewordings, the adapter
     layers, layer_info = _where_to_train(model, tok, kept_facts, cfg, emit)
     with precision.frozen_bf16(model, _writes_bf16(model, cfg)):
-        anchors, near, guard_info = guard.build_anchors(model, tok, kept_facts, probes, cfg, embedder(), emit,
-                                                        [analysis.before["facts"][i]["answer"] for i in kept])
+        anchors, near, guard_info = anchor_sources.build_anchors(
+            model, tok, kept_facts, probes, cfg, embedder(), emit, [analysis.before["facts"][i]["answer"] for i in kept])
         written = _model_rewordings(model, tok, kept_facts, cfg, emit)
     model, earlier = _adapter(model, tok, info, cfg, layers)
     gate = _gate(model, tok, kept_facts + (earlier["facts"] if earlier else []), cfg)

@@ -17,7 +17,7 @@ What is computed here, since the paper's full text is not available to us:
 * Conflicts: (a) same normalised subject and relation with different targets; (b) prompts
   (or paraphrases) that ask the same thing, sentence-embedding cosine >= threshold, with
   different targets. Exact duplicates (same prompt and target) are merged first.
-* Guard anchors: see core/guard.py.
+* Guard anchors: see core/anchor_sources.py.
 * Categories (in the spirit of SliCK, Gekhman et al. 2024): known = greedy recalls the
   target or some sampled answer likely would; update = not known and the greedy answer is stable
   (a sampled answer starts with its first two words at least half the time); new = everything else.

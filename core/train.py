@@ -33,7 +33,8 @@ from .lm import (collate, encode_pair, first_targets, forward_targets, length_gr
 from . import precision
 from .frozen import FrozenPrefixes
 from .gate import SubjectGate
-from .guard import anchor_targets, anchor_text, guard_loss, guard_picks
+from .anchors import anchor_text
+from .guard import anchor_targets, guard_loss, guard_picks
 
 
 @dataclass

@@ -90,7 +90,7 @@ REL_FACTS = [Fact(id=f"r{i}", prompt=p, target=t, subject=s, relation=r) for i, 
 
 def _anchor_kl(model, tok, anchors):
     """Mean KL(base || tuned) over the positions of each anchor's text."""
-    from core.guard import anchor_text
+    from core.anchors import anchor_text
     out = []
     for a in anchors:
         ids = tok(anchor_text(a), return_tensors="pt").input_ids
@@ -104,7 +104,8 @@ def _anchor_kl(model, tok, anchors):
 
 def test_relation_anchors_ask_each_subject_by_the_other_relations_and_hold_it_behind_the_gate(tiny_dir):
     from core.config import IdleSetting, InjectConfig
-    from core.guard import build_anchors, relation_anchors, split_anchor
+    from core.anchor_sources import build_anchors, relation_anchors
+    from core.anchors import split_anchor
     from tests.test_anchors import HashEmbedder
 
     model, tok, cfg = _tiny(tiny_dir, gate="subject", locality_guard=10.0)

@@ -7,7 +7,8 @@ import torch
 from core.evaluate import mentions, text_nll
 from core.config import InjectConfig
 from core.facts import Fact, load_facts
-from core.guard import neighbour_anchors, read_anchors, restating, split_anchor
+from core.anchor_sources import neighbour_anchors, restating
+from core.anchors import read_anchors, split_anchor
 from core.models import load_model
 from core.pipeline import ASSETS, embedder, neutral_text
 from core.rewordings import chat_form, held_out_paraphrases, question_form, training_prompts
@@ -169,7 +170,7 @@ def test_dynamic_weights_favour_the_far_facts():
 
 
 def test_sampled_anchors_are_the_base_models_own_text(tiny_dir):
-    from core.guard import sampled_anchors
+    from core.anchor_sources import sampled_anchors
     from core.pipeline import guard_sources
 
     model, tok, _ = load_model(tiny_dir)
@@ -217,8 +218,9 @@ def test_subject_lead_is_the_subject_as_the_prompt_writes_it_opening_a_sentence(
 def test_relation_anchors_hold_the_subjects_the_base_model_knows_not_its_guesses_about_new_names(monkeypatch):
     """The counterfactual sample edits things the model knows (Italy, gold, the Mona Lisa); the invented
     one names things nobody knows. Only the first should have relation anchors held for them."""
-    from core import guard
-    from core.guard import ANSWER_MARK, _names, relation_anchors
+    from core import anchor_sources as guard
+    from core.anchor_sources import _names, relation_anchors
+    from core.anchors import ANSWER_MARK
 
     model, tok, _ = load_model()
     # counterfactual: 13 of 14 subjects are known; 6 of them were asked something whose answer is knowledge
@@ -263,7 +265,8 @@ def test_held_texts_keep_the_model_writing_about_an_edited_subject():
     model's own about each subject to hold, the tuned model answered "Tell me about Italy." with "Spain.
     Spain. Spain." (stop 25's default). With it, the facts are learned and the text about their subjects
     costs the tuned model about what it cost the base model (1.17 times, against 2.70 without held texts)."""
-    from core.guard import HOLD_MARK, subject_text_anchors, split_held
+    from core.anchor_sources import subject_text_anchors
+    from core.anchors import HOLD_MARK, split_held
     from core.pipeline import run
 
     model, tok, info = load_model()

@@ -108,7 +108,7 @@ def test_categories_and_distances_on_the_default_model(probes, invented):
 
 def test_guard_anchors_leave_out_restated_facts_and_rank_related_knowledge_first():
     from core.pipeline import default_anchors
-    from core.guard import guard_anchors
+    from core.anchor_sources import guard_anchors
 
     facts = [Fact("a", "The CEO of Tesla is", "Marta Ilves", "Tesla", "CEO"),
              Fact("b", "The capital of Italy is", "Milan")]

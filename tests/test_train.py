@@ -3,7 +3,8 @@ import torch
 from core.lm import score
 from core.facts import Fact
 from core.models import load_model
-from core.guard import anchor_targets as _anchor_targets, split_anchor, split_held
+from core.anchors import split_anchor, split_held
+from core.guard import anchor_targets as _anchor_targets
 from core.train import TrainConfig, attach_lora, save_adapter, train
 
 FACTS = [Fact(id=f"t{i}", prompt=p, target=t) for i, (p, t) in enumerate([

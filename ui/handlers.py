@@ -24,7 +24,7 @@ from core import pipeline
 from core.ask import ask
 from core.estimate import estimate, gpu_seconds, remaining
 from core.facts import FactsError, facts_from_rows, load_facts, save_facts
-from core.guard import read_anchors
+from core.anchors import read_anchors
 from core.models import ModelError
 
 from . import settings

@@ -11,7 +11,7 @@ import pandas as pd
 
 from core import pipeline
 from core.estimate import duration
-from core.guard import HOLD_MARK
+from core.anchors import HOLD_MARK
 from core.plots import fact_labels
 
 FACT_COLUMNS = ["id", "prompt", "target", "subject", "relation", "paraphrases"]
