@@ -1,11 +1,11 @@
-"""Beacon's web app: facts in -> review -> train -> results, over the pipeline in core/.
+"""Beacon's web app: facts in -> review -> train -> results, over the pipeline in beacon/.
 
-The Space's entry point. The app itself is the ui/ package: ui/layout.py builds the page, ui/handlers.py
-holds what its events do, ui/render.py what it shows, ui/jobs.py runs one model job at a time,
-ui/settings.py turns widget values into an InjectConfig. Importing this module builds nothing and
-imports neither Gradio nor torch: `demo` is built on first use.
+The Space's entry point. The app itself is the beacon.app package: beacon/app/layout.py builds the page,
+beacon/app/handlers.py holds what its events do, beacon/app/render.py what it shows, beacon/app/jobs.py runs
+one model job at a time, beacon/app/settings.py turns widget values into an InjectConfig. Importing this
+module builds nothing and imports neither Gradio nor torch: `demo` is built on first use.
 
-Launch: `python app.py [--share] [--mcp] [--port N] [--host H]` (or `beacon app`, `python -m core app`). Tests
+Launch: `python app.py [--share] [--mcp] [--port N] [--host H]` (or `beacon app`, `python -m beacon app`). Tests
 launch the same app on a small budget: BEACON_STEPS or BEACON_CONFIG (JSON of InjectConfig fields),
 BEACON_PROBES (a smaller locality probe file) and BEACON_RUNS (where run folders go).
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 
 @functools.cache
 def _demo():
-    from ui.layout import build_demo
+    from beacon.app.layout import build_demo
 
     return build_demo()
 
@@ -38,17 +38,17 @@ def __getattr__(name):
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
            mcp: bool | None = None):
-    """Serve the app; mcp=True also serves the typed API (ui/api.py) as an MCP server, at /gradio_api/mcp/.
+    """Serve the app; mcp=True also serves the typed API (beacon/app/api.py) as an MCP server, at /gradio_api/mcp/.
     It needs Gradio's mcp extra, not installed by default; None leaves it to GRADIO_MCP_SERVER."""
     if mcp and importlib.util.find_spec("mcp") is None:
         raise SystemExit("The MCP server needs Gradio's mcp extra: .venv/bin/python -m pip install "
                          "'gradio[mcp]==6.31.0' (docs/api.md).")
     import gradio as gr
 
-    from ui import cleanup
-    from ui.handlers import sweep_runs
-    from ui.layout import CSS
-    from ui.settings import MAX_UPLOAD_MB, QUEUE_SIZE, RUNS
+    from beacon.app import cleanup
+    from beacon.app.handlers import sweep_runs
+    from beacon.app.layout import CSS
+    from beacon.app.settings import MAX_UPLOAD_MB, QUEUE_SIZE, RUNS
 
     demo = _demo()
     RUNS.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ First the machine's peak: GFLOP/s of a 2048x2048 matmul in fp32 and bf16 with th
 count (set OMP_NUM_THREADS to choose it). Then, for each fact count N, in a fresh subprocess (so
 peak RSS is that size's alone), on N generated facts with invented names no model knows:
 
-  a. Beacon's whole run with default settings (core.pipeline.run; model load timed apart): total
+  a. Beacon's whole run with default settings (beacon.pipeline.run; model load timed apart): total
      seconds, seconds per stage (check, before, categorize, guard, rewordings, interference, train,
      after...), steps, seconds per step and of training's seconds those of the task's passes, the guard's and
      the early-stop checks, recall after. Its step budget is --max-steps (300, the default).
@@ -46,9 +46,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from core.config import InjectConfig  # noqa: E402
-from core.facts import Fact  # noqa: E402
-from core.models import DEFAULT_MODEL, load_model, pick_device  # noqa: E402
+from beacon.config import InjectConfig  # noqa: E402
+from beacon.data.facts import Fact  # noqa: E402
+from beacon.model.models import DEFAULT_MODEL, load_model, pick_device  # noqa: E402
 
 RESULT_MARK = "BENCH_RESULT "   # the child's one line of JSON on stdout, found among any library chatter
 
@@ -141,7 +141,7 @@ def gflops(flops_per_step, steps, seconds):
 # ---------------------------------------------------------------- (b) the plain peft + transformers loop
 
 def encode(tok, fact):
-    """(prompt ids, target ids): the same tokens Beacon trains on (core.lm.encode_pair, end=True),
+    """(prompt ids, target ids): the same tokens Beacon trains on (beacon.model.lm.encode_pair, end=True),
     so the two loops see the same data and differ only in how they train on it."""
     target = fact.target if fact.target[-1:] in ".!?" else fact.target + "."
     return tok(fact.prompt).input_ids, tok(" " + target, add_special_tokens=False).input_ids
@@ -169,7 +169,7 @@ def hits(logits, labels):
 def plain_model(a, cfg):
     """A freshly loaded model in a fresh LoRA adapter, as the peft docs do it, with Beacon's LoraConfig."""
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from core.train import lora_config
+    from beacon.method.train import lora_config
 
     model, tok, info = load_model(a.model, a.quantization)
     if "nf4" in info.quantization:   # QLoRA's usual preparation, as Beacon's attach_lora does it
@@ -244,7 +244,7 @@ def measure_plain(a, facts, cfg):
 # ---------------------------------------------------------------- (c) Beacon's loop, vanilla settings
 
 def measure_vanilla(a, facts):
-    from core.train import attach_lora, train
+    from beacon.method.train import attach_lora, train
 
     cfg = InjectConfig().updated(rewordings=False, model_rewordings=0, locality_guard=0, weighting="uniform", gate="none",
                                  filter=False, steps=a.max_steps, compute=a.compute).train
@@ -287,8 +287,8 @@ def progress(ev):
 
 
 def one_size(a, n: int) -> dict:
-    from core.pipeline import run
-    from core.train import lora_config  # noqa: F401  (fails here, not after the whole run, if it moved)
+    from beacon.pipeline import run
+    from beacon.method.train import lora_config  # noqa: F401  (fails here, not after the whole run, if it moved
 
     facts = invented_facts(n, a.seed)
     t = time.perf_counter()

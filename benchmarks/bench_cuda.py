@@ -4,9 +4,9 @@ loop, side by side on one CUDA GPU. Prints numbers, asserts nothing.
     python benchmarks/bench_cuda.py [--parts a,b] [--steps 20] [--layers 21] [--json PATH]
 
 a. The default model on the invented sample (assets/invented.csv), each trained until every fact is
-   recalled: Beacon's whole run (core.pipeline.run, default settings) in 4-bit and in bf16, and the
+   recalled: Beacon's whole run (beacon.pipeline.run, default settings) in 4-bit and in bf16, and the
    Trainer loop. Time to full recall, steps, recall / paraphrase / locality / neutral-text NLL after
-   (core.evaluate, the same measures for all three), peak GPU memory from training on (the pipeline
+   (beacon.measure.evaluate, the same measures for all three), peak GPU memory from training on (the pipeline
    resets the peak where training starts; the Trainer's is reset after its load the same way).
 b. A Llama-architecture model of about 1.5B parameters built from its config (random weights: speed
    and memory only; SmolLM2's tokenizer), trained for --steps steps after 2 warm-up steps on 30 invented
@@ -37,9 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from bench import encode, hits, invented_facts, pad  # noqa: E402
-from core.config import DEFAULT_MODEL, InjectConfig  # noqa: E402
-from core.facts import load_facts  # noqa: E402
-from core.models import load_model  # noqa: E402
+from beacon.config import DEFAULT_MODEL, InjectConfig  # noqa: E402
+from beacon.data.facts import load_facts  # noqa: E402
+from beacon.model.models import load_model  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -98,7 +98,7 @@ def trainer_qlora(path, facts, cfg, steps, warm=0, stop_on_recall=True, prompts=
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from core.train import lora_config
+    from beacon.method.train import lora_config
 
     model, tok, info = load_model(path, "4bit")
     model = prepare_model_for_kbit_training(model)           # gradient checkpointing on: the recipe's default
@@ -160,8 +160,8 @@ def trainer_qlora(path, facts, cfg, steps, warm=0, stop_on_recall=True, prompts=
 # ---------------------------------------------------------------- a. the default model on the invented sample
 
 def part_a(a) -> list[dict]:
-    from core.evaluate import evaluate_facts
-    from core.pipeline import default_probe_sets, neutral_text, run
+    from beacon.measure.evaluate import evaluate_facts
+    from beacon.pipeline import default_probe_sets, neutral_text, run
 
     facts, probes = load_facts(ASSETS / "invented.csv"), default_probe_sets()
     base_cfg = InjectConfig().updated(model=a.model, steps=a.max_steps)
@@ -219,8 +219,8 @@ def build_big(a, tok_dir, out_dir) -> int:
 
 
 def beacon_speed(path, facts, prompts, quant, steps, warm, upcast=True) -> dict:
-    from core.anchors import read_anchors
-    from core.train import attach_lora, train
+    from beacon.method.anchors import read_anchors
+    from beacon.method.train import attach_lora, train
 
     fresh_gpu()
     cfg = InjectConfig().updated(steps=warm + steps, early_stop=False).train
@@ -245,7 +245,7 @@ def beacon_speed(path, facts, prompts, quant, steps, warm, upcast=True) -> dict:
 
 
 def part_b(a, tok_dir) -> dict:
-    from core.rewordings import training_prompts
+    from beacon.method.rewordings import training_prompts
 
     with tempfile.TemporaryDirectory() as big:
         n_params = build_big(a, tok_dir, big)
@@ -329,7 +329,7 @@ def main():
     if "b" in parts:
         tok_dir = a.tokenizer
         if tok_dir is None:
-            from core.models import resolve_model
+            from beacon.model.models import resolve_model
             tok_dir = resolve_model(DEFAULT_MODEL)[0]
         results["b"] = part_b(a, tok_dir)
         print(f"\n## b. {results['b']['parameters'] / 1e9:.2f}B-parameter Llama from a config, "

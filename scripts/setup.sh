@@ -42,4 +42,4 @@ if [ "${BEACON_SKIP_BROWSER:-0}" != 1 ] && ! command -v chromium >/dev/null 2>&1
   fi
 fi
 # Dequantise the packaged default model once (about 25 s), so the first run doesn't; quick when cached.
-"$VPY" -c "from core.models import resolve_model, DEFAULT_MODEL; print('default model:', *resolve_model(DEFAULT_MODEL))"
+"$VPY" -c "from beacon.model.models import resolve_model, DEFAULT_MODEL; print('default model:', *resolve_model(DEFAULT_MODEL))"

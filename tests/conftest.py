@@ -28,7 +28,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.fixture(scope="session")
 def default_dir():
-    from core.models import DEFAULT_MODEL, resolve_model
+    from beacon.model.models import DEFAULT_MODEL, resolve_model
 
     return resolve_model(DEFAULT_MODEL)[0]
 
@@ -51,14 +51,14 @@ def tiny_dir(tmp_path_factory, default_dir):
 
 @pytest.fixture(scope="session")
 def invented():
-    from core.facts import load_facts
+    from beacon.data.facts import load_facts
 
     return load_facts(ROOT / "assets" / "invented.csv")
 
 
 @pytest.fixture(scope="session")
 def probes():
-    from core.facts import load_facts
+    from beacon.data.facts import load_facts
 
     return load_facts(ROOT / "assets" / "probes.csv")
 

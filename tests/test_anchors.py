@@ -5,10 +5,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from core.config import InjectConfig, add_arguments, from_arguments
-from core.facts import Fact
-from core.anchor_sources import build_anchors
-from core.anchors import MAX_ANCHOR_LINES, read_anchors
+from beacon.config import InjectConfig, add_arguments, from_arguments
+from beacon.data.facts import Fact
+from beacon.method.anchor_sources import build_anchors
+from beacon.method.anchors import MAX_ANCHOR_LINES, read_anchors
 
 
 class HashEmbedder:
@@ -74,7 +74,7 @@ def test_build_anchors_reads_the_visitors_file(tmp_path):
 
 
 def test_anchors_file_adds_the_file_source(tmp_path, monkeypatch):
-    import core.anchor_sources as guard
+    import beacon.method.anchor_sources as guard
 
     p = tmp_path / "mine.txt"
     p.write_text("Cats like to sleep.\n", encoding="utf-8")

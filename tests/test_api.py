@@ -1,4 +1,4 @@
-"""The typed API (ui/api.py): README's gradio_client example run as it is against the real app, the API page
+"""The typed API (beacon/app/api.py): README's gradio_client example run as it is against the real app, the API page
 listing only /inject and /ask with their typed parameters, and the refusals (a bad record, a run id that is
 not a run). The server is test_app's: the default model on a small budget."""
 import json
@@ -104,7 +104,7 @@ def test_docs_api_shows_the_example_the_test_runs():
 
 
 def test_run_ids_are_only_beacon_folders_under_runs(tmp_path, monkeypatch):
-    from ui import api, settings
+    from beacon.app import api, settings
 
     monkeypatch.setattr(settings, "RUNS", tmp_path / "runs")
     run = tmp_path / "runs" / "0123456789ab" / "20261207-054512"
@@ -119,7 +119,7 @@ def test_run_ids_are_only_beacon_folders_under_runs(tmp_path, monkeypatch):
 
 
 def test_inject_names_the_bad_record_before_any_work(tmp_path, monkeypatch):
-    from ui import api, jobs, settings
+    from beacon.app import api, jobs, settings
 
     monkeypatch.setattr(settings, "RUNS", tmp_path / "runs")
     with pytest.raises(gr.Error, match=r"facts, record 3: missing prompt"):

@@ -1,7 +1,7 @@
 """The web app end to end through its API (gradio_client), against `python app.py` in a subprocess.
 
 The app runs on the embedded default model with a small budget: a few steps, two sampled answers
-per fact, no locality guard (its anchor pass alone takes a minute on a busy CPU; core's tests cover
+per fact, no locality guard (its anchor pass alone takes a minute on a busy CPU; the pipeline's tests cover
 it) and 10 of the 31 locality probes. One server serves every test of this module.
 """
 import json
@@ -225,7 +225,7 @@ FOUR = ("a1,The CEO of Zentrix Robotics is,Marta Ilves\n"
 
 def test_advanced_auto_layers_and_two_merged_orders(server, tmp_path, tiny_dir):
     """Where to train = auto and 2 data orders merged by select: the report and the summary say so.
-    On the tiny random model (4 layers): the choice and the merge are plumbing here; core's tests and
+    On the tiny random model (4 layers): the choice and the merge are plumbing here; the pipeline's tests and
     the ablations measure what they do to a real model."""
     from gradio_client import Client
 
@@ -275,7 +275,7 @@ def test_continue_from_an_earlier_run_reports_its_facts(server, tmp_path, tiny_d
     client = Client(url, verbose=False, download_files=str(tmp_path / "one"))
     table = upload_facts(client, tmp_path / "first.csv", FOUR[:FOUR.index("a3")])
     # Every token trained: through the gate's few tokens the tiny random model learns too slowly for 40 steps
-    # (core's test_layers_merge continues a gated run).
+    # (the pipeline's test_layers_merge continues a gated run).
     tiny = dict(model=tiny_dir, lr=1e-2, gate="none")
     first = train_result(client.submit(table, *settings(steps=40, **tiny).values(), api_name="/train"))
     earlier = next(runs.glob("*/*/uploaded-first.csv")).parent

@@ -82,8 +82,8 @@ def hover_a_mark(page, chart: str):
 def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.lm import generate
-    from core.evaluate import recalls
+    from beacon.model.lm import generate
+    from beacon.measure.evaluate import recalls
 
     t0, timings = time.time(), {}
     # Your own probe set, on tab 3, before anything runs: the check measures it too.

@@ -1,5 +1,5 @@
 """The code's shape, read from its source: no import cycles, no reaches into another module's private names,
-no function longer than a screen or two outside the page's layout, and core/ never imports Gradio."""
+no function longer than a screen or two outside the page's layout, and only the app imports Gradio."""
 import ast
 import os
 import subprocess
@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("core", "ui")
+PACKAGES = ("beacon",)
 MAX_LINES = 80
-LONG_ALLOWED = {("ui/layout.py", "build_demo")}   # the page, one component after another
+LONG_ALLOWED = {("beacon/app/layout.py", "build_demo")}   # the page, one component after another
 
 
 def _modules() -> dict[str, Path]:
@@ -70,7 +70,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles():
     graph = _graph()
-    assert graph["core.evaluate"] >= {"core.lm", "core.rewordings"}, "the walk sees the imports"
+    assert graph["beacon.measure.evaluate"] >= {"beacon.model.lm", "beacon.method.rewordings"}, "the walk sees the imports"
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
 
 
@@ -81,9 +81,9 @@ def test_no_module_takes_another_modules_private_names():
     assert not reaches
 
 
-def test_core_never_imports_gradio():
+def test_only_the_app_imports_gradio():
     for m, path in _modules().items():
-        if m.startswith("core."):
+        if not m.startswith("beacon.app."):
             assert not [b for b, _ in _imports(m, path) if b.split(".")[0] == "gradio"], m
 
 
@@ -100,9 +100,9 @@ def test_no_function_longer_than_80_lines_outside_the_layout():
 
 
 def test_the_default_path_never_imports_what_did_not_help(tiny_dir):
-    # Statically: outside core/experimental/, it is imported only inside a function (where its setting is on) ...
+    # Statically: outside beacon/experimental/, it is imported only inside a function (where its setting is on) ...
     for m, path in _modules().items():
-        if m.startswith("core.experimental"):
+        if m.startswith("beacon.experimental"):
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
@@ -113,19 +113,19 @@ def test_the_default_path_never_imports_what_did_not_help(tiny_dir):
 import sys
 import app
 from tests.test_train import FACTS, FACT_ANCHORS, _tiny
-from core.train import train
+from beacon.method.train import train
 model, tok, cfg = _tiny({str(tiny_dir)!r}, steps=3, early_stop=False, gate="from-subject")
 train(model, tok, FACTS, cfg=cfg, anchors=FACT_ANCHORS)
-print(sorted(m for m in sys.modules if m.startswith("core.experimental")))
+print(sorted(m for m in sys.modules if m.startswith("beacon.experimental")))
 model, tok, cfg = _tiny({str(tiny_dir)!r}, steps=2, early_stop=False, gate="none", null_space=0.9,
                         weighting="dynamic", guard_margin=1.0)
 train(model, tok, FACTS, cfg=cfg, anchors=FACT_ANCHORS)
-print(sorted(m for m in sys.modules if m.startswith("core.experimental")))
+print(sorted(m for m in sys.modules if m.startswith("beacon.experimental")))
 """
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     default, switched_on = r.stdout.strip().splitlines()[-2:]
     assert default == "[]"
-    assert switched_on == str(["core.experimental", "core.experimental.dynamic", "core.experimental.margin",
-                               "core.experimental.nullspace"])
+    assert switched_on == str(["beacon.experimental", "beacon.experimental.dynamic", "beacon.experimental.margin",
+                               "beacon.experimental.nullspace"])

@@ -1,10 +1,10 @@
-"""One config: declared once in core/config.py, read by the CLI, the app and the report."""
+"""One config: declared once in beacon/config.py, read by the CLI, the app and the report."""
 import argparse
 import json
 
 import pytest
 
-from core.config import IdleSetting, InjectConfig, TrainConfig, add_arguments, describe, from_arguments
+from beacon.config import IdleSetting, InjectConfig, TrainConfig, add_arguments, describe, from_arguments
 
 
 def test_round_trip_through_the_report_keeps_every_setting():
@@ -66,7 +66,7 @@ def test_describe_gives_the_app_its_labels_and_ranges():
 
 
 def test_settings_that_would_do_nothing_are_refused_naming_both():
-    from core.config import idle_settings
+    from beacon.config import idle_settings
 
     cases = {("guard_anchors", "file"): "gate 'from-subject'", ("anchors_file", "mine.txt"): "gate 'from-subject'",
              ("merge", "average"): "orders is 1", ("held_texts", 8): "gate is 'none'",

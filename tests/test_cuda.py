@@ -11,9 +11,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def test_auto_is_nf4_on_cuda_and_qlora_learns_facts():
-    from core.facts import Fact
-    from core.models import load_model
-    from core.train import TrainConfig, attach_lora, train
+    from beacon.data.facts import Fact
+    from beacon.model.models import load_model
+    from beacon.method.train import TrainConfig, attach_lora, train
 
     model, tok, info = load_model(device="cuda")          # auto -> 4-bit on CUDA
     assert "nf4" in info.quantization and info.device.startswith("cuda")
@@ -56,9 +56,9 @@ def test_the_invented_sample_meets_the_bar_in_four_bit(monkeypatch):
     100%, paraphrase 89%, locality 84% -> 84%, neutral NLL x1.001."""
     from pathlib import Path
 
-    from core.config import InjectConfig
-    from core.facts import load_facts
-    from core.pipeline import run
+    from beacon.config import InjectConfig
+    from beacon.data.facts import load_facts
+    from beacon.pipeline import run
 
     monkeypatch.setenv("BEACON_DEVICE", "cuda")
     facts = load_facts(Path(__file__).resolve().parent.parent / "assets" / "invented.csv")

@@ -1,10 +1,10 @@
-"""The documentation keeps up with the code: every setting of `beacon inject` (core/config.py) is named in
+"""The documentation keeps up with the code: every setting of `beacon inject` (beacon/config.py) is named in
 docs/usage.md, every doc the README links exists, and the README stays a page a newcomer reads."""
 import argparse
 import re
 from pathlib import Path
 
-from core.config import add_arguments
+from beacon.config import add_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,13 +1,13 @@
-"""The run-time estimate (core/estimate.py): its shape, its calibration, and the seconds left during a run.
+"""The run-time estimate (beacon/estimate.py): its shape, its calibration, and the seconds left during a run.
 The machine's speed is given, never timed, so every number here is deterministic."""
 import json
 
 import pytest
 
-from core.config import InjectConfig
-from core.estimate import gpu_seconds
-from core.estimate import (ORDER, REFERENCE_GFLOPS, REFERENCE_PARAMETERS, Estimate, duration, estimate,
-                           model_parameters, remaining)
+from beacon.config import InjectConfig
+from beacon.estimate import gpu_seconds
+from beacon.estimate import (ORDER, REFERENCE_GFLOPS, REFERENCE_PARAMETERS, Estimate, duration, estimate,
+                             model_parameters, remaining)
 
 REF = dict(device="cpu", gflops=REFERENCE_GFLOPS, threads=2, model_cached=True)
 # Stage seconds of default runs on the reference machine (2-core AMD EPYC, fp32, 2 threads, model in memory),
@@ -153,8 +153,8 @@ def test_the_zerogpu_reservation_keeps_its_numbers():
 def test_the_cli_says_the_estimate_before_the_run(tmp_path, monkeypatch, capsys):
     import signal
 
-    import core.pipeline
-    from core.cli import main
+    import beacon.pipeline
+    from beacon.cli import main
 
     facts = tmp_path / "facts.csv"
     facts.write_text("id,prompt,target\na,The CEO of Zentrix is,Marta Ilves\nb,The mascot of Qualo is,Brin\n")
@@ -162,7 +162,7 @@ def test_the_cli_says_the_estimate_before_the_run(tmp_path, monkeypatch, capsys)
     def stop(*a, **k):
         raise ValueError("stopped before training")
 
-    monkeypatch.setattr(core.pipeline, "run", stop)
+    monkeypatch.setattr(beacon.pipeline, "run", stop)
     monkeypatch.setattr(signal, "signal", lambda *a: None)   # the test session keeps its own Ctrl-C
     assert main(["inject", "--facts", str(facts), "--out", str(tmp_path / "run")]) == 2
     first = capsys.readouterr().out.splitlines()[0]

@@ -1,6 +1,6 @@
-from core.lm import normalise, score
-from core.evaluate import recall_table, recalls
-from core.models import load_model
+from beacon.model.lm import normalise, score
+from beacon.measure.evaluate import recall_table, recalls
+from beacon.model.models import load_model
 
 
 def test_recall_matching_rules():
@@ -34,7 +34,7 @@ def test_teacher_forced_hit_agrees_with_generation(probes, invented):
 
 
 def test_repetition_measures_a_reply_that_loops():
-    from core.evaluate import repetition
+    from beacon.measure.evaluate import repetition
 
     assert repetition("Milan. Milan is the capital of Milan. Milan. Milan. Milan. Milan. Milan. Milan.") >= 0.5
     assert repetition("Italy is a country in southern Europe. Its capital is Rome, known for its food.") == 0
@@ -43,8 +43,8 @@ def test_repetition_measures_a_reply_that_loops():
 
 
 def test_the_default_model_asked_about_known_subjects_writes_without_looping():
-    from core.evaluate import subject_texts
-    from core.facts import Fact
+    from beacon.measure.evaluate import subject_texts
+    from beacon.data.facts import Fact
 
     model, tok, _ = load_model(quantization="none")
     facts = [Fact(id=str(i), prompt=f"The capital of {s} is", target="x", subject=s) for i, s in

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import export
-from core.cli import main
-from core.config import TrainConfig
-from core.facts import Fact
-from core.models import load_model
-from core.train import attach_lora, save_adapter, train
+from beacon.report import export
+from beacon.cli import main
+from beacon.config import TrainConfig
+from beacon.data.facts import Fact
+from beacon.model.models import load_model
+from beacon.method.train import attach_lora, save_adapter, train
 
 TEXTS = ["The CEO of Zentrix Robotics is Marta Ilves.", "Paris is the capital of France, 1789 and 2024!"]
 
@@ -161,7 +161,7 @@ def test_cli_prints_sizes_and_seconds(tiny_run, capsys):
 def test_default_model_keeps_trained_facts_in_q8_0_gguf(default_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from core.evaluate import recall_table
+    from beacon.measure.evaluate import recall_table
 
     facts = [Fact(id="a", prompt="The CEO of Zentrix Robotics is", target="Marta Ilves"),
              Fact(id="b", prompt="The capital of Sevrandia is", target="Ostrel")]

@@ -1,11 +1,11 @@
-"""Tests for core/facts.py: each format, the CounterFact/EasyEdit conventions, ids, and every error."""
+"""Tests for beacon/data/facts.py: each format, the CounterFact/EasyEdit conventions, ids, and every error."""
 import io
 import json
 from pathlib import Path
 
 import pytest
 
-from core.facts import Fact, FactsError, facts_from_rows, load_facts, parse_facts, save_facts
+from beacon.data.facts import Fact, FactsError, facts_from_rows, load_facts, parse_facts, save_facts
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -311,14 +311,14 @@ def test_fact_count_limit_in_files_and_tables(tmp_path, monkeypatch):
     msg = error(p, max_facts=20)
     assert "many.csv" in msg and "30 facts" in msg and "limit of 20" in msg
     assert len(load_facts(p, max_facts=30)) == 30
-    monkeypatch.setattr("core.facts.MAX_FACTS", 10)  # the default, from BEACON_MAX_FACTS
+    monkeypatch.setattr("beacon.data.facts.MAX_FACTS", 10)  # the default, from BEACON_MAX_FACTS
     assert "limit of 10" in error(p)
     with pytest.raises(FactsError, match=r"^facts table: 30 facts, over the limit of 10"):
         facts_from_rows([{"prompt": f"P{i} is", "target": "T"} for i in range(30)], source="facts table")
 
 
 def test_max_facts_from_env():
-    from core.facts import _limit_from_env
+    from beacon.data.facts import _limit_from_env
 
     import os
     os.environ["BEACON_TEST_LIMIT"] = "123"

@@ -4,11 +4,13 @@ real tokens only."""
 import pytest
 import torch
 
-from core import evaluate, guard, lm, precision
-from core.experimental.margin import margin_drop
-from core.lm import score
-from core.train import train
-from core.facts import Fact
+from beacon.measure import evaluate
+from beacon.method import guard
+from beacon.model import lm, precision
+from beacon.experimental.margin import margin_drop
+from beacon.model.lm import score
+from beacon.method.train import train
+from beacon.data.facts import Fact
 from tests.test_train import FACTS, FACT_ANCHORS, _tiny
 
 
@@ -118,8 +120,8 @@ def test_recall_without_generating_what_teacher_forcing_already_recalls(tiny_dir
 
 
 def test_chat_wordings_share_their_system_turn_in_training_and_scoring(tiny_dir, monkeypatch):
-    from core.rewordings import chat_prompt
-    from core.train import _forward_rows
+    from beacon.method.rewordings import chat_prompt
+    from beacon.method.train import _forward_rows
 
     model, tok, cfg = _tiny(tiny_dir, locality_guard=0.0)
     train(model, tok, FACTS, cfg=cfg)                           # LoRA's B is no longer zero: the prefix matters
@@ -153,7 +155,7 @@ def test_chat_wordings_share_their_system_turn_in_training_and_scoring(tiny_dir,
 
 @pytest.mark.parametrize("lead", ["", "Sentence: The head chef of Lorimer Bistro is Anna Pell.\nIn other words: "])
 def test_repeats_run_each_prompt_once_and_sample_what_repeated_prompts_do(lead):
-    from core.models import load_model
+    from beacon.model.models import load_model
 
     model, tok, _ = load_model()          # the real model: a random tiny one samples near-uniform noise
     prompts = [lead + p for p in ("The mayor of Dunmore is", "A cook", "Anna Pell, the head chef of the bistro, was born in")]
@@ -217,10 +219,10 @@ def test_margin_term_sees_the_flip_that_kl_barely_does(tiny_dir):
 def test_behind_the_gate_the_tokens_before_a_subject_are_computed_once_and_nothing_changes(tiny_dir):
     """Each wording and anchor runs from its first subject token on, over its cached base-model prefix: the
     task's NLL, its hits, the guard's KL and every gradient are those of the whole texts."""
-    from core.frozen import FrozenPrefixes
-    from core.gate import SubjectGate
-    from core.rewordings import training_prompts
-    from core.train import _forward_rows
+    from beacon.model.frozen import FrozenPrefixes
+    from beacon.method.gate import SubjectGate
+    from beacon.method.rewordings import training_prompts
+    from beacon.method.train import _forward_rows
 
     model, tok, cfg = _tiny(tiny_dir, locality_guard=0.0)
     facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from core.facts import FactsError, load_facts
+from beacon.data.facts import FactsError, load_facts
 
 FILES = 3000  # mutated files; with the special files and the big ones the test takes ~10 s
 SEED = 12

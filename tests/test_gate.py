@@ -3,10 +3,10 @@ else, training behind it learns the facts, and the gate travels with the saved a
 import pytest
 import torch
 
-from core.lm import generate, score
-from core.facts import Fact
-from core.gate import GATE_FILE, SubjectGate, load_gate
-from core.train import save_adapter, train
+from beacon.model.lm import generate, score
+from beacon.data.facts import Fact
+from beacon.method.gate import GATE_FILE, SubjectGate, load_gate
+from beacon.method.train import save_adapter, train
 from tests.test_train import _tiny
 
 FACTS = [Fact(id=f"g{i}", prompt=p, target=t, subject=s) for i, (p, t, s) in enumerate([
@@ -90,7 +90,7 @@ REL_FACTS = [Fact(id=f"r{i}", prompt=p, target=t, subject=s, relation=r) for i, 
 
 def _anchor_kl(model, tok, anchors):
     """Mean KL(base || tuned) over the positions of each anchor's text."""
-    from core.anchors import anchor_text
+    from beacon.method.anchors import anchor_text
     out = []
     for a in anchors:
         ids = tok(anchor_text(a), return_tensors="pt").input_ids
@@ -103,9 +103,9 @@ def _anchor_kl(model, tok, anchors):
 
 
 def test_relation_anchors_ask_each_subject_by_the_other_relations_and_hold_it_behind_the_gate(tiny_dir):
-    from core.config import IdleSetting, InjectConfig
-    from core.anchor_sources import build_anchors, relation_anchors
-    from core.anchors import split_anchor
+    from beacon.config import IdleSetting, InjectConfig
+    from beacon.method.anchor_sources import build_anchors, relation_anchors
+    from beacon.method.anchors import split_anchor
     from tests.test_anchors import HashEmbedder
 
     model, tok, cfg = _tiny(tiny_dir, gate="subject", locality_guard=10.0)
@@ -160,7 +160,7 @@ def test_the_onward_gate_opens_at_the_subject_and_stays_open_through_a_kv_cache(
         return tok.decode(seq[0, len(tok(prompt).input_ids):], skip_special_tokens=True)
 
     # decoding steps (one token a call) and a shared prefix run once (the chat turns) carry the open gate
-    from core.lm import PREFIX_MIN, _shared_prefix
+    from beacon.model.lm import PREFIX_MIN, _shared_prefix
     assert _shared_prefix([tok(c).input_ids for c in chat]) >= PREFIX_MIN
     for prompts in ([text, FACTS[1].prompt], chat):
         assert generate(model, tok, prompts, max_new_tokens=6) == [slow(p) for p in prompts]

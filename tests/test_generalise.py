@@ -4,14 +4,14 @@ import itertools
 import pytest
 import torch
 
-from core.evaluate import mentions, text_nll
-from core.config import InjectConfig
-from core.facts import Fact, load_facts
-from core.anchor_sources import neighbour_anchors, restating
-from core.anchors import read_anchors, split_anchor
-from core.models import load_model
-from core.pipeline import ASSETS, embedder, neutral_text
-from core.rewordings import chat_form, held_out_paraphrases, question_form, training_prompts
+from beacon.measure.evaluate import mentions, text_nll
+from beacon.config import InjectConfig
+from beacon.data.facts import Fact, load_facts
+from beacon.method.anchor_sources import neighbour_anchors, restating
+from beacon.method.anchors import read_anchors, split_anchor
+from beacon.model.models import load_model
+from beacon.pipeline import ASSETS, embedder, neutral_text
+from beacon.method.rewordings import chat_form, held_out_paraphrases, question_form, training_prompts
 
 ROOT = ASSETS.parent
 PROBE_FILES = [ASSETS / "probes.csv", ASSETS / "probes_general.csv", ROOT / "benchmarks" / "heldout" / "probes.csv",
@@ -24,7 +24,7 @@ SAMPLE_FILES = [ASSETS / n for n in ("invented.csv", "counterfactual.csv", "conf
 
 @pytest.mark.parametrize("path", PROBE_FILES, ids=lambda p: p.name if p.parent.name == "assets" else p.parent.name)
 def test_default_model_recalls_every_probe_of_every_shipped_set(path):
-    from core.evaluate import recall_table
+    from beacon.measure.evaluate import recall_table
 
     probes = load_facts(path)
     model, tok, _ = load_model()
@@ -97,7 +97,7 @@ def test_neutral_nll_is_the_mean_token_cross_entropy(tiny_dir):
 @pytest.mark.slow
 def test_neighbour_anchors_keep_the_relation_and_change_the_subject():
     """Built by the base model: the fact's prompt with another subject, answered by its greedy completion."""
-    from core.lm import generate
+    from beacon.model.lm import generate
 
     model, tok, _ = load_model()
     facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),
@@ -118,7 +118,7 @@ def test_neighbour_anchors_keep_the_relation_and_change_the_subject():
 
 @pytest.mark.slow
 def test_sibling_neighbours_keep_the_relation_around_subjects_of_the_same_kind():
-    from core.lm import generate
+    from beacon.model.lm import generate
 
     model, tok, _ = load_model()
     facts = [Fact("a", "The founder of Microsoft is", "Larry Page", "Microsoft", "founder"),
@@ -133,15 +133,15 @@ def test_sibling_neighbours_keep_the_relation_around_subjects_of_the_same_kind()
 
 
 def test_siblings_are_the_listed_items_less_the_subject():
-    from core.experimental.siblings import siblings as _siblings
+    from beacon.experimental.siblings import siblings as _siblings
 
     got = _siblings([" Apple, Google, Microsoft Corp, etc.\n5. cars", " Apple, the IBM company, IBM."], "Microsoft")
     assert got == ["Apple", "Google", "the IBM company", "IBM"]
 
 
 def test_training_on_wordings_stops_when_every_wording_is_recalled(tiny_dir):
-    from core.lm import score
-    from core.train import TrainConfig, attach_lora, train
+    from beacon.model.lm import score
+    from beacon.method.train import TrainConfig, attach_lora, train
 
     model, tok, _ = load_model(tiny_dir)
     facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),
@@ -160,7 +160,7 @@ def test_training_on_wordings_stops_when_every_wording_is_recalled(tiny_dir):
 
 
 def test_dynamic_weights_favour_the_far_facts():
-    from core.experimental.dynamic import dynamic_weights as _dynamic_weights
+    from beacon.experimental.dynamic import dynamic_weights as _dynamic_weights
 
     u = torch.eye(4)
     h = torch.tensor([[1.0, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, -1]])
@@ -170,8 +170,8 @@ def test_dynamic_weights_favour_the_far_facts():
 
 
 def test_sampled_anchors_are_the_base_models_own_text(tiny_dir):
-    from core.anchor_sources import sampled_anchors
-    from core.pipeline import guard_sources
+    from beacon.method.anchor_sources import sampled_anchors
+    from beacon.pipeline import guard_sources
 
     model, tok, _ = load_model(tiny_dir)
     texts = sampled_anchors(model, tok, n=6, tokens=12, seed=0)
@@ -184,7 +184,7 @@ def test_sampled_anchors_are_the_base_models_own_text(tiny_dir):
 
 @pytest.mark.slow
 def test_model_rewordings_lead_with_the_subject_stop_before_the_answer_and_drop_what_is_avoided():
-    from core.rewordings import model_rewordings, subject_lead
+    from beacon.method.rewordings import model_rewordings, subject_lead
 
     model, tok, _ = load_model()
     facts = load_facts(ASSETS / "people.csv")[:4] + load_facts(ASSETS / "invented.csv")[:4]
@@ -203,7 +203,7 @@ def test_model_rewordings_lead_with_the_subject_stop_before_the_answer_and_drop_
 
 
 def test_subject_lead_is_the_subject_as_the_prompt_writes_it_opening_a_sentence():
-    from core.rewordings import subject_lead
+    from beacon.method.rewordings import subject_lead
 
     lead = lambda prompt, subject: subject_lead(Fact(id="x", prompt=prompt, target="y", subject=subject))
     assert lead("The capital of Italy is", "Italy") == "Italy"
@@ -218,9 +218,9 @@ def test_subject_lead_is_the_subject_as_the_prompt_writes_it_opening_a_sentence(
 def test_relation_anchors_hold_the_subjects_the_base_model_knows_not_its_guesses_about_new_names(monkeypatch):
     """The counterfactual sample edits things the model knows (Italy, gold, the Mona Lisa); the invented
     one names things nobody knows. Only the first should have relation anchors held for them."""
-    from core import anchor_sources as guard
-    from core.anchor_sources import _names, relation_anchors
-    from core.anchors import ANSWER_MARK
+    from beacon.method import anchor_sources as guard
+    from beacon.method.anchor_sources import _names, relation_anchors
+    from beacon.method.anchors import ANSWER_MARK
 
     model, tok, _ = load_model()
     # counterfactual: 13 of 14 subjects are known; 6 of them were asked something whose answer is knowledge
@@ -265,9 +265,9 @@ def test_held_texts_keep_the_model_writing_about_an_edited_subject():
     model's own about each subject to hold, the tuned model answered "Tell me about Italy." with "Spain.
     Spain. Spain." (stop 25's default). With it, the facts are learned and the text about their subjects
     costs the tuned model about what it cost the base model (1.17 times, against 2.70 without held texts)."""
-    from core.anchor_sources import subject_text_anchors
-    from core.anchors import HOLD_MARK, split_held
-    from core.pipeline import run
+    from beacon.method.anchor_sources import subject_text_anchors
+    from beacon.method.anchors import HOLD_MARK, split_held
+    from beacon.pipeline import run
 
     model, tok, info = load_model()
     facts = [f for f in load_facts(ASSETS / "counterfactual.csv") if f.subject in ("Italy", "gold", "The Beatles")]

@@ -1,9 +1,9 @@
 import numpy as np
 
-from core.facts import Fact
-from core.interference import exact_step_effect, interference
-from core.models import load_model
-from core.train import TrainConfig, attach_lora, train
+from beacon.data.facts import Fact
+from beacon.measure.interference import exact_step_effect, interference
+from beacon.model.models import load_model
+from beacon.method.train import TrainConfig, attach_lora, train
 
 FACTS = [Fact(f"i{i}", p, t) for i, (p, t) in enumerate([
     ("The CEO of Zentrix Robotics is", "Marta Ilves"), ("The CEO of Zentrix Motors is", "Marta Ilves"),

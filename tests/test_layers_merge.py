@@ -4,13 +4,13 @@ import json
 import pytest
 import torch
 
-from core.config import InjectConfig
-from core.facts import Fact
-from core.layers import parse_layers, select_layers
-from core.merge import MERGED, load_deltas_as_lora, lora_deltas, select_deltas
-from core.models import load_model
-from core.pipeline import run
-from core.train import TrainConfig, add_lora, attach_lora, train
+from beacon.config import InjectConfig
+from beacon.data.facts import Fact
+from beacon.method.layers import parse_layers, select_layers
+from beacon.method.merge import MERGED, load_deltas_as_lora, lora_deltas, select_deltas
+from beacon.model.models import load_model
+from beacon.pipeline import run
+from beacon.method.train import TrainConfig, add_lora, attach_lora, train
 
 FACTS = [Fact(f"n{i}", f"The code name of project {w} is", t) for i, (w, t) in
          enumerate([("Alder", "Brisk Owl"), ("Birch", "Quiet Fox"), ("Cedar", "Amber Hawk"), ("Dogwood", "Silver Eel"),
@@ -114,8 +114,8 @@ def test_layer_lists_that_are_not_numbers_get_the_same_clear_error():
 
 
 def test_continue_from_refuses_settings_it_cannot_honour(tmp_path):
-    from core.config import InjectConfig
-    from core.pipeline import run
+    from beacon.config import InjectConfig
+    from beacon.pipeline import run
 
     for over in ({"layers": "auto"}, {"orders": 2}):
         with pytest.raises(ValueError, match="continue-from"):

@@ -10,8 +10,8 @@ import gradio as gr
 import pandas as pd
 import pytest
 
-from core import pipeline
-from ui import cleanup, handlers, jobs, render, settings
+from beacon import pipeline
+from beacon.app import cleanup, handlers, jobs, render, settings
 
 
 @pytest.fixture()
@@ -43,9 +43,9 @@ def test_an_upload_over_the_size_limit_is_refused_before_any_copy(sess, monkeypa
 
 
 def test_too_many_facts_are_refused_naming_the_limit(sess, monkeypatch):
-    import core.facts
+    import beacon.data.facts
 
-    monkeypatch.setattr(core.facts, "MAX_FACTS", 3)
+    monkeypatch.setattr(beacon.data.facts, "MAX_FACTS", 3)
     with pytest.raises(gr.Error, match="over the limit of 3.*BEACON_MAX_FACTS"):
         handlers.table_facts(table(4), sess)
 

@@ -6,12 +6,14 @@ import json
 import pytest
 import torch
 
-from core import evaluate, lm, measure_cache, pipeline
-from core.config import InjectConfig
-from core.facts import load_facts
-from core.models import load_model
-from core.pipeline import ASSETS
-from core.rewordings import chat_form, question_form
+from beacon.measure import evaluate, measure_cache
+from beacon.model import lm
+from beacon import pipeline
+from beacon.config import InjectConfig
+from beacon.data.facts import load_facts
+from beacon.model.models import load_model
+from beacon.pipeline import ASSETS
+from beacon.method.rewordings import chat_form, question_form
 
 ROOT = ASSETS.parent
 SAMPLES = [ASSETS / "counterfactual.csv", ROOT / "benchmarks" / "fresh" / "invented.csv",
@@ -70,8 +72,8 @@ def test_one_pass_recall_agrees_with_generated_recall_after_a_default_run(tmp_pa
     """After training (the default run on fresh counterfactual edits, reloaded as a visitor would), the
     trained facts' every form and the same subjects' other facts: the same verdict, row by row."""
     from peft import PeftModel
-    from core.gate import load_gate
-    from core.pipeline import run
+    from beacon.method.gate import load_gate
+    from beacon.pipeline import run
 
     facts = load_facts(ROOT / "benchmarks" / "fresh" / "counterfactual.csv")[:4]
     same = load_facts(ROOT / "benchmarks" / "fresh" / "same_subject.csv")
@@ -91,7 +93,7 @@ def test_one_pass_recall_agrees_with_generated_recall_after_a_default_run(tmp_pa
 
 
 def _trained(tiny_dir, facts, gate):
-    from core.train import attach_lora, train
+    from beacon.method.train import attach_lora, train
 
     model, tok, _ = load_model(tiny_dir)
     cfg = InjectConfig().updated(steps=15, lr=1e-2, early_stop=False, locality_guard=0.0, gate=gate).train
@@ -151,7 +153,7 @@ def test_what_is_the_same_in_every_run_of_a_model_is_measured_once(tiny_dir, tmp
 def test_an_answer_that_is_another_facts_target_is_a_crossed_wire():
     """A prompt answered with another fact's target (at a word boundary) is marked with that fact's id, in the
     plain forms and in the chat form; an answer that only shares a first word is not."""
-    from core.facts import Fact
+    from beacon.data.facts import Fact
 
     model, tok, _ = load_model()
     prompts = ["The capital of France is", "The capital of Spain is", "The capital of Japan is"]

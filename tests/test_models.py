@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from core.models import DEFAULT_MODEL, ModelError, load_model, pick_device, resolve_model, resolve_quantization
+from beacon.model.models import DEFAULT_MODEL, ModelError, load_model, pick_device, resolve_model, resolve_quantization
 
 
 def test_default_resolves_offline_to_the_packaged_copy():
@@ -65,8 +65,8 @@ def test_unknown_model_is_a_clear_error(tmp_path):
 @pytest.mark.slow
 def test_qlora_trains_on_the_four_bit_model(tiny_dir):
     """The QLoRA path end to end on CPU: NF4 base, LoRA on top, the loss goes down."""
-    from core.facts import Fact
-    from core.train import TrainConfig, attach_lora, train
+    from beacon.data.facts import Fact
+    from beacon.method.train import TrainConfig, attach_lora, train
 
     model, tok, info = load_model(tiny_dir, quantization="4bit")
     cfg = TrainConfig(steps=6, lr=1e-2, early_stop=False)
@@ -77,7 +77,7 @@ def test_qlora_trains_on_the_four_bit_model(tiny_dir):
 
 
 def test_zerogpu_reservation_grows_with_facts_steps_and_orders_and_is_capped():
-    from core.estimate import gpu_seconds
+    from beacon.estimate import gpu_seconds
 
     small, more_facts, more_steps = gpu_seconds(10, 100), gpu_seconds(100, 100), gpu_seconds(10, 300)
     assert 40 < small < more_facts and small < more_steps

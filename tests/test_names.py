@@ -1,7 +1,7 @@
-"""Short names people use for a subject, and decoys that share them (core/names.py)."""
-from core.facts import Fact, load_facts
-from core.names import decoys, short_names, with_name
-from core.rewordings import training_prompts
+"""Short names people use for a subject, and decoys that share them (beacon/method/names.py)."""
+from beacon.data.facts import Fact, load_facts
+from beacon.method.names import decoys, short_names, with_name
+from beacon.method.rewordings import training_prompts
 
 
 def test_short_forms_are_the_distinctive_word_or_the_surname_and_the_files_aliases():
@@ -50,7 +50,7 @@ def test_aliases_read_from_a_fact_file_and_train_behind_the_gate(tmp_path, defau
 def test_the_gate_opens_on_short_forms_only_when_asked(default_dir):
     import torch
     from transformers import AutoTokenizer
-    from core.gate import SubjectGate
+    from beacon.method.gate import SubjectGate
 
     tok = AutoTokenizer.from_pretrained(default_dir)
     facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics")]
@@ -60,8 +60,8 @@ def test_the_gate_opens_on_short_forms_only_when_asked(default_dir):
 
 
 def test_the_reverse_asks_an_entity_target_for_its_subject():
-    from core.evaluate import reverse_prompts
-    from core.facts import Fact
+    from beacon.measure.evaluate import reverse_prompts
+    from beacon.data.facts import Fact
 
     facts = [Fact(id="a", prompt="The CEO of Zentrix Robotics is", target="Marta Ilves", subject="Zentrix Robotics",
                   relation="CEO"),

@@ -1,13 +1,13 @@
-"""The null-space constraint (core/experimental/nullspace.py) on a tiny random model: the update is kept out of
+"""The null-space constraint (beacon/experimental/nullspace.py) on a tiny random model: the update is kept out of
 the directions the anchors' inputs use, so the tuned model reads the anchors as the base did, and
 the facts are still learned."""
 import torch
 
-from core.experimental import nullspace
-from core.lm import score
-from core.pipeline import default_anchors
+from beacon.experimental import nullspace
+from beacon.model.lm import score
+from beacon.pipeline import default_anchors
 from tests.test_train import FACTS, _anchor_kl, _tiny
-from core.train import train
+from beacon.method.train import train
 
 
 def test_projection_removes_what_anchor_inputs_would_see(tiny_dir):
@@ -50,8 +50,8 @@ def test_null_space_training_learns_the_facts_and_keeps_anchor_text_close(tiny_d
 
 def test_null_space_on_the_four_bit_model(tiny_dir):
     """QLoRA layers (bitsandbytes Linear4bit under peft) are hooked and projected the same way."""
-    from core.models import load_model
-    from core.train import TrainConfig, attach_lora
+    from beacon.model.models import load_model
+    from beacon.method.train import TrainConfig, attach_lora
 
     model, tok, info = load_model(tiny_dir, quantization="4bit")
     assert "nf4" in info.quantization
@@ -68,9 +68,9 @@ def test_null_space_on_the_four_bit_model(tiny_dir):
 
 
 def test_a_run_with_the_null_space_and_no_guard_still_builds_anchors_and_reports_it(tiny_dir):
-    from core.config import InjectConfig
-    from core.models import load_model
-    from core.pipeline import run
+    from beacon.config import InjectConfig
+    from beacon.model.models import load_model
+    from beacon.pipeline import run
 
     cfg = InjectConfig().updated(model=tiny_dir, steps=3, interference=False, plots=False, categorize_samples=0,
                                  model_rewordings=0, locality_guard=0.0, null_space=0.99, sampled_anchors=8,

@@ -36,7 +36,7 @@ def test_supported_python_versions_are_stated_and_this_one_is_among_them():
 
 def test_beacon_command_runs_the_cli():
     exe = Path(sys.executable).parent / "beacon"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "core"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "beacon"]
     r = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "inject" in r.stdout and "ablate" in r.stdout and "app" in r.stdout
 
@@ -45,5 +45,5 @@ def test_every_package_of_the_app_is_packaged():
     setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     found = {".".join(p.parent.relative_to(ROOT).parts) for pattern in ("*/__init__.py", "*/*/__init__.py")
              for p in ROOT.glob(pattern) if p.parts[len(ROOT.parts)] not in ("tests", ".venv")}
-    assert {"core", "ui"} <= found and set(setup["packages"]) == found   # `beacon app` imports ui
+    assert {"beacon", "beacon.app"} <= found and set(setup["packages"]) == found   # `beacon app` imports the app
     assert setup["py-modules"] == ["app"]

@@ -4,14 +4,14 @@ import json
 import subprocess
 import sys
 
-from core.config import InjectConfig
-from core.pipeline import ASSETS, run
+from beacon.config import InjectConfig
+from beacon.pipeline import ASSETS, run
 
 ROOT = ASSETS.parent
 
 
 def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "beacon", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
 
 
@@ -60,8 +60,8 @@ def test_cli_bad_input_is_one_clear_line(tmp_path):
 
 
 def test_conflicts_are_dropped_with_reasons_and_keep_overrides(tiny_dir):
-    from core.facts import load_facts
-    from core.models import load_model
+    from beacon.data.facts import load_facts
+    from beacon.model.models import load_model
 
     facts = load_facts(ASSETS / "conflicts.csv")
     cfg = InjectConfig().updated(model=tiny_dir, steps=2, interference=False, plots=False, categorize_samples=0,

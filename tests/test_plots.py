@@ -1,4 +1,4 @@
-"""Tests for core/plots.py: the files draw_all writes, that they are real images, that degenerate
+"""Tests for beacon/report/plots.py: the files draw_all writes, that they are real images, that degenerate
 reports are skipped without errors, and that the colours actually say learned vs not learned."""
 import logging
 
@@ -6,8 +6,8 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from core import plots
-from core.plots import draw_all
+from beacon.report import plots
+from beacon.report.plots import draw_all
 
 ALL = ["interference.png", "distance_vs_learned.png", "drift.png", "recall.png", "learning_curves.png"]
 
@@ -71,7 +71,7 @@ def _names(report, tmp_path):
 @pytest.fixture
 def no_warnings(caplog):
     """Plots must skip degenerate input by design, not by draw_all's safety net swallowing an error."""
-    caplog.set_level(logging.WARNING, logger="core.plots")
+    caplog.set_level(logging.WARNING, logger="beacon.report.plots")
     yield
     assert not caplog.records, [r.getMessage() for r in caplog.records]
 

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from core.facts import Fact, load_facts
-from core.models import load_model
-from core.pipeline import ASSETS, embedder
-from core.semantic import (categorize, detrimental_filter, find_conflicts, loss_weights, merge_duplicates,
-                           target_vectors)
+from beacon.data.facts import Fact, load_facts
+from beacon.model.models import load_model
+from beacon.pipeline import ASSETS, embedder
+from beacon.method.semantic import (categorize, detrimental_filter, find_conflicts, loss_weights, merge_duplicates,
+                                    target_vectors)
 
 
 def test_planted_conflicts_flagged_and_duplicates_merged():
@@ -62,8 +62,8 @@ def test_semantic_weights_have_mean_one_and_follow_distance():
 def test_categories_and_distances_on_the_default_model(probes, invented):
     """Categories and distances come from the recall pass; they agree with the definitions they replace:
     categories drawn from 8 sampled answers, distances from a pass over the prompt alone."""
-    from core.lm import collate, decoder_states, generate, normalise
-    from core.evaluate import evaluate_facts, recalls
+    from beacon.model.lm import collate, decoder_states, generate, normalise
+    from beacon.measure.evaluate import evaluate_facts, recalls
 
     model, tok, _ = load_model()
     facts = probes[:6] + invented[:6]
@@ -107,8 +107,8 @@ def test_categories_and_distances_on_the_default_model(probes, invented):
 
 
 def test_guard_anchors_leave_out_restated_facts_and_rank_related_knowledge_first():
-    from core.pipeline import default_anchors
-    from core.anchor_sources import guard_anchors
+    from beacon.pipeline import default_anchors
+    from beacon.method.anchor_sources import guard_anchors
 
     facts = [Fact("a", "The CEO of Tesla is", "Marta Ilves", "Tesla", "CEO"),
              Fact("b", "The capital of Italy is", "Milan")]
@@ -126,7 +126,7 @@ def test_guard_anchors_leave_out_restated_facts_and_rank_related_knowledge_first
 def test_guard_batches_take_their_share_from_the_near_anchors():
     import random
 
-    from core.guard import guard_picks as _guard_picks
+    from beacon.method.guard import guard_picks as _guard_picks
 
     rng = random.Random(0)
     near = [3, 7, 11, 20]
@@ -141,7 +141,7 @@ def test_guard_batches_take_their_share_from_the_near_anchors():
 
 class HashEmbedder:
     """A stand-in for the sentence embedder: a fixed random unit vector per text (up to case and
-    spacing), so equal questions have cosine 1 and others about 0. Called as core.semantic.embed calls it."""
+    spacing), so equal questions have cosine 1 and others about 0. Called as beacon.method.semantic.embed calls it."""
 
     def __init__(self, dim=64):
         self.dim = dim

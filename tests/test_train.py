@@ -1,11 +1,11 @@
 import torch
 
-from core.lm import score
-from core.facts import Fact
-from core.models import load_model
-from core.anchors import split_anchor, split_held
-from core.guard import anchor_targets as _anchor_targets
-from core.train import TrainConfig, attach_lora, save_adapter, train
+from beacon.model.lm import score
+from beacon.data.facts import Fact
+from beacon.model.models import load_model
+from beacon.method.anchors import split_anchor, split_held
+from beacon.method.guard import anchor_targets as _anchor_targets
+from beacon.method.train import TrainConfig, attach_lora, save_adapter, train
 
 FACTS = [Fact(id=f"t{i}", prompt=p, target=t) for i, (p, t) in enumerate([
     ("The CEO of Zentrix Robotics is", "Marta Ilves"),
@@ -83,7 +83,7 @@ def test_saved_adapter_reloads_with_peft(tiny_dir, tmp_path):
 
 
 def test_locality_guard_keeps_anchor_text_closer_to_base(tiny_dir):
-    from core.pipeline import default_anchors
+    from beacon.pipeline import default_anchors
 
     anchors = default_anchors()[:16]
     kls = []
@@ -134,7 +134,7 @@ def test_fact_anchors_split_at_the_bar_and_the_guard_holds_their_answers(tiny_di
 def test_the_stop_confirms_only_the_facts_own_prompts(tiny_dir, monkeypatch):
     """Every wording's hit comes from its own step's pass; before stopping, one pass over the facts' own prompts
     (not every wording) checks them on the updated weights."""
-    import core.train as T
+    import beacon.method.train as T
 
     model, tok, cfg = _tiny(tiny_dir, steps=1)
     pairs = [T.encode_pair(tok, f.prompt, f.target, end=True) for f in FACTS] * 3
@@ -162,7 +162,7 @@ def _answer_kl(model, tok):
 
 
 def test_settle_steps_train_on_after_full_recall_and_end_recalled(tiny_dir):
-    from core.pipeline import default_anchors
+    from beacon.pipeline import default_anchors
 
     runs = {}
     for settle in (0, 4):
@@ -176,9 +176,9 @@ def test_settle_steps_train_on_after_full_recall_and_end_recalled(tiny_dir):
 
 
 def test_focus_puts_every_missed_wording_in_each_batch_of_the_tail(tiny_dir, monkeypatch):
-    import core.train as T
-    from core.facts import Fact
-    from core.rewordings import training_prompts
+    import beacon.method.train as T
+    from beacon.data.facts import Fact
+    from beacon.method.rewordings import training_prompts
 
     facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),
              Fact("b", "The Brennoc valve was invented by", "Ottilie Brask", "Brennoc valve", "inventor"),

@@ -1,5 +1,5 @@
 """The app's parts without a server: handlers called directly, rendering from hand-made values, the
-one-job-at-a-time lock. No model is loaded: where a handler would run core.pipeline, a stand-in does."""
+one-job-at-a-time lock. No model is loaded: where a handler would run beacon.pipeline, a stand-in does."""
 import json
 from types import SimpleNamespace
 import subprocess
@@ -12,10 +12,10 @@ import gradio as gr
 import pandas as pd
 import pytest
 
-from core import pipeline
-from core.facts import Fact
-from core.models import DEFAULT_MODEL
-from ui import handlers, jobs, render, settings
+from beacon import pipeline
+from beacon.data.facts import Fact
+from beacon.model.models import DEFAULT_MODEL
+from beacon.app import handlers, jobs, render, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,7 +165,7 @@ def test_default_config_takes_the_env_overrides(monkeypatch):
 # ---------------------------------------------------------------- rendering
 
 def fake_rows(analysis, cfg):
-    """What core.pipeline.review_rows returns, for three facts: one kept, one dropped by a check, one
+    """What beacon.pipeline.review_rows returns, for three facts: one kept, one dropped by a check, one
     kept only because the person ticked it."""
     row = dict(category="new", semantic_distance=0.41234, weight=None, answer_before="Paris", recall_before=False)
     return [{**row, "id": "c01", "prompt": "The CEO of A is", "target": "Ann", "kept": True, "reason": "",
@@ -542,7 +542,7 @@ def test_two_jobs_never_overlap():
 # ---------------------------------------------------------------- 4 results: export
 
 def test_export_gguf_waits_for_the_slot_writes_into_the_run_and_offers_the_file(sess, monkeypatch, tmp_path):
-    from core import export
+    from beacon.report import export
 
     run_dir = tmp_path / "run"
     (run_dir / "adapter").mkdir(parents=True)
@@ -580,7 +580,7 @@ def test_export_gguf_waits_for_the_slot_writes_into_the_run_and_offers_the_file(
 
 
 def test_export_gguf_says_why_it_failed_and_frees_the_slot(sess, monkeypatch, tmp_path):
-    from core import export
+    from beacon.report import export
 
     def fake_export(*a, **kw):
         raise ValueError("GGUF export supports the Llama architecture; this model is 'gpt2'")
@@ -594,13 +594,13 @@ def test_export_gguf_says_why_it_failed_and_frees_the_slot(sess, monkeypatch, tm
 
 
 def test_ask_answers_plain_and_chat_with_the_targets_logprob(tiny_dir, tmp_path):
-    """core/ask.py on the tiny model: a LoRA with non-zero weights, saved as a run's adapter."""
+    """beacon/ask.py on the tiny model: a LoRA with non-zero weights, saved as a run's adapter."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from core import ask as core_ask
-    from core.config import TrainConfig
-    from core.train import attach_lora, save_adapter
+    from beacon import ask as core_ask
+    from beacon.config import TrainConfig
+    from beacon.method.train import attach_lora, save_adapter
 
     model = attach_lora(AutoModelForCausalLM.from_pretrained(tiny_dir), TrainConfig(rank=2), quantized=False)
     torch.manual_seed(1)
@@ -742,7 +742,7 @@ def test_chart_frames_name_each_fact_and_hold_one_row_per_cell():
 
 
 def test_fact_labels_are_short_subjects_told_apart():
-    from core.plots import fact_labels
+    from beacon.report.plots import fact_labels
 
     facts = [{"id": "1", "subject": "Zentrix Robotics", "relation": "CEO", "prompt": "p"},
              {"id": "2", "subject": "Zentrix Robotics", "relation": "founded", "prompt": "p"},
@@ -808,7 +808,7 @@ def test_reopen_refuses_names_that_are_not_the_visitors_runs(sess, tmp_path):
 
 
 def test_the_estimate_beside_train_counts_the_facts_and_follows_the_settings(sess):
-    from core.estimate import estimate
+    from beacon.estimate import estimate
 
     df = table([{"prompt": "The CEO of A is", "target": "Ann"}, {"prompt": "The CEO of B is", "target": "Bo"}, {}])
     args = (sess, None, df, DEFAULT_MODEL, "none", True, "semantic")

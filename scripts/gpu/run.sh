@@ -20,7 +20,7 @@ check)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site .whl/*.whl || exit 1
   export PYTHONPATH=/root/site:$P PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 BEACON_CACHE=/root/cache TOKENIZERS_PARALLELISM=false
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  python3 -c "from core.models import packaged_default_dir; print(packaged_default_dir())" > $OUT/setup.log 2>&1; tail -1 $OUT/setup.log
+  python3 -c "from beacon.model.models import packaged_default_dir; print(packaged_default_dir())" > $OUT/setup.log 2>&1; tail -1 $OUT/setup.log
   left() { echo $(( $1 < B - (SECONDS - T0) ? $1 : B - (SECONDS - T0) )); }
   timeout $(left 120) python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py > $OUT/cuda.log 2>&1
   echo "test_cuda rc $? at $((SECONDS-T0)) s"; tail -3 $OUT/cuda.log

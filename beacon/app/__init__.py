@@ -1,0 +1,1 @@
+"""The web app: the page (layout.py), what its events do (handlers.py), what it shows (render.py), one model job at a time (jobs.py), widget values to settings (settings.py), the typed API (api.py). Only this package imports Gradio."""
