@@ -304,7 +304,7 @@ def test_to_dict_from_dict():
     assert f.paraphrases == ["p"]  # to_dict copies
 
 
-# ---------------------------------------------------------------- limits and hostile input (issue 12)
+# ---------------------------------------------------------------- limits and hostile input
 
 def test_fact_count_limit_in_files_and_tables(tmp_path, monkeypatch):
     p = write(tmp_path, "many.csv", "prompt,target\n" + "".join(f"P{i} is,T\n" for i in range(30)))

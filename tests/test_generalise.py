@@ -1,4 +1,4 @@
-"""Evaluation that cannot flatter, and the parts that make facts generalise (issue 10)."""
+"""Evaluation that cannot flatter, and the parts that make facts generalise."""
 import itertools
 
 import pytest
@@ -255,7 +255,7 @@ def test_relation_anchors_hold_the_subjects_the_base_model_knows_not_its_guesses
         monkeypatch.setattr(guard, "subject_specificity", lambda *a: real(*a, known=float("-inf")))
         assert relation_anchors(model, tok, facts) == held, path
         assert pruned[0] == scored[2] and pruned[1] <= scored[3], (path, pruned, scored[2:])
-        if path == "invented":   # 192 stand-in rows of 360 at stop 27
+        if path == "invented":   # 192 stand-in rows of 360 when this was written
             assert pruned[1] < scored[3], (pruned, scored[2:])
         monkeypatch.undo()
 
@@ -263,7 +263,7 @@ def test_relation_anchors_hold_the_subjects_the_base_model_knows_not_its_guesses
 def test_held_texts_keep_the_model_writing_about_an_edited_subject():
     """Behind the gate from the subject on, every token after a subject can move. Without text of the base
     model's own about each subject to hold, the tuned model answered "Tell me about Italy." with "Spain.
-    Spain. Spain." (stop 25's default). With it, the facts are learned and the text about their subjects
+    Spain. Spain." (the gate without held texts). With it, the facts are learned and the text about their subjects
     costs the tuned model about what it cost the base model (1.17 times, against 2.70 without held texts)."""
     from beacon.method.anchor_sources import subject_text_anchors
     from beacon.method.anchors import HOLD_MARK, split_held

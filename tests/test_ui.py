@@ -463,7 +463,7 @@ def test_wait_for_slot_yields_while_held_and_gives_up_when_stopped():
 
 
 def test_a_stop_as_the_slot_comes_free_never_leaves_the_lock_held():
-    """The lock leak of issue 12: Stop in the last moments of another visitor's job. Whatever the
+    """A lock leak once found: Stop in the last moments of another visitor's job. Whatever the
     interleaving, the wait's answer and the lock agree, and a stopped wait holds nothing."""
     for trial in range(30):
         assert jobs._MODEL_LOCK.acquire(timeout=5)        # another visitor's job
