@@ -216,8 +216,7 @@ class InjectConfig:
             except IdleSetting as e:
                 if e.name in values:   # the variant's own choice: say so
                     raise
-                cfg = replace(cfg, **{e.name: describe(e.name)["default"]}) if e.name in _names(InjectConfig) else \
-                    replace(cfg, train=replace(cfg.train, **{e.name: describe(e.name)["default"]}))
+                cfg = cfg.updated(**{e.name: describe(e.name)["default"]})   # a default is never idle
         return cfg.updated(**values)
 
     def value(self, name: str):

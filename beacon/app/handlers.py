@@ -22,6 +22,7 @@ import pandas as pd
 from beacon.report import export as core_export
 from beacon import pipeline
 from beacon.ask import ask
+from beacon.config import idle_settings
 from beacon.estimate import estimate, gpu_seconds, remaining
 from beacon.data.facts import FactsError, facts_from_rows, load_facts, save_facts
 from beacon.method.anchors import read_anchors
@@ -32,7 +33,7 @@ from beacon.app import cleanup, jobs
 from beacon.app.jobs import ACTIVE, QueueFull, Stopped, stream, wait_for_slot, waiting
 from beacon.app.render import (CHECK_STAGES, REVIEW_COLUMNS, ask_default, ask_scores, ask_target, charts, curves,
                                done_message, facts_frame, results_view, review_frame, status_html, train_stages)
-from beacon.app.settings import (ASSETS, SAMPLES, anchors_used, default, device_note, earlier_run_dir, earlier_runs,
+from beacon.app.settings import (ASSETS, SAMPLES, default, device_note, earlier_run_dir, earlier_runs,
                                  layer_count, layers_spec, make_config, new_run_dir, probes, session_dir, value)
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated call runs
@@ -443,7 +444,7 @@ def train(sess, analysis, facts_df, model, quant, filt, weighting, steps, lr, ra
                        "Where to train to all layers and Data orders to 1, or Continue from to none.")
     cfg = make_config(sess, model, quant, filt, weighting, steps, lr, rank, guard, layers, orders, merge,
                       continue_from, rewordings, anchors, gate)
-    if sess.get("anchors_file") and not anchors_used(value(cfg, "gate"), value(cfg, "locality_guard")):
+    if sess.get("anchors_file") and "anchors_file" in idle_settings(cfg):
         raise gr.Error(f"Your guard anchors ({Path(sess['anchors_file']).name}) are read only with Where the adapter "
                        "acts: on every token, and a Locality guard above 0: choose those, or clear the file.")
     measured = run_probes(sess)

@@ -20,7 +20,7 @@ from beacon.app.render import (error_box, FACT_COLUMNS, FACT_TOOLTIP, INTERFEREN
                                RESULT_COLUMNS, REVIEW_COLUMNS)
 from beacon.app import api
 from beacon.app.settings import (LAYER_CHOICES, MAX_STEPS, NO_EARLIER, QUEUE_SIZE, RUN_TTL_HOURS, SAMPLES,
-                                 anchors_used, default, device_note, guard_widgets, layer_count, limits_note,
+                                 anchors_used, default, device_note, greyed, guard_widgets, layer_count, limits_note,
                                  model_allowlist)
 
 CSS = """
@@ -212,7 +212,7 @@ def build_demo() -> gr.Blocks:
                                                    "facts, and merges them: about K times the training time",
                                               elem_id="orders-in")
                         merge_in = gr.Radio(["select", "average"], value=default("merge"),
-                                            label="Merge rule (when K > 1)", interactive=default("orders") > 1,
+                                            label="Merge rule (when K > 1)", interactive="merge" not in greyed(),
                                             elem_id="merge-in",
                                             info="select: each weight from one randomly chosen run; average: the mean")
                     with gr.Row():
@@ -392,8 +392,8 @@ def build_demo() -> gr.Blocks:
 
         layers_in.change(lambda c: gr.Textbox(visible=c == "custom"), layers_in, layers_custom,
                          api_visibility="private", queue=False)
-        orders_in.change(lambda k: gr.Radio(interactive=int(k) > 1), orders_in, merge_in, api_visibility="private",
-                         queue=False)
+        orders_in.change(lambda k: gr.Radio(interactive="merge" not in greyed(orders=int(k))), orders_in, merge_in,
+                         api_visibility="private", queue=False)
         # The guard's sources and the visitor's anchors are read on every token with the guard on only
         # (beacon.config.idle_settings): greyed otherwise, the sources back at their defaults.
         gr.on([gate_in.change, guard_in.change], guard_widgets, [gate_in, guard_in], [anchors_in, anchors_file_in],

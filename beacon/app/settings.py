@@ -17,7 +17,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from beacon.config import InjectConfig
+from beacon.config import InjectConfig, guard_sources, idle_settings
 from beacon.data.facts import MAX_BYTES, MAX_FACTS, load_facts
 from beacon.method.layers import parse_layers
 from beacon.model.models import DEFAULT_MODEL, pick_device, resolve_model, resolve_quantization
@@ -134,7 +134,7 @@ def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=N
              weighting=weighting, keep=list(sess["keep"]), drop=list(sess["drop"]))
     if steps is not None and int(steps) > MAX_STEPS:
         raise gr.Error(f"Step budget: at most {MAX_STEPS} steps on this server (BEACON_MAX_STEPS), got {int(steps)}.")
-    if orders is not None and int(orders) <= 1:
+    if orders is not None and "merge" in greyed(orders=int(orders)):
         merge = None   # greyed with one order: it merges nothing
     for k, v, cast in (("steps", steps, int), ("lr", lr, float), ("rank", rank, int), ("locality_guard", guard, float),
                        ("layers", layers, str), ("orders", orders, int), ("merge", merge, str)):
@@ -148,24 +148,26 @@ def make_config(sess, model, quant, filt, weighting, steps=None, lr=None, rank=N
         d["rewordings"] = bool(rewordings)
     if gate is not None:
         d["gate"] = str(gate)
-    if anchors is not None and not anchors_used(d.get("gate", default("gate")), d.get("locality_guard",
-                                                                                     default("locality_guard"))):
-        anchors = None   # greyed: behind a gate, or with the guard off, the guard's sources are not read
-    if anchors is not None:
-        if not anchors and d.get("locality_guard", default("locality_guard")) > 0 \
-                and d.get("gate", default("gate")) == "none":
+    # greyed behind a gate or with the guard off: the guard's sources are not read
+    if anchors is not None and anchors_used(d.get("gate"), d.get("locality_guard")):
+        if not anchors:
             raise gr.Error("Choose at least one thing for the guard to protect, or set the locality guard to 0.")
-        d["guard_anchors"] = ",".join(anchors) or default("guard_anchors")
+        d["guard_anchors"] = ",".join(anchors)
     try:
         return DEFAULTS.updated(**d)
     except ValueError as e:   # the field and what it accepts, from beacon/config.py
         raise gr.Error(f"Settings: {e}") from None
 
 
+def greyed(**values) -> set[str]:
+    """The settings idle under these widget values (None: the default) and the defaults of the rest: the
+    widgets the app greys, by the config's own rules (beacon.config.idle_settings)."""
+    return set(idle_settings(DEFAULTS.variant(**{k: v for k, v in values.items() if v is not None})))
+
+
 def anchors_used(gate, guard) -> bool:
-    """Whether the guard's sources and a visitor's anchors file are read: on every token with the guard on
-    (beacon.config.idle_settings). The app greys those widgets otherwise."""
-    return (gate or default("gate")) == "none" and float(guard if guard is not None else default("locality_guard")) > 0
+    """Whether the guard's sources and a visitor's anchors file are read: on every token with the guard on."""
+    return "guard_anchors" not in greyed(gate=gate or None, locality_guard=None if guard is None else float(guard))
 
 
 def guard_widgets(gate, guard):
@@ -173,7 +175,7 @@ def guard_widgets(gate, guard):
     sources then back at their defaults (a greyed widget must not hold a choice that a run would refuse)."""
     on = anchors_used(gate, guard)
     sources = gr.CheckboxGroup(interactive=True) if on else \
-        gr.CheckboxGroup(value=default("guard_anchors").split(","), interactive=False)
+        gr.CheckboxGroup(value=guard_sources(default("guard_anchors")), interactive=False)
     return sources, gr.File(interactive=on)
 
 

@@ -246,10 +246,11 @@ class _Fixed(NamedTuple):
     u: torch.Tensor | None       # target vectors, with dynamic weights
 
 
-def _prepare(model, tok, facts, cfg: TrainConfig, guarded: list, anchors, pairs, device) -> _Fixed:
+def _prepare(model, tok, facts, cfg: TrainConfig, anchors: list, pairs, device) -> _Fixed:
     """Everything computed once before the first step. The early-stop check runs without bf16, so "all
     recalled" holds in the precision recall is measured in; the prefixes and the guard's targets are computed
     in the step's precision, so the KL is 0 before the first update."""
+    guarded = anchors if cfg.guarded else []
     fast = precision.FrozenBf16(model, precision.resolve(cfg.compute, model) == "bf16")
     gate = getattr(model, "_beacon_gate", None)
     frozen = guard_set = null = u = None
@@ -334,12 +335,11 @@ def train(model, tok, facts, weights=None, cfg: TrainConfig | None = None, ancho
     if n == 0:
         return result
     item_hit = [False] * n_items
-    guard = cfg.guarded and len(anchors) > 0
-    ctx = _prepare(model, tok, facts, cfg, list(anchors) if guard else [], anchors, pairs, device)
+    ctx = _prepare(model, tok, facts, cfg, list(anchors), pairs, device)
 
     steps_per_epoch, batch_size, batches, stream = _schedule(pairs, owner, cfg.batch_size, rng, order)
     t0 = time.perf_counter()
-    stop = _Stop(cfg.settle_steps if guard else 0)
+    stop = _Stop(cfg.settle_steps if ctx.guard_set is not None else 0)
     model.train()
     try:
         for step in range(1, cfg.steps + 1):
