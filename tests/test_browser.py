@@ -124,7 +124,8 @@ def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
     page.get_by_label("custom list").check()
     page.locator("#layers-custom textarea, #layers-custom input").first.fill("20-35")
     page.locator("#train-btn").click()
-    page.wait_for_selector("text=indices in 0..29, got '20-35'", timeout=30_000)
+    # the status line itself, not the toast that shows the same words and can come first
+    page.wait_for_selector("#train-status >> text=indices in 0..29, got '20-35'", timeout=30_000)
     status = page.locator("#train-status").inner_text()
     assert "⚠ Where to train" in status and "▶" not in status   # the error stays where Train reports; nothing ran
     page.get_by_label("all layers").check()
