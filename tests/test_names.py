@@ -59,6 +59,33 @@ def test_the_gate_opens_on_short_forms_only_when_asked(default_dir):
     assert SubjectGate.for_facts(tok, facts, "from-subject", short=True).mask(ids).any()
 
 
+def test_a_short_form_opens_the_gate_only_where_it_stands_alone_as_a_name(default_dir, tmp_path):
+    import torch
+    from transformers import AutoTokenizer
+    from beacon.method.gate import SubjectGate, load_gate
+
+    tok = AutoTokenizer.from_pretrained(default_dir)
+    facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics"),
+             Fact("b", "Marta Ilves was born in", "Drusk", "Marta Ilves")]
+    gate = SubjectGate.for_facts(tok, facts, "from-subject", short=True)
+
+    def opens(text):
+        return bool(gate._open_mask(torch.tensor([tok(text).input_ids])).any())
+
+    for alone in ("Zentrix is led by", "Who runs Zentrix? It is", "Zentrix's CEO is", "Dr Ilves works at",
+                  "When Ilves joined the firm", "Ilves was born in", "the CEO of zentrix is"):
+        assert opens(alone), alone
+    for longer in ("Zentrix Hotel is led by", "The CEO of Zentrix Holdings is", "Anna Ilves works at",
+                   "Pieter Ilves was born in", "The Zentrixian empire", "Nothing about them"):
+        assert not opens(longer), longer
+    assert opens("The CEO of Zentrix Robotics is") and opens("Marta Ilves was born in")   # the full names, always
+    gate.save(tmp_path)                                  # the short forms travel with the adapter
+    again = load_gate(tok, tmp_path)
+    assert again.short == ["Ilves", "Zentrix"] and again.subjects == ["Marta Ilves", "Zentrix Robotics"]
+    assert bool(again.mask(torch.tensor([tok("Ilves was born in").input_ids])).any())
+    assert not bool(again.mask(torch.tensor([tok("Anna Ilves was born in").input_ids])).any())
+
+
 def test_the_reverse_asks_an_entity_target_for_its_subject():
     from beacon.measure.evaluate import reverse_prompts
     from beacon.data.facts import Fact

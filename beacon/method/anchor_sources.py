@@ -2,8 +2,9 @@
 
 Where anchors come from. Behind the subject gate (the default) text that names no subject cannot move, so the
 guard holds what the base model says of each edited subject: **relation anchors** (each subject asked by the
-other facts' relations), **held texts** (how the base model goes on after each fact and about each subject)
-and, with short names, **decoys**. On every token (gate none), `guard_anchors` chooses among:
+other facts' relations) and **held texts** (how the base model goes on after each fact and about each subject).
+With short names no decoy ("Zentrix Hotel") is held: a short form inside a longer name leaves the gate shut, so
+the base model answers there by construction. On every token (gate none), `guard_anchors` chooses among:
 * **Neighbours** (with sampled, the default on every token), built from the base model itself, so they protect whatever the model
   knows near the facts rather than what a hand-written list resembles. For each fact, the prompt
   up to its subject ("The CEO of") is continued by the base model a few times to get other subjects
@@ -282,32 +283,6 @@ def subject_text_anchors(model, tok, facts, tokens: int = 16) -> list[str]:
     return held_anchors_from(requests, generate(model, tok, requests.prompts, max_new_tokens=tokens), named, old)
 
 
-def decoy_requests(facts) -> Requests:
-    """Each fact's prompt about a decoy that shares a short form of its subject ("The CEO of Zentrix Hotel is"),
-    owner: the fact's target. With the gate open on short forms, the guard holds what the base model says of
-    them, so that the edit stays with its own entity."""
-    from beacon.method.names import decoys, short_names, with_name
-
-    prompts, owner = [], []
-    for f in facts:   # the fact's own prompt (the decoys measured are asked in its held-out wordings)
-        for name in short_names(f.subject or "", f.aliases):
-            for d in decoys(f.subject, name):
-                if (p := with_name(f.prompt, f.subject, d)) is not None and p not in prompts:
-                    prompts.append(p)
-                    owner.append(f.target)
-    return Requests(prompts, owner)
-
-
-def decoy_anchors_from(requests: Requests, answers: list[str]) -> list[str]:
-    """Fact anchors `decoy prompt | the base model's answer`, less answers that are the fact's new target."""
-    out = []
-    for p, target, a in zip(requests.prompts, requests.owner, answers):
-        a = _answer(a)
-        if a and len(a) <= 60 and _head(a) != _head(target):
-            out.append(f"{p}{ANSWER_MARK}{a}")
-    return out
-
-
 def held_requests(tok, facts) -> Requests:
     """subject_text_anchors' contexts: each fact as taught, each subject announced and, with a chat template,
     asked about; owner: the subject each belongs to."""
@@ -463,13 +438,10 @@ def build_anchors(model, tok, facts, probes: dict, cfg, embedder, emit=lambda *a
         rel = relation_requests(facts, seed=cfg.train.seed)
         held = held_requests(tok, facts) if cfg.train.gate == "from-subject" and cfg.held_texts else Requests([], [])
         own = [] if old_answers is not None else [f.prompt for f in facts]
-        decoy = decoy_requests(facts) if cfg.train.short_names and cfg.train.gate != "none" else Requests([], [])
-        texts = generate(model, tok, rel.prompts + held.prompts + own + decoy.prompts, batch_size=256,
-                         max_new_tokens=[8] * len(rel.prompts) + [cfg.held_texts] * len(held.prompts)
-                         + [8] * (len(own) + len(decoy.prompts)))
+        texts = generate(model, tok, rel.prompts + held.prompts + own, batch_size=256,
+                         max_new_tokens=[8] * len(rel.prompts) + [cfg.held_texts] * len(held.prompts) + [8] * len(own))
         at = len(rel.prompts) + len(held.prompts)
         old = old_answers if old_answers is not None else texts[at:at + len(own)]
-        about_subject |= set(decoy_anchors_from(decoy, texts[at + len(own):]))
         about_subject |= set(relation_anchors_from(model, tok, rel, texts[:len(rel.prompts)], old,
                                                    cfg.relation_specific, facts))
         named = [(f, a) for f, a in zip(facts, old) if f.subject and f.subject.strip()]
