@@ -37,7 +37,7 @@ VARIANTS = {
     "full + gate from the subject on (every relation anchor)": {**FULL, "gate": "from-subject", "relation_specific": 0.0},
     "full: no gate (guard)": GUARDED,
     "full: no gate (guard) + relation anchors": {**GUARDED, "guard_anchors": "neighbours,sampled,relations"},
-    "full + short names": {**FULL, "gate": "from-subject", "short_names": True},
+    "full: no short names": {**FULL, "short_names": False},
     "full: uniform weights": {**FULL, "weighting": "uniform"},
     "full: dynamic weights": {**FULL, "weighting": "dynamic"},
     "full: no rewordings": {**FULL, "rewordings": False},

@@ -77,9 +77,8 @@ class TrainConfig:
                         "a gate text that names none runs through the base model unchanged, and the locality guard "
                         "holds what the model knows of each subject by other relations and how it writes about each",
                         choices=("none", "subject", "from-subject"))
-    short_names: bool = setting(False, "behind the gate, open it on each subject's short forms too (the fact file's "
-                                "aliases, a name's distinctive word, a surname) where they stand alone as a name, "
-                                "and train each fact on its prompt with them")
+    short_names: bool = setting(True, "behind the gate, open it on each subject's short forms too (the fact file's "
+                                "aliases, a name's distinctive word, a surname) where they stand alone as a name")
     null_space: float = setting(0.0, "keep each LoRA layer out of the input directions that hold this share of "
                                 "the energy of the guard anchors' text (AlphaEdit-style projection; 0 = off)",
                                 min=0.0, max=0.9999)

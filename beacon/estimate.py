@@ -51,7 +51,6 @@ PLOTS = 3.0                  # matplotlib, 2.5-3.4 s for a 30-fact report: not m
 
 # Training. Steps grow more slowly than the facts (bigger batches of different facts help each other).
 STEPS_AT_10, STEPS_EXPONENT = 22, 0.6
-SHORT_NAMES = 1.15           # --short-names: 48 and 42 steps against 39 and 40 (two 30-fact sets, seed 0)
 TRAIN_SETUP = (1.5, 0.47)    # before the first step: the guard's base log-probs, the frozen prefixes
 STEP_FIXED = 0.3             # optimiser, LoRA bookkeeping, the early-stop check
 STEP_PER_WORDING = 2.0 / 32  # the task's pass, forward and backward, per training wording in the batch
@@ -174,8 +173,6 @@ def expected_steps(n_facts: int, cfg: InjectConfig) -> tuple[float, int]:
     if n_facts == 0 or t.steps == 0:
         return 0.0, 0
     steps = STEPS_AT_10 * (n_facts / 10) ** STEPS_EXPONENT if t.early_stop else t.steps
-    if t.short_names and t.gate != "none" and t.early_stop:
-        steps *= SHORT_NAMES
     if t.guarded and t.early_stop:
         steps += t.settle_steps
     return k * min(steps, t.steps), k * t.steps

@@ -263,7 +263,7 @@ def _wordings(tok, kept_facts, written: dict, gate, cfg: InjectConfig) -> list[l
     """Each kept fact's training wordings: its prompt, Beacon's rewordings and the base model's own; behind the
     gate, less those that do not name the subject (they cannot move)."""
     prompts = [training_prompts(f, tok, forms=None if cfg.rewordings else (), own_paraphrases=cfg.train_paraphrases,
-                                seed=cfg.train.seed, short=cfg.train.short_names and gate is not None) + extra
+                                seed=cfg.train.seed) + extra
                for f, extra in zip(kept_facts, written["prompts"])]
     if gate is not None:
         prompts = [[p for j, p in enumerate(ps) if j == 0 or gate.covers(tok, p)] for ps in prompts]

@@ -70,10 +70,10 @@ def test_settings_that_would_do_nothing_are_refused_naming_both():
 
     cases = {("guard_anchors", "file"): "gate 'from-subject'", ("anchors_file", "mine.txt"): "gate 'from-subject'",
              ("merge", "average"): "orders is 1", ("held_texts", 8): "gate is 'none'",
-             ("short_names", True): "gate 'none'", ("guard_batch", 8): "locality_guard 0",
+             ("guard_batch", 8): "locality_guard 0",
              ("model_rewordings", 5): "rewordings is off", ("filter_strength", 3.0): "filter false",
              ("sampled_anchors", 10): "guard_anchors 'file'"}
-    context = {"held_texts": dict(gate="none"), "short_names": dict(gate="none"), "guard_batch": dict(locality_guard=0),
+    context = {"held_texts": dict(gate="none"), "guard_batch": dict(locality_guard=0),
                "model_rewordings": dict(rewordings=False), "filter_strength": dict(filter=False),
                "sampled_anchors": dict(gate="none", guard_anchors="file")}
     for (name, v), why in cases.items():
@@ -97,4 +97,4 @@ def test_a_variant_puts_what_it_leaves_idle_back_to_default():
     assert v.guard_anchors == InjectConfig().guard_anchors and v.interference_max_facts == 64
     assert v.train.gate == "from-subject"
     with pytest.raises(IdleSetting):   # a variant's own idle choice is still an error
-        InjectConfig().variant(gate="none", short_names=True)
+        InjectConfig().variant(gate="none", held_texts=8)

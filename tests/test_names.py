@@ -26,8 +26,10 @@ def test_a_prompt_names_its_subject_by_another_name():
     assert with_name("The capital of Sevrandia is", "Halvessa", "H") is None
 
 
-def test_aliases_read_from_a_fact_file_and_train_behind_the_gate(tmp_path, default_dir):
+def test_aliases_read_from_a_fact_file_open_the_gate_and_are_not_trained(tmp_path, default_dir):
+    import torch
     from transformers import AutoTokenizer
+    from beacon.method.gate import SubjectGate
 
     path = tmp_path / "f.csv"
     path.write_text("subject,prompt,target,aliases\nProject Kestrel,The lead of Project Kestrel is,Ada Moor,"
@@ -35,9 +37,10 @@ def test_aliases_read_from_a_fact_file_and_train_behind_the_gate(tmp_path, defau
     f = load_facts(path)[0]
     assert f.aliases == ["the Kestrel project", "Kestrel"]
     tok = AutoTokenizer.from_pretrained(default_dir)
-    wordings = training_prompts(f, tok, short=True)
-    assert "The lead of the Kestrel project is" in wordings and "The lead of Kestrel is" in wordings
-    assert not any("Kestrel project" in w for w in training_prompts(f, tok))
+    assert not any("Kestrel project" in w or "of Kestrel" in w for w in training_prompts(f, tok))
+    gate = SubjectGate.for_facts(tok, [f], "from-subject", short=True)
+    for text in ("The lead of the Kestrel project is", "Who leads Kestrel? It is"):
+        assert gate.mask(torch.tensor([tok(text).input_ids])).any(), text
     bad = tmp_path / "bad.csv"
     bad.write_text("prompt,target,aliases\nThe lead of Project Kestrel is,Ada Moor,Kestrel\n")
     try:
