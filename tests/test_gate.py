@@ -142,10 +142,15 @@ def test_the_onward_gate_opens_at_the_subject_and_stays_open_through_a_kv_cache(
     chat = [tok.apply_chat_template([{"role": "user", "content": f.prompt}], tokenize=False,
                                     add_generation_prompt=True) for f in FACTS]
     base = {t: _logits(model, tok, t) for t in OTHER + [text]}
+    decoys = ["Zentrix Hotel is led by", "The mascot of the Quillfen Holdings is"]
+    short = ["Zentrix is led by", "Zentrix and Robotics, apart, are not the subject."]
+    base.update({t: _logits(model, tok, t) for t in decoys + short})
     res = train(model, tok, FACTS, cfg=cfg)
     assert res.stopped == "all recalled" and model._beacon_gate.onward
-    for t in OTHER:
+    for t in OTHER[:2] + decoys:        # no subject, or a short form inside another name: the base model, exactly
         assert torch.equal(_logits(model, tok, t), base[t]), t
+    for t in short:                     # a short form that stands alone opens the gate (the default)
+        assert not torch.allclose(_logits(model, tok, t), base[t]), t
     ids = tok(text).input_ids
     first = ids.index(tok(" Z", add_special_tokens=False).input_ids[0])
     tuned = _logits(model, tok, text)
