@@ -76,12 +76,21 @@ def test_a_short_form_opens_the_gate_only_where_it_stands_alone_as_a_name(defaul
         return bool(gate._open_mask(torch.tensor([tok(text).input_ids])).any())
 
     for alone in ("Zentrix is led by", "Who runs Zentrix? It is", "Zentrix's CEO is", "Dr Ilves works at",
-                  "When Ilves joined the firm", "Ilves was born in", "the CEO of zentrix is"):
+                  "When Ilves joined the firm", "Ilves was born in"):
         assert opens(alone), alone
     for longer in ("Zentrix Hotel is led by", "The CEO of Zentrix Holdings is", "Anna Ilves works at",
-                   "Pieter Ilves was born in", "The Zentrixian empire", "Nothing about them"):
+                   "Pieter Ilves was born in", "The Zentrixian empire", "Nothing about them",
+                   "the CEO of zentrix is"):         # a short form is a name: as written, capitalised
+
         assert not opens(longer), longer
     assert opens("The CEO of Zentrix Robotics is") and opens("Marta Ilves was born in")   # the full names, always
+    # a derived short form that is a word of the language opens nothing; the same word as the file's alias does
+    boats = Fact("c", "Two Boats at Sennick belongs to the", "Hallam Gallery", "Two Boats at Sennick")
+    words = SubjectGate.for_facts(tok, [boats], "from-subject", short=True)
+    assert "Two" not in words.short and not words.covers(tok, "One ox, two oxen. Two more came.")
+    assert "Sennick" in words.short and words.covers(tok, "Sennick is a painting")
+    aliased = Fact("c", boats.prompt, boats.target, boats.subject, aliases=["Two"])
+    assert "Two" in SubjectGate.for_facts(tok, [aliased], "from-subject", short=True).short
     gate.save(tmp_path)                                  # the short forms travel with the adapter
     again = load_gate(tok, tmp_path)
     assert again.short == ["Ilves", "Zentrix"] and again.subjects == ["Marta Ilves", "Zentrix Robotics"]

@@ -54,7 +54,7 @@ class SubjectGate:
         self._stem_ids = torch.tensor([i for i, t in enumerate(vocab) if isinstance(t, str) and t.startswith("Ġ")
                                        and t[1:].lower().startswith(tuple(stems))], dtype=torch.long)
         self._by_len = _by_length(seqs)
-        self._short_by_len = _by_length(_token_forms(tok, self.short))
+        self._short_by_len = _by_length(_token_forms(tok, self.short, lower=False))
         self._name_like = self._name_before = self._word_rest = None
         if self.short:
             self._name_like, self._name_before, self._word_rest = _name_tokens(tok)
@@ -70,8 +70,11 @@ class SubjectGate:
         from beacon.method.names import short_names
 
         keys = [gate_key(f) for f in facts]
+        # A derived short form that is a word of the language ("Two" of Two Boats at Sennick, "Wall" of Wall
+        # Street: one token in lower case) would open the gate on ordinary text; the file's aliases always count.
         forms = [n for f in facts if f.subject and gate_key(f) == f.subject.strip()
-                 for n in short_names(f.subject, f.aliases)] if short else []
+                 for n in short_names(f.subject, f.aliases)
+                 if n in f.aliases or len(tok(" " + n.lower(), add_special_tokens=False).input_ids) > 1] if short else []
         return cls(tok, keys, onward=kind == "from-subject", short=forms)
 
     @property
@@ -212,12 +215,13 @@ _OPENERS = {
 }
 
 
-def _token_forms(tok, names) -> set[tuple[int, ...]]:
+def _token_forms(tok, names, lower: bool = True) -> set[tuple[int, ...]]:
     """The token ids of each name as it can appear: at the start of a text or after punctuation, after a space;
-    capitalised or not ("the Brennoc valve" opening a sentence, "The Beatles" inside one)."""
+    capitalised or, with `lower`, not ("the Brennoc valve" opening a sentence, "The Beatles" inside one). Short
+    forms are names alone: "ferryman" in running text is not the Silent Ferryman."""
     seqs = set()
     for s in names:
-        for form in {s, s[0].upper() + s[1:], s[0].lower() + s[1:]}:
+        for form in {s, s[0].upper() + s[1:]} | ({s[0].lower() + s[1:]} if lower else set()):
             for text in (form, " " + form):
                 ids = tok(text, add_special_tokens=False).input_ids
                 if ids:
