@@ -10,10 +10,10 @@ positions that read the relation after the subject ("Italy's capital city is") m
 * a fact is learned as something about its subject: every wording that names the subject opens the gate
   (the subject's tokens are where ROME and MEMIT edit too).
 What it cannot do: change an answer to a prompt that does not name the subject as written (a pronoun,
-a description, another spelling; `short_names` adds a subject's short forms where they stand alone). The mask is computed from the
-token ids of each forward call, so a subject split across two calls (a prompt cut between a cached prefix
-and the rest) is missed: beacon/model/frozen.py cuts every text before its subject. A gated adapter cannot be
-merged into the weights: loaded without the gate, its update acts on every token.
+a description, another spelling; `short_names` adds a subject's short forms where they stand alone). The
+mask is computed from the token ids of each forward call, so a subject split across two calls (a prompt cut
+between a cached prefix and the rest) is missed: beacon/model/frozen.py cuts every text before its subject.
+A gated adapter cannot be merged into the weights: loaded without the gate, its update acts on every token.
 """
 from __future__ import annotations
 
@@ -49,15 +49,15 @@ class SubjectGate:
         # Italian government" for Italy, "the Norwegian parliament" for Norway (the counterfactual sample's
         # paraphrases missed these at seed 0 without it). Only tokens that begin a word (GPT-2's "Ġ").
         stems = {w.lower()[:max(4, len(w) - 2)] for w in self.subjects if " " not in w and len(w) >= 4 and w.isalpha()
-                 and len(tok(" " + w, add_special_tokens=False).input_ids) == 1}
-        vocab = tok.convert_ids_to_tokens(list(range(len(tok)))) if stems else []
+                 and is_word(tok, w)}
+        vocab = tok.convert_ids_to_tokens(list(range(len(tok)))) if stems or self.short else []
         self._stem_ids = torch.tensor([i for i, t in enumerate(vocab) if isinstance(t, str) and t.startswith("Ġ")
                                        and t[1:].lower().startswith(tuple(stems))], dtype=torch.long)
         self._by_len = _by_length(seqs)
         self._short_by_len = _by_length(_token_forms(tok, self.short, lower=False))
         self._name_like = self._name_before = self._word_rest = None
         if self.short:
-            self._name_like, self._name_before, self._word_rest = _name_tokens(tok)
+            self._name_like, self._name_before, self._word_rest = _name_tokens(vocab)
         self.current = None          # the mask of the forward call running now
         self._handles = []
 
@@ -74,7 +74,7 @@ class SubjectGate:
         # Street: one token in lower case) would open the gate on ordinary text; the file's aliases always count.
         forms = [n for f in facts if f.subject and gate_key(f) == f.subject.strip()
                  for n in short_names(f.subject, f.aliases)
-                 if n in f.aliases or len(tok(" " + n.lower(), add_special_tokens=False).input_ids) > 1] if short else []
+                 if n in f.aliases or not is_word(tok, n.lower())] if short else []
         return cls(tok, keys, onward=kind == "from-subject", short=forms)
 
     @property
@@ -215,6 +215,11 @@ _OPENERS = {
 }
 
 
+def is_word(tok, word: str) -> bool:
+    """Whether `word` after a space is one token of the vocabulary: a word the tokenizer knows, not a made-up name."""
+    return len(tok(" " + word, add_special_tokens=False).input_ids) == 1
+
+
 def _token_forms(tok, names, lower: bool = True) -> set[tuple[int, ...]]:
     """The token ids of each name as it can appear: at the start of a text or after punctuation, after a space;
     capitalised or, with `lower`, not ("the Brennoc valve" opening a sentence, "The Beatles" inside one). Short
@@ -249,12 +254,12 @@ def _mark(out: torch.Tensor, hit: torch.Tensor | None, n: int) -> None:
         out[:, j:j + hit.shape[1]] |= hit
 
 
-def _name_tokens(tok) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per vocabulary id: (goes on with a name when it follows one: a capitalised word or the rest of a word;
+def _name_tokens(vocab: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per vocabulary id (`vocab`: the tokenizer's tokens, id by id): (goes on with a name when it follows one: a capitalised word or the rest of a word;
     stands before a name as part of it: a capitalised word that neither opens a sentence nor is a title;
     the rest of a word: no leading space, a letter)."""
     like, before, rest = [], [], []
-    for t in tok.convert_ids_to_tokens(list(range(len(tok)))):
+    for t in vocab:
         t = t if isinstance(t, str) else ""
         spaced = t[:1] in ("Ġ", "▁")                 # byte-level BPE and SentencePiece mark a leading space
         word = t[1:] if spaced else t
