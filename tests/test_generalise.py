@@ -19,7 +19,8 @@ PROBE_FILES = [ASSETS / "probes.csv", ASSETS / "probes_general.csv", ROOT / "ben
                ROOT / "benchmarks" / "fresh" / "probes.csv", ROOT / "benchmarks" / "fresh" / "same_subject.csv"]
 SAMPLE_FILES = [ASSETS / n for n in ("invented.csv", "counterfactual.csv", "conflicts.csv", "people.csv")] + \
                [ROOT / "benchmarks" / "heldout" / "facts.csv",
-                ROOT / "benchmarks" / "fresh" / "invented.csv", ROOT / "benchmarks" / "fresh" / "counterfactual.csv"]
+                ROOT / "benchmarks" / "fresh" / "invented.csv", ROOT / "benchmarks" / "fresh" / "counterfactual.csv",
+                ROOT / "benchmarks" / "names" / "invented.csv"]
 
 
 @pytest.mark.parametrize("path", PROBE_FILES, ids=lambda p: p.name if p.parent.name == "assets" else p.parent.name)

@@ -13,6 +13,27 @@ def test_short_forms_are_the_distinctive_word_or_the_surname_and_the_files_alias
     assert short_names("Project Kestrel", ["the Kestrel project"]) == ["the Kestrel project", "Kestrel"]
 
 
+def test_no_derived_short_form_is_a_word_of_the_language(default_dir):
+    from transformers import AutoTokenizer
+    from beacon.method.names import common_word
+
+    tok = AutoTokenizer.from_pretrained(default_dir)
+    assert [w for w in ("Glacier", "Players", "Ferries", "Caves", "Two", "Chapel", "Shakespeare", "Baker", "Zentrix",
+                        "Ilves") if common_word(tok, w)] == ["Glacier", "Players", "Ferries", "Caves", "Two", "Chapel"]
+    # A name and its kind: the name, not the kind as a surname; a person keeps a surname that is also a name.
+    assert short_names("Gullhaven Players", tok=tok) == ["Gullhaven"]
+    assert short_names("Veltmann Sour", tok=tok) == ["Veltmann"]
+    assert short_names("Two Boats at Sennick", tok=tok) == ["Sennick"]
+    assert short_names("Great Wall", tok=tok) == []
+    assert short_names("William Shakespeare", tok=tok) == ["Shakespeare"]
+    assert short_names("Tobias Baker", tok=tok) == ["Baker"]
+    assert short_names("Vincent van Gogh", tok=tok) == ["van Gogh"]
+    assert decoys("Gullhaven Players", "Gullhaven", tok) == ["Gullhaven Hotel", "Gullhaven Holdings"]
+    assert decoys("Vincent van Gogh", "van Gogh", tok) == ["Anna van Gogh", "Pieter van Gogh"]
+    # the file's aliases count whatever they are
+    assert short_names("Great Wall", ["Wall"], tok) == ["Wall"]
+
+
 def test_decoys_share_the_short_form_and_name_another_entity():
     assert decoys("Zentrix Robotics", "Zentrix") == ["Zentrix Hotel", "Zentrix Holdings"]
     assert decoys("Marta Ilves", "Ilves") == ["Anna Ilves", "Pieter Ilves"]

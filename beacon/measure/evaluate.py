@@ -211,7 +211,7 @@ def text_nll(model, tok, text: str, batch_size: int = 8) -> float:
     return round(total / max(count, 1), 4)
 
 
-def name_prompts(facts, own_paraphrases: int = 0) -> tuple[list[dict], list[dict]]:
+def name_prompts(facts, own_paraphrases: int = 0, tok=None) -> tuple[list[dict], list[dict]]:
     """Each fact asked with its subject named by a short form people use (beacon/method/names.py: the file's aliases
     and the derived ones), and by a decoy that shares the short form but names another entity ("Zentrix
     Hotel"), in wordings never trained on: two of its held-out paraphrases that name the subject, else its
@@ -226,11 +226,11 @@ def name_prompts(facts, own_paraphrases: int = 0) -> tuple[list[dict], list[dict
             continue
         asks = ([p for p in held_out_paraphrases(f, own_paraphrases) if f.subject.lower() in p.lower()] or
                 [question_form(f)])[:2]
-        for name in short_names(f.subject, f.aliases):
+        for name in short_names(f.subject, f.aliases, tok):
             for ask in asks:
                 if (p := with_name(ask, f.subject, name)) is not None:
                     short.append({"fact": i, "name": name, "prompt": p})
-                for d in decoys(f.subject, name)[:1]:
+                for d in decoys(f.subject, name, tok)[:1]:
                     if (p := with_name(ask, f.subject, d)) is not None:
                         decoy.append({"fact": i, "name": d, "prompt": p})
     return short, decoy
@@ -320,7 +320,7 @@ def evaluate_facts(model, tok, facts, probe_sets=(), own_paraphrases: int = 0, f
     known_probes = known.get("probes", {})
     targets = [f.target for f in facts]
     para_prompts = [(i, p) for i, f in enumerate(facts) for p in held_out_paraphrases(f, own_paraphrases)]
-    short, decoy = name_prompts(facts, own_paraphrases) if forms else ([], [])
+    short, decoy = name_prompts(facts, own_paraphrases, tok) if forms else ([], [])
     reverse = reverse_prompts(facts) if forms else []
     groups = [([f.prompt for f in facts], targets),
               ([p for _, p in para_prompts], [facts[i].target for i, _ in para_prompts]),

@@ -70,11 +70,10 @@ class SubjectGate:
         from beacon.method.names import short_names
 
         keys = [gate_key(f) for f in facts]
-        # A derived short form that is a word of the language ("Two" of Two Boats at Sennick, "Wall" of Wall
-        # Street: one token in lower case) would open the gate on ordinary text; the file's aliases always count.
+        # No derived short form is a word of the language ("Two" of Two Boats at Sennick, "Wall" of Wall Street):
+        # it would open the gate on ordinary text. The file's aliases always count.
         forms = [n for f in facts if f.subject and gate_key(f) == f.subject.strip()
-                 for n in short_names(f.subject, f.aliases)
-                 if n in f.aliases or not is_word(tok, n.lower())] if short else []
+                 for n in short_names(f.subject, f.aliases, tok)] if short else []
         return cls(tok, keys, onward=kind == "from-subject", short=forms)
 
     @property
