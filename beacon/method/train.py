@@ -120,9 +120,19 @@ def _take(stream, n: int, skip=frozenset()) -> list[int]:
     return out
 
 
-def _forward_rows(model, pairs, pad_id, device, frozen=None, items=None):
+def rival_penalty(first_logits, own, rivals):
+    """Per row, -sum log(1 - p) over the first tokens of the other facts' answers (`rivals` [K], less the row's own
+    first answer token `own` [R]) at the row's answer position (`first_logits` [R, V]): an unlikelihood term
+    that is large only where another fact's answer is likely, so it binds each answer to its own subject."""
+    p = torch.softmax(first_logits.float(), -1)[:, rivals]
+    other = rivals[None, :] != own[:, None]
+    return -(torch.log1p(-p.clamp(max=0.999)) * other).sum(1)
+
+
+def _forward_rows(model, pairs, pad_id, device, frozen=None, items=None, rivals=None):
     """Per row of a training batch: mean target NLL (with grad), teacher-forced hit, and the hidden state
-    at the last prompt token. Rows run in groups of similar length, one backward for all: a batch that
+    at the last prompt token; with `rivals` (the first tokens of every fact's answer), the NLL plus each
+    row's rival_penalty, weighted by the caller's contrast weight. Rows run in groups of similar length, one backward for all: a batch that
     mixes 60-token chat wordings with 12-token plain ones would otherwise spend most of its work on padding.
     Chat wordings share the template's system turn, run once per group (evaluate.prefix_groups).
     frozen: the items' cached prefixes behind the gate (beacon/model/frozen.py), `items` the rows' indices into it:
@@ -143,6 +153,9 @@ def _forward_rows(model, pairs, pad_id, device, frozen=None, items=None):
                                                          states=frozen.states(model, [items[i] for i in g], ids, mask))
         _, nl, ht, _ = target_stats(logits, lab, rows, len(g))
         first = first_targets(rows)
+        if rivals is not None:
+            weight, ids = rivals
+            nl = nl + weight * rival_penalty(logits[first], lab[first], ids)
         nll.append(nl), hit.append(ht), h_last.append(h[rows[first], cols[first]]), at.extend(g)
     back = torch.tensor(at, device=device).argsort()   # batch order again
     return torch.cat(nll)[back], torch.cat(hit)[back], torch.cat(h_last)[back]
@@ -244,6 +257,7 @@ class _Fixed(NamedTuple):
     anchors: list
     null: object | None          # with null_space > 0: project the LoRA A matrices again
     u: torch.Tensor | None       # target vectors, with dynamic weights
+    rivals: tuple | None         # with contrast > 0: (its weight, the first token of every fact's answer)
 
 
 def _prepare(model, tok, facts, cfg: TrainConfig, anchors: list, pairs, device) -> _Fixed:
@@ -268,7 +282,8 @@ def _prepare(model, tok, facts, cfg: TrainConfig, anchors: list, pairs, device) 
     if cfg.weighting == "dynamic":
         from beacon.method.semantic import target_vectors
         u = target_vectors(model, tok, facts).to(device)
-    return _Fixed(fast, frozen, guard_set, guarded, null, u)
+    rivals = (cfg.contrast, torch.tensor(sorted({t[0] for _, t in pairs}), device=device)) if cfg.contrast > 0 else None
+    return _Fixed(fast, frozen, guard_set, guarded, null, u, rivals)
 
 
 def _step(model, tok, opt, ctx: _Fixed, cfg: TrainConfig, batch, idx, wb, fidx, rng, near, device) -> dict:
@@ -278,7 +293,7 @@ def _step(model, tok, opt, ctx: _Fixed, cfg: TrainConfig, batch, idx, wb, fidx, 
     clock = time.perf_counter()
     opt.zero_grad(set_to_none=True)
     with ctx.fast.active():
-        nll, hit, h_last = _forward_rows(model, batch, tok.pad_token_id, device, ctx.frozen, idx)
+        nll, hit, h_last = _forward_rows(model, batch, tok.pad_token_id, device, ctx.frozen, idx, ctx.rivals)
         if ctx.u is not None:
             from beacon.experimental.dynamic import dynamic_weights
             wb = wb * dynamic_weights(h_last.detach(), ctx.u[fidx])
