@@ -190,8 +190,8 @@ def test_focus_puts_every_missed_wording_in_each_batch_of_the_tail(tiny_dir, mon
     seen, tails, calls = {}, [], []
     real = T._forward_rows
 
-    def spy(model_, pairs, pad, dev, frozen=None, items=None):
-        nll, hit, h = real(model_, pairs, pad, dev, frozen, items)
+    def spy(model_, pairs, pad, dev, frozen=None, items=None, rivals=None):
+        nll, hit, h = real(model_, pairs, pad, dev, frozen, items, rivals)
         if torch.is_grad_enabled():                        # a training step, not the stop's check
             keys = [tuple(p) + tuple(t) for p, t in pairs]
             misses = {k for k, ok in seen.items() if not ok}
