@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from beacon.method.names import short_names, token_id
 from beacon.model.lm import decoder_of
 
 GATE_FILE = "beacon_gate.json"
@@ -49,7 +50,7 @@ class SubjectGate:
         # Italian government" for Italy, "the Norwegian parliament" for Norway (the counterfactual sample's
         # paraphrases missed these at seed 0 without it). Only tokens that begin a word (GPT-2's "Ġ").
         stems = {w.lower()[:max(4, len(w) - 2)] for w in self.subjects if " " not in w and len(w) >= 4 and w.isalpha()
-                 and is_word(tok, w)}
+                 and token_id(tok, w) is not None}
         vocab = tok.convert_ids_to_tokens(list(range(len(tok)))) if stems or self.short else []
         self._stem_ids = torch.tensor([i for i, t in enumerate(vocab) if isinstance(t, str) and t.startswith("Ġ")
                                        and t[1:].lower().startswith(tuple(stems))], dtype=torch.long)
@@ -67,8 +68,6 @@ class SubjectGate:
         `short` on its subject's short forms too (beacon/method/names.py: the fact file's aliases, a distinctive word, a
         surname), so an edit reaches the subject named as people name it; a short form opens it only where it
         stands alone as a name, so "Zentrix Hotel" and "Anna Ilves" stay the base model's."""
-        from beacon.method.names import short_names
-
         keys = [gate_key(f) for f in facts]
         # No derived short form is a word of the language ("Two" of Two Boats at Sennick, "Wall" of Wall Street):
         # it would open the gate on ordinary text. The file's aliases always count.
@@ -212,11 +211,6 @@ _OPENERS = {
     "Until", "Whether", "Every", "Each", "Both", "All", "Some", "Many", "Most", "Our", "My", "Your", "His", "Her",
     "Their", "Its", "There", "Here", "Now", "Once", "Let", "To", "Q",
 }
-
-
-def is_word(tok, word: str) -> bool:
-    """Whether `word` after a space is one token of the vocabulary: a word the tokenizer knows, not a made-up name."""
-    return len(tok(" " + word, add_special_tokens=False).input_ids) == 1
 
 
 def _token_forms(tok, names, lower: bool = True) -> set[tuple[int, ...]]:

@@ -49,7 +49,9 @@ def _distinctive(word: str) -> bool:
     return len(w) >= 3 and w[:1].isupper() and w.lower() not in GENERIC
 
 
-def _one_token(tok, word: str) -> int | None:
+def token_id(tok, word: str) -> int | None:
+    """The vocabulary id of `word` after a space where that is one token (a word the tokenizer knows, not a
+    made-up name), else None."""
     ids = tok(" " + word, add_special_tokens=False).input_ids
     return ids[0] if len(ids) == 1 else None
 
@@ -63,9 +65,9 @@ def common_word(tok, word: str) -> bool:
     forms = [w] + ([w[:-3] + "y"] if w.endswith("ies") else []) + ([w[:-2], w[:-1]] if w.endswith("es") else
                                                                   [w[:-1]] if w.endswith("s") else [])
     for form in forms:
-        low = _one_token(tok, form.lower())
+        low = token_id(tok, form.lower())
         if low is not None and len(form) >= 2:
-            up = _one_token(tok, form[:1].upper() + form[1:].lower())
+            up = token_id(tok, form[:1].upper() + form[1:].lower())
             if up is None or low < up:
                 return True
     return False
