@@ -1,0 +1,154 @@
+"""Can a gated adapter be folded into plain weights? A closed-form try, measured. Prints numbers, asserts nothing.
+
+    python benchmarks/gate_projection.py RUN_DIR --facts FILE [--lam 0.3,1,3] [--sampled 64]
+                                         [--probes-set NAME=FILE ...]
+
+A default run's adapter acts only from a subject's name on: at position t each LoRA module adds
+m_t · ΔW x_t, with m_t 1 behind the gate's opening and 0 before it (beacon/method/gate.py). A merged model
+has no m_t. The best plain update for one module, in the least-squares sense over the inputs the gated
+model sees, is
+
+    ΔW' = argmin  Σ_gated |ΔW' x − ΔW x|²  +  λ Σ_ungated |ΔW' x|²
+        = ΔW G (G + λ N + ε I)⁻¹,     G = Σ_gated x xᵀ,  N = Σ_ungated x xᵀ
+
+(MEMIT's covariance-constrained update, with the gated adapter as the teacher). The inputs come from one
+pass of the gated model over the run's training wordings with their answers, its guard's texts, the
+hand-written anchors (assets/anchors.txt) and, with --sampled, texts the base model writes. No probe set
+and not the neutral text: those measure the result. Each λ's merged model is measured without a gate
+(recall, held-out paraphrases, every probe set, neutral NLL) beside the gated adapter's own numbers from
+report.json. λ trades the edit against what the model knew; docs/export.md has the frontier measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from beacon.data.facts import load_facts  # noqa: E402
+from beacon.measure.evaluate import evaluate_facts  # noqa: E402
+from beacon.method.anchor_sources import sampled_anchors  # noqa: E402
+from beacon.method.anchors import anchor_text, read_anchors  # noqa: E402
+from beacon.method.gate import load_gate  # noqa: E402
+from beacon.model.lm import encode_pair  # noqa: E402
+from beacon.model.models import load_model  # noqa: E402
+from beacon.pipeline import default_probe_sets, neutral_text  # noqa: E402
+
+# LoRA modules that read the same input tensor share its statistics (q, k, v; gate, up).
+_SHARED = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "gate_proj": "mlp_in", "up_proj": "mlp_in"}
+
+
+def _group(name: str) -> str:
+    head, _, leaf = name.rpartition(".")
+    return f"{head}.{_SHARED.get(leaf, leaf)}"
+
+
+@torch.no_grad()
+def input_statistics(model, gate, texts: list[list[int]], pad_id: int, batch: int = 16):
+    """{group: (G, N)}: sums of x xᵀ over each LoRA module's inputs at gated and at ungated real tokens."""
+    mods = {n: m for n, m in model.named_modules() if isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict)}
+    stats, state = {}, {}
+
+    def hook(group):
+        def f(_, args):
+            if state.get(group) is args[0]:          # q, k, v (gate, up) read one tensor: count it once
+                return
+            state[group] = args[0]
+            x = args[0].float()
+            real = state["attention"]
+            for k, w in enumerate((gate.current * real, (1 - gate.current) * real)):
+                xw = (x * w.unsqueeze(-1)).reshape(-1, x.shape[-1])
+                acc = stats.setdefault(group, [0, 0])
+                acc[k] = acc[k] + xw.T @ xw
+        return f
+
+    handles = [m.register_forward_pre_hook(hook(_group(n))) for n, m in mods.items()]
+    try:
+        for i in range(0, len(texts), batch):
+            rows = sorted(texts, key=len)[i:i + batch]
+            width = max(map(len, rows))
+            ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
+            state.clear()
+            state["attention"] = torch.tensor([[1.0] * len(r) + [0.0] * (width - len(r)) for r in rows])
+            model(input_ids=ids, attention_mask=state["attention"].long())
+    finally:
+        for h in handles:
+            h.remove()
+    return mods, stats
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", help="a default run's folder (report.json, adapter/ with beacon_gate.json)")
+    ap.add_argument("--facts", required=True, help="the fact file the run trained on")
+    ap.add_argument("--lam", default="0.3,1,3", help="comma-separated weights of the ungated tokens")
+    ap.add_argument("--eps", type=float, default=1e-3, help="ridge, as a share of G + λN's mean diagonal")
+    ap.add_argument("--sampled", type=int, default=0, help="texts the base model writes, added to the ungated ones")
+    ap.add_argument("--probes-set", action="append", default=[], metavar="NAME=FILE")
+    a = ap.parse_args()
+
+    from peft import PeftModel
+
+    run = Path(a.run)
+    rep = json.loads((run / "report.json").read_text())
+    model, tok, _ = load_model(rep["config"]["model"], "none")
+    kept = {f["id"] for f in rep["facts"] if f["kept"]}
+    facts = [f for f in load_facts(a.facts) if f.id in kept]
+    probes = default_probe_sets()
+    for spec in a.probes_set:
+        name, _, path = spec.partition("=")
+        probes[name] = load_facts(path)
+
+    t0 = time.perf_counter()
+    generic = [anchor_text(x) for x in read_anchors()]
+    if a.sampled:
+        generic += sampled_anchors(model, tok, n=a.sampled, tokens=64, seed=7)
+    texts = [sum(encode_pair(tok, p, f.target), []) for f in facts for p in rep["training_prompts"][f.id]]
+    texts += [tok(anchor_text(g)).input_ids for g in rep["guard"]["all"]] + [tok(t).input_ids for t in generic]
+    peft_model = PeftModel.from_pretrained(model, str(run / "adapter")).eval()
+    gate = load_gate(tok, run / "adapter")
+    if gate is None:
+        raise SystemExit(f"{run}: the adapter was trained without the gate; beacon export merges it as it is")
+    gate.attach(peft_model)
+    mods, stats = input_statistics(peft_model, gate, texts, tok.pad_token_id)
+    gate.detach()
+    deltas = {n: m.get_delta_weight("default").double() for n, m in mods.items()}
+    base = peft_model.unload()
+    weights = {n: base.get_submodule(n.removeprefix("base_model.model.")).weight for n in mods}
+    original = {n: w.data.clone() for n, w in weights.items()}
+    print(f"{len(texts)} texts, {sum(map(len, texts))} tokens; statistics in {time.perf_counter() - t0:.1f} s")
+
+    s = rep["summary"]
+    # report.json names the first probe set's locality locality_after, the others locality_<name>_after
+    gated_loc = [s.get(f"locality_{n}_after", s["locality_after"] if n == "probes" else None) for n in probes]
+    print("| model | recall | paraphrases | " + " | ".join(f"locality {n}" for n in probes) + " | neutral NLL | seconds |")
+    print("|---|---|---|" + "---|" * len(probes) + "---|---|")
+    pct = lambda x: "–" if x is None else f"{100 * x:.0f}"
+    print(f"| gated adapter (report.json) | {pct(s['recall_after'])} | {pct(s['paraphrase_after'])} | "
+          + " | ".join(map(pct, gated_loc)) + f" | {s['neutral_nll_ratio']:.3f}x | |")
+    text = neutral_text()
+    for lam in [None] + [float(x) for x in a.lam.split(",")]:
+        t = time.perf_counter()
+        for n, w in weights.items():
+            if lam is None:                     # the plain merge: ΔW on every token
+                w.data = original[n] + deltas[n].float()
+                continue
+            g, nn = (m.double() for m in stats[_group(n)])
+            m = g + lam * nn
+            m += a.eps * m.diagonal().mean() * torch.eye(m.shape[0], dtype=m.dtype)
+            w.data = original[n] + torch.linalg.solve(m, (deltas[n] @ g).T).T.float()
+        solve = time.perf_counter() - t
+        e = evaluate_facts(base, tok, facts, probes, 0, forms=False, neutral_text=text)["summary"]
+        label = "merged as it is (ΔW on every token)" if lam is None else f"projected, λ = {lam:g}"
+        print(f"| {label} | {pct(e['recall'])} | {pct(e['paraphrase'])} | "
+              + " | ".join(pct(e["locality"][n]) for n in probes)
+              + f" | {e['neutral_nll'] / s['neutral_nll_before']:.3f}x | {solve:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
