@@ -229,7 +229,13 @@ def test_relation_anchors_hold_the_subjects_the_base_model_knows_not_its_guesses
     for path, facts, at_least, at_most in [("counterfactual", load_facts(ASSETS / "counterfactual.csv"), 4, 14),
                                            ("invented", load_facts(ASSETS / "invented.csv")[:18], 0, 2)]:
         every = relation_anchors(model, tok, facts, specific=0)
+        # The stand-ins are scored only for subjects with an answer said at KNOWN_LOGPROB: the same anchors
+        # as scoring every subject, with fewer rows scored where the subjects are new.
+        scored = []
+        real_score = guard.score
+        monkeypatch.setattr(guard, "score", lambda m, t, ps, ts: scored.append(len(ps)) or real_score(m, t, ps, ts))
         held = relation_anchors(model, tok, facts)
+        pruned = scored[:]
         subjects = {f.subject for f in facts}
         named = lambda anchors: {s for s in subjects for a in anchors if s.lower() in a.split(ANSWER_MARK)[0].lower()}
         assert len(named(every)) >= len(subjects) - 1, path          # every subject is asked something
@@ -245,13 +251,6 @@ def test_relation_anchors_hold_the_subjects_the_base_model_knows_not_its_guesses
         asked = {(s, a.split(ANSWER_MARK)[0].lower().replace(s, "{}")) for a in every for s, _ in taught
                  if s in a.lower()}
         assert not asked & taught, asked & taught
-        # The stand-ins are scored only for subjects with an answer said at KNOWN_LOGPROB: the same anchors
-        # as scoring every subject, with fewer rows scored where the subjects are new.
-        scored = []
-        real_score = guard.score
-        monkeypatch.setattr(guard, "score", lambda m, t, ps, ts: scored.append(len(ps)) or real_score(m, t, ps, ts))
-        assert relation_anchors(model, tok, facts) == held, path
-        pruned = scored[:]
         real = guard.subject_specificity
         monkeypatch.setattr(guard, "subject_specificity", lambda *a: real(*a, known=float("-inf")))
         assert relation_anchors(model, tok, facts) == held, path
