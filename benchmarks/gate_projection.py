@@ -68,9 +68,10 @@ def input_statistics(model, gate, texts: list[list[int]], pad_id: int, batch: in
         return f
 
     handles = [m.register_forward_pre_hook(hook(_group(n))) for n, m in mods.items()]
+    texts = sorted(texts, key=len)                   # batches of similar length: little padding
     try:
         for i in range(0, len(texts), batch):
-            rows = sorted(texts, key=len)[i:i + batch]
+            rows = texts[i:i + batch]
             width = max(map(len, rows))
             ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
             state.clear()
