@@ -181,7 +181,7 @@ def test_the_sampler_draws_from_transformers_nucleus_distribution(top_p):
     # three (the mass above the third, 0.8, is below 0.9)
     peaked = 0.8 * torch.log(torch.tensor([0.5, 0.3, 0.15] + [0.05 / 4997] * 4997))
     flat = torch.randn(5000) * 0.05                        # the nucleus: thousands of tokens (the full-sort path)
-    n = 8000   # draws per row: the bound below is 4 standard errors at this n
+    n = 20000
     scores = torch.stack([peaked] * n + [flat] * n)
     got = lm._Sampler(0.8, top_p)(None, scores)
     assert ((got == 0).sum(1) == 1).all()                  # one token left open per row
