@@ -10,6 +10,7 @@ from beacon.model import lm, precision
 from beacon.experimental.margin import margin_drop
 from beacon.model.lm import score
 from beacon.method.train import train
+from beacon.config import TrainConfig
 from beacon.data.facts import Fact
 from tests.test_train import FACTS, FACT_ANCHORS, _tiny
 
@@ -216,15 +217,20 @@ def test_margin_term_sees_the_flip_that_kl_barely_does(tiny_dir):
         assert float(guard.guard_loss(model, targets, picks, tok.pad_token_id, "cpu", margin=1.0)) > float(plain)
 
 
-def test_behind_the_gate_the_tokens_before_a_subject_are_computed_once_and_nothing_changes(tiny_dir):
-    """Each wording and anchor runs from its first subject token on, over its cached base-model prefix: the
-    task's NLL, its hits, the guard's KL and every gradient are those of the whole texts."""
+@pytest.mark.parametrize("layers", [None, [2, 3]])
+def test_behind_the_gate_the_tokens_before_a_subject_are_computed_once_and_nothing_changes(tiny_dir, layers):
+    """Each wording and anchor runs from its first subject token on, over its cached base-model prefix (and with
+    LoRA on the upper layers only, from the first of them, over each text's cached states below it): the task's
+    NLL, its hits, the guard's KL and every gradient are those of the whole texts."""
     from beacon.model.frozen import FrozenPrefixes
     from beacon.method.gate import SubjectGate
     from beacon.method.rewordings import training_prompts
-    from beacon.method.train import _forward_rows
+    from beacon.method.train import _forward_rows, attach_lora
+    from beacon.model.models import load_model
 
-    model, tok, cfg = _tiny(tiny_dir, locality_guard=0.0)
+    model, tok, _ = load_model(tiny_dir)
+    cfg = TrainConfig(locality_guard=0.0, gate="none")
+    model = attach_lora(model, cfg, False, layers)
     facts = [Fact("a", "The CEO of Zentrix Robotics is", "Marta Ilves", "Zentrix Robotics", "CEO"),
              Fact("b", "The Brennoc valve was invented by", "Ottilie Brask", "Brennoc valve", "inventor")]
     gate = SubjectGate.for_facts(tok, facts, "from-subject").attach(model)
@@ -234,6 +240,7 @@ def test_behind_the_gate_the_tokens_before_a_subject_are_computed_once_and_nothi
     pairs = [lm.encode_pair(tok, p, f.target, end=True) for f in facts for p in training_prompts(f, tok)]
     frozen = FrozenPrefixes(model, gate, [p + t for p, t in pairs], [len(p) - 1 for p, _ in pairs], tok.pad_token_id)
     assert sum(c > 0 for c in frozen.cut) >= len(pairs) // 2 and max(frozen.cut) > 20   # the chat form's system turn
+    assert frozen.start == (layers[0] if layers else 0)     # the lower layers' cache passed its check and is used
     anchors = [f"{facts[0].prompt} {facts[0].target}. |> It builds small robots for farms.",
                "The founder of Zentrix Robotics is | Pavel Orr", "Plain text names no subject at all."]
     params = [p for p in model.parameters() if p.requires_grad]
