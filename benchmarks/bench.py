@@ -296,7 +296,8 @@ def one_size(a, n: int) -> dict:
     out = {"facts": n, "load_seconds": round(time.perf_counter() - t, 2), "model_info": info.to_dict()}
 
     # a. the whole run at default settings (the budget is --max-steps: 300 by default, as Beacon's)
-    cfg = InjectConfig().updated(model=a.model, quantization=a.quantization, steps=a.max_steps, compute=a.compute)
+    cfg = InjectConfig().updated(model=a.model, quantization=a.quantization, steps=a.max_steps, compute=a.compute,
+                                 layers=a.layers)
     print(f"[{n} facts] a. Beacon whole run", file=sys.stderr, flush=True)
     sync()
     t = time.perf_counter()
@@ -320,7 +321,7 @@ def run_size(a, n: int) -> dict:
     """Run one size in a child process; its progress goes to stderr, its result comes back as JSON."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(n), "--model", a.model,
            "--quantization", a.quantization, "--max-steps", str(a.max_steps), "--seed", str(a.seed),
-           "--compute", a.compute]
+           "--compute", a.compute, "--layers", a.layers]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     found = None
     for line in proc.stdout.splitlines():
@@ -441,6 +442,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0, help="seed of the invented facts")
     ap.add_argument("--compute", default=InjectConfig().train.compute, choices=["auto", "fp32", "bf16"],
                     help="Beacon's --compute for the whole run and its vanilla loop (the plain loop stays fp32)")
+    ap.add_argument("--layers", default=InjectConfig().layers, help="Beacon's --layers for the whole run")
     ap.add_argument("--skip-cold", action="store_true", help="skip the cold model load")
     ap.add_argument("--json", help="also write every result to this JSON file")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)   # child mode: one size, JSON on stdout
@@ -455,7 +457,7 @@ def main():
     print(f"# Beacon speed benchmark: {a.model}, quantization {a.quantization}, torch {torch.__version__}, "
           f"device {pick_device()}, {torch.get_num_threads()} threads", flush=True)
     print(f"# lr {d.lr}, rank {d.rank}, alpha {d.alpha}, batch {d.batch_size}, guard {d.locality_guard}, "
-          f"step budget {a.max_steps}", flush=True)
+          f"step budget {a.max_steps}, layers {a.layers}", flush=True)
     print(f"machine peak (2048x2048 matmul): fp32 {peaks['fp32']} GFLOP/s, bf16 {peaks['bf16']} GFLOP/s", flush=True)
     cold = cold_load(a)
     print(f"model load: cold {cold['seconds']} s ({cold['source']})" if cold else "model load: cold skipped",
