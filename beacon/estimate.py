@@ -31,6 +31,7 @@ from beacon.config import DEFAULT_MODEL, InjectConfig
 # threads; machine_gflops's 512x512 reads the same within a few percent there (92-97 against 91 at 1 thread).
 REFERENCE_GFLOPS = 174.0
 REFERENCE_PARAMETERS = 134_515_008  # SmolLM2-135M-Instruct
+REFERENCE_LAYERS = 30
 # The order progress events arrive in (beacon/pipeline.py); "report" is the instant between after and plots.
 ORDER = ("check", "load", "before", "layers", "guard", "rewordings", "interference", "train", "after", "report",
          "plots", "done")
@@ -57,6 +58,10 @@ STEP_PER_WORDING = 2.0 / 32  # the task's pass, forward and backward, per traini
 STEP_PER_ANCHOR = 2.1 / 16   # the guard's pass per anchor: about as much as the task's at the defaults
 STEP_GROWTH = 0.0075         # a step costs more as n grows (more subjects behind the gate, longer texts)
 UNGATED = 1.4                # on every token each text runs whole, not from its subject on: rough
+# Training from layer L up (a share f of the layers): a step costs 0.1 + 0.9 f of one on every layer, and the
+# early stop comes after 1.2x the steps (benchmark's 30 facts: 15-29 3.41 s and 50 steps, 10-29 4.38 s and
+# 49, every layer 5.84 s and 42; docs/speed.md).
+UPPER_STEP_FIXED, UPPER_STEPS = 0.1, 1.2
 CPU_4BIT = 20.0              # bitsandbytes' 4-bit kernels on a CPU (docs/method.md: a step about 20x slower)
 
 # A CUDA GPU: gpu_seconds's model, rough and pessimistic. (fixed, per fact) of the stages other than training
@@ -123,25 +128,45 @@ def machine_gflops(threads: int) -> float:
     return 2 * size ** 3 / best / 1e9
 
 
-def model_parameters(model: str) -> int | None:
-    """Parameters of a model, from its config.json where that is on this machine (a local folder, or the
-    Hugging Face cache: nothing is downloaded); None where it is not. Counted for a decoder: attention,
-    MLP (gated where the activation is SiLU) and embeddings."""
-    if model == DEFAULT_MODEL:
-        return REFERENCE_PARAMETERS
+def _model_config(model: str) -> dict | None:
+    """A model's config.json where that is on this machine (a local folder, or the Hugging Face cache: nothing
+    is downloaded), its language model's part of a multimodal one; None where it is not."""
     path = Path(model) / "config.json"
     if not path.is_file():
         try:
             from huggingface_hub import try_to_load_from_cache
             hit = try_to_load_from_cache(model, "config.json")
-        except Exception:   # not a repo id, no huggingface_hub: the default model's size stands in
+        except Exception:   # not a repo id, no huggingface_hub
             return None
         if not isinstance(hit, str):
             return None
         path = Path(hit)
     try:
         c = json.loads(path.read_text())
-        c = c.get("text_config", c)   # a multimodal config holds its language model's
+        return c.get("text_config", c) if isinstance(c, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def model_layers(model: str) -> int | None:
+    """Decoder layers of a model, from its config where that is on this machine; None where it is not."""
+    if model == DEFAULT_MODEL:
+        return REFERENCE_LAYERS
+    c = _model_config(model) or {}
+    n = c.get("num_hidden_layers") or c.get("n_layer")
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def model_parameters(model: str) -> int | None:
+    """Parameters of a model, from its config.json where that is on this machine (a local folder, or the
+    Hugging Face cache: nothing is downloaded); None where it is not. Counted for a decoder: attention,
+    MLP (gated where the activation is SiLU) and embeddings."""
+    if model == DEFAULT_MODEL:
+        return REFERENCE_PARAMETERS
+    c = _model_config(model)
+    if c is None:   # the default model's size stands in
+        return None
+    try:
         h = c.get("hidden_size") or c.get("n_embd") or c["d_model"]
         layers = c.get("num_hidden_layers") or c["n_layer"]
         heads = c.get("num_attention_heads") or c.get("n_head") or 1
@@ -150,8 +175,23 @@ def model_parameters(model: str) -> int | None:
         gated = str(c.get("hidden_act", "")).lower() in ("silu", "swish", "swiglu")
         embeddings = c["vocab_size"] * h * (1 if c.get("tie_word_embeddings", True) else 2)
         return int(layers * (2 * h * h + 2 * h * kv + (3 if gated else 2) * h * inner) + embeddings)
-    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+    except (ValueError, KeyError, TypeError, ZeroDivisionError):
         return None
+
+
+def trained_share(cfg: InjectConfig) -> float:
+    """The share of the decoder's layers a step runs: from the lowest layer trained up, the layers below it
+    are computed once before training (beacon/model/frozen.py). 1 for all layers, auto (chosen during the
+    run), or where the model's layer count is not on this machine."""
+    from beacon.method.layers import parse_layers
+
+    n = model_layers(cfg.model)
+    if cfg.layers in ("all", "auto") or n is None:
+        return 1.0
+    try:
+        return (n - min(parse_layers(cfg.layers, n))) / n
+    except ValueError:
+        return 1.0
 
 
 def wordings_per_fact(cfg: InjectConfig) -> float:
@@ -200,6 +240,9 @@ def estimate(n_facts: int, cfg: InjectConfig | None = None, device: str | None =
     device = "cuda" if str(device).startswith("cuda") else "cpu"
     size = (parameters or model_parameters(cfg.model) or REFERENCE_PARAMETERS) / REFERENCE_PARAMETERS
     steps, budget = expected_steps(n, cfg)
+    share = trained_share(cfg)
+    if share < 1:
+        steps = min(steps * UPPER_STEPS, budget)
     w = wordings_per_fact(cfg)
     gated = t.gate != "none"
     pairs = min(n, cfg.interference_max_facts) if cfg.interference and n >= 2 else 0
@@ -217,7 +260,8 @@ def estimate(n_facts: int, cfg: InjectConfig | None = None, device: str | None =
         lm = speed * size * (CPU_4BIT if cfg.quantization == "4bit" else 1.0)   # a second of the language model
         step = ((STEP_FIXED + STEP_PER_WORDING * min(t.batch_size, n * w)
                  + (STEP_PER_ANCHOR * t.guard_batch if t.guarded else 0.0))
-                * (1 + STEP_GROWTH * n) * (1.0 if gated else UNGATED))
+                * (1 + STEP_GROWTH * n) * (1.0 if gated else UNGATED)
+                * (UPPER_STEP_FIXED + (1 - UPPER_STEP_FIXED) * share if share < 1 and gated else 1.0))
         s = {"check": _line(CHECK, n) * speed,
              "load": LOAD * size,
              "before": _line(BEFORE, n) * lm,

@@ -35,6 +35,19 @@ def test_within_35_percent_of_the_measured_runs_stage_by_stage(n, measured):
         assert abs(got - seconds) <= 0.35 * seconds, (stage, got, seconds)
 
 
+@pytest.mark.parametrize("layers, train, steps", [("15-29", 197.9, 50), ("10-29", 245.5, 49)])
+def test_training_the_upper_layers_only_within_35_percent_of_the_measured_runs(layers, train, steps):
+    # benchmarks/bench.py --sizes 30 --skip-cold --layers L, the reference machine, the same day as a default
+    # run of 262.5 s in 42 steps: the layers below L are computed once, a step runs only L and up
+    e, every = est(30, layers=layers, plots=False), est(30, plots=False)
+    assert abs(e.stages["train"] - train) <= 0.35 * train and abs(e.steps - steps) <= 0.35 * steps
+    assert e.stages["train"] < every.stages["train"] and e.steps > every.steps
+    assert e.stages["before"] == every.stages["before"]
+    assert est(30, layers="0-29").stages["train"] == every.stages["train"]   # from layer 0: every layer runs
+    unknown = estimate(30, InjectConfig(model="nobody/no-such-model-anywhere", layers="15-29"), **REF)
+    assert unknown.stages["train"] == est(30).stages["train"]   # its layer count unknown: no share to take
+
+
 def test_grows_with_the_facts():
     runs = [est(n) for n in (0, 1, 2, 5, 10, 20, 30, 60, 100, 300)]
     assert all(a.seconds < b.seconds for a, b in zip(runs, runs[1:]))
