@@ -183,11 +183,13 @@ def trained_share(cfg: InjectConfig) -> float:
     """The share of the decoder's layers a step runs: from the lowest layer trained up, the layers below it
     are computed once before training (beacon/model/frozen.py). 1 for all layers, auto (chosen during the
     run), or where the model's layer count is not on this machine."""
+    if cfg.layers in ("all", "auto"):   # the default: no config to read, no layers to parse
+        return 1.0
+    n = model_layers(cfg.model)
+    if n is None:
+        return 1.0
     from beacon.method.layers import parse_layers
 
-    n = model_layers(cfg.model)
-    if cfg.layers in ("all", "auto") or n is None:
-        return 1.0
     try:
         return (n - min(parse_layers(cfg.layers, n))) / n
     except ValueError:
