@@ -88,17 +88,20 @@ def cmd_ablate(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from beacon.report.export import export
+    from beacon.report.export import export, numbers_table
 
-    res = export(a.run_dir, merged=a.merged, gguf=a.gguf, gguf_type=a.gguf_type,
+    res = export(a.run_dir, merged=a.merged, gguf=a.gguf, gguf_type=a.gguf_type, check=a.check, lam=a.fold_lambda,
                  progress=lambda ev: print(f"[{ev['stage']}] {ev['message']}", flush=True))
-    print(f"loaded and merged in {res['load_seconds']} s")
+    how = f"folded the gate in (λ = {res['folded']:g})" if res["folded"] is not None else "merged"
+    print(f"loaded and {how} in {res['load_seconds']} s")
     if "merged" in res:
         m = res["merged"]
         print(f"merged: {m['path']} ({m['mb']} MB, {m['seconds']} s)")
     if "gguf" in res:
         g = res["gguf"]
         print(f"gguf {g['type']}: {g['path']} ({g['mb']} MB, {g['seconds']} s)")
+    if "numbers" in res:
+        print(f"\nmeasured on the run's own rows in {res['check_seconds']} s:\n" + numbers_table(res["numbers"]))
     return 0
 
 
@@ -122,6 +125,11 @@ def main(argv=None) -> int:
     p.add_argument("--gguf", metavar="FILE", help="write a GGUF file here (Llama architecture)")
     p.add_argument("--gguf-type", default="q8_0", metavar="f16|q8_0|f32",
                    help="GGUF tensor type: f16, q8_0 (8.5 bits a weight) or f32 (default: q8_0)")
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure each output on the run's facts and probes beside the adapter (default: on)")
+    p.add_argument("--fold-lambda", type=float, default=None, metavar="X",
+                   help="a gated run: the weight of the text that names no subject when the gate is folded "
+                        "into the weights (default 1; docs/export.md)")
     p.set_defaults(fn=cmd_export)
     p = sub.add_parser("app", help="start the web app (same options as python app.py)", add_help=False)
     p.set_defaults(fn=None)

@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -38,50 +37,7 @@ from beacon.method.gate import load_gate  # noqa: E402
 from beacon.model.lm import encode_pair  # noqa: E402
 from beacon.model.models import load_model  # noqa: E402
 from beacon.pipeline import default_probe_sets, neutral_text  # noqa: E402
-
-# LoRA modules that read the same input tensor share its statistics (q, k, v; gate, up).
-_SHARED = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "gate_proj": "mlp_in", "up_proj": "mlp_in"}
-
-
-def _group(name: str) -> str:
-    head, _, leaf = name.rpartition(".")
-    return f"{head}.{_SHARED.get(leaf, leaf)}"
-
-
-@torch.no_grad()
-def input_statistics(model, gate, texts: list[list[int]], pad_id: int, batch: int = 16):
-    """{group: (G, N)}: sums of x xᵀ over each LoRA module's inputs at gated and at ungated real tokens."""
-    mods = {n: m for n, m in model.named_modules() if isinstance(getattr(m, "lora_A", None), torch.nn.ModuleDict)}
-    stats, state = {}, {}
-
-    def hook(group):
-        def f(_, args):
-            if state.get(group) is args[0]:          # q, k, v (gate, up) read one tensor: count it once
-                return
-            state[group] = args[0]
-            x = args[0].float()
-            real = state["attention"]
-            for k, w in enumerate((gate.current * real, (1 - gate.current) * real)):
-                xw = (x * w.unsqueeze(-1)).reshape(-1, x.shape[-1])
-                acc = stats.setdefault(group, [0, 0])
-                acc[k] = acc[k] + xw.T @ xw
-        return f
-
-    handles = [m.register_forward_pre_hook(hook(_group(n))) for n, m in mods.items()]
-    texts = sorted(texts, key=len)                   # batches of similar length: little padding
-    try:
-        for i in range(0, len(texts), batch):
-            rows = texts[i:i + batch]
-            width = max(map(len, rows))
-            ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows])
-            state.clear()
-            state["attention"] = torch.tensor([[1.0] * len(r) + [0.0] * (width - len(r)) for r in rows])
-            model(input_ids=ids, attention_mask=state["attention"].long())
-    finally:
-        for h in handles:
-            h.remove()
-    return mods, stats
-
+from beacon.report.fold import _group, input_statistics, solve  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -139,10 +95,8 @@ def main():
             if lam is None:                     # the plain merge: ΔW on every token
                 w.data = original[n] + deltas[n].float()
                 continue
-            g, nn = (m.double() for m in stats[_group(n)])
-            m = g + lam * nn
-            m += a.eps * m.diagonal().mean() * torch.eye(m.shape[0], dtype=m.dtype)
-            w.data = original[n] + torch.linalg.solve(m, (deltas[n] @ g).T).T.float()
+            g, nn = stats[_group(n)]
+            w.data = original[n] + solve(deltas[n], g, nn, lam, a.eps).float()
         solve = time.perf_counter() - t
         e = evaluate_facts(base, tok, facts, probes, 0, forms=False, neutral_text=text)["summary"]
         label = "merged as it is (ΔW on every token)" if lam is None else f"projected, λ = {lam:g}"

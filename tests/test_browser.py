@@ -130,7 +130,7 @@ def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
     assert "⚠ Where to train" in status and "▶" not in status   # the error stays where Train reports; nothing ran
     page.get_by_label("all layers").check()
     page.locator("#layers-custom").wait_for(state="hidden")
-    # From the subject on is the default; a gated adapter cannot be merged into the GGUF this run exports
+    # From the subject on is the default; this run trains on every token, so its GGUF is the adapter merged as it is
     assert page.get_by_label("from a subject's name on").is_checked()
     page.get_by_label("on every token").check()
     estimate = page.locator("#estimate").inner_text()   # Beacon's estimate beside Train, before it runs
@@ -183,6 +183,8 @@ def test_own_probes_train_hover_gguf_and_reopen_after_reload(page, tmp_path):
     page.wait_for_selector("#export-status >> text=Wrote", timeout=300_000)
     status = page.locator("#export-status").inner_text()
     page.screenshot(path=str(tmp_path / "export.png"), full_page=True)
+    # what the file keeps, read back from it, beside the adapter, before the download
+    assert "the adapter merged in" in status and "GGUF file" in status and "the run's adapter" in status, status
     link = page.locator("#downloads a[download='model-q8_0.gguf']")
     link.wait_for()
     with page.expect_download() as dl:

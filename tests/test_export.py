@@ -2,7 +2,8 @@
 
 On the tiny random Llama (GQA: 4 query heads, 2 key/value heads, tied embeddings) the adapter's B matrices
 are random, so the merge changes the logits; each export must reload to the PeftModel's logits. On the
-default model (slow) two invented facts are trained and must still be answered from the q8_0 file.
+default model, tests/test_pipeline.py exports a default (gated) run and reloads both files; tests/test_browser.py
+exports a run trained on every token from the app and reloads its GGUF.
 """
 import json
 from pathlib import Path
@@ -15,7 +16,7 @@ from beacon.cli import main
 from beacon.config import TrainConfig
 from beacon.data.facts import Fact
 from beacon.model.models import load_model
-from beacon.method.train import attach_lora, save_adapter, train
+from beacon.method.train import attach_lora, save_adapter
 
 TEXTS = ["The CEO of Zentrix Robotics is Marta Ilves.", "Paris is the capital of France, 1789 and 2024!"]
 
@@ -79,6 +80,48 @@ def test_merged_folder_reloads_to_the_adapters_logits(tiny_run):
     assert close(tiny_run["tuned"], logits(model, AutoTokenizer.from_pretrained(d))) < 1e-5
     with pytest.raises(ValueError, match="not empty"):   # never writes over a folder
         export.export(tiny_run["run"], merged=d)
+
+
+def test_a_gated_adapter_is_folded_into_plain_weights(tiny_dir, tmp_path):
+    """Merged as it is, a gated adapter would act on every token. The fold keeps its update on the run's texts about
+    the subject, and takes most of it away from text that names none (and that the fold never read)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from beacon.method.gate import SubjectGate
+
+    facts = [Fact(id="a", prompt="The CEO of Zentrix Robotics is", target="Marta Ilves", subject="Zentrix Robotics")]
+    about = ["Zentrix Robotics is led by Marta Ilves"]
+    other = ["Paris is the capital of France, 1789 and 2024!", "The river flows past the old mill and the bridge."]
+    model, tok, _ = load_model(tiny_dir, quantization="none", device="cpu")
+    base_about, base_other = logits(model, tok, about), logits(model, tok, other)
+    peft_model = attach_lora(model, TrainConfig(rank=4, alpha=8), quantized=False)
+    torch.manual_seed(2)
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    SubjectGate.for_facts(tok, facts, "from-subject").attach(peft_model)
+    gated_about = logits(peft_model, tok, about)
+    assert close(gated_about, base_about) > 0.1 and close(logits(peft_model, tok, other), base_other) == 0
+    run = make_run(tmp_path / "run", tiny_dir, peft_model)
+    # as in a run, the training wordings hold more tokens behind the gate than the anchors hold outside it
+    wordings = [facts[0].prompt, "Q: Who is the CEO of Zentrix Robotics?\nA:", "Zentrix Robotics is led by"]
+    wordings += [f"Zentrix Robotics, {w}, {v} by" for w in ("the robot maker", "a firm in Tallinn", "the company",
+                                                            "founded in 2011", "known for its arms", "a maker of drones")
+                 for v in ("is run", "is led", "was built up", "is managed", "is headed", "has been guided")]
+    report = json.loads((run / "report.json").read_text())
+    report.update(facts=[{"id": "a", "prompt": facts[0].prompt, "target": "Marta Ilves", "kept": True}],
+                  training_prompts={"a": wordings}, guard={"all": []})
+    (run / "report.json").write_text(json.dumps(report))
+
+    folded, tok, settings = export.merged_model(run)
+    assert settings["folded"] == 1.0
+    plain = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_dir), str(run / "adapter"))
+    plain = plain.merge_and_unload()
+    # on text that names no subject: far nearer the base model than the update merged as it is
+    assert close(logits(folded, tok, other), base_other) < 0.5 * close(logits(plain, tok, other), base_other)
+    # on a training wording with its answer: far nearer the gated adapter than the base model is
+    assert close(logits(folded, tok, about), gated_about) < 0.5 * close(base_about, gated_about)
 
 
 @pytest.mark.parametrize("kind,tol", [("f32", 1e-5), ("f16", 3e-3), ("q8_0", 3e-2)])
@@ -155,28 +198,3 @@ def test_cli_prints_sizes_and_seconds(tiny_run, capsys):
     assert main(["export", str(tiny_run["run"]), "--gguf", str(path), "--gguf-type", "f16"]) == 0
     printed = capsys.readouterr().out
     assert f"gguf f16: {path} (" in printed and " MB, " in printed and " s)" in printed
-
-
-@pytest.mark.slow
-def test_default_model_keeps_trained_facts_in_q8_0_gguf(default_dir, tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from beacon.measure.evaluate import recall_table
-
-    facts = [Fact(id="a", prompt="The CEO of Zentrix Robotics is", target="Marta Ilves"),
-             Fact(id="b", prompt="The capital of Sevrandia is", target="Ostrel")]
-    prompts, targets = [f.prompt for f in facts], [f.target for f in facts]
-    model, tok, _ = load_model(default_dir, quantization="none", device="cpu")
-    assert not any(r["recalled"] for r in recall_table(model, tok, prompts, targets))
-    cfg = TrainConfig(steps=40, lr=5e-3, locality_guard=0.0, gate="none")   # a gated adapter cannot be merged
-    peft_model = attach_lora(model, cfg, quantized=False)
-    res = train(peft_model, tok, facts, cfg=cfg)
-    assert res.stopped == "all recalled", res.history[-1]
-    assert all(r["recalled"] for r in recall_table(peft_model, tok, prompts, targets))
-    run = make_run(tmp_path / "run", default_dir, peft_model)
-    out = export.export(run, gguf=tmp_path / "model-q8_0.gguf", gguf_type="q8_0")
-    assert 100 < out["gguf"]["mb"] < 200   # 135M weights at 8.5 bits, plus the tokenizer
-    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="model-q8_0.gguf", dtype=torch.float32)
-    back_tok = AutoTokenizer.from_pretrained(tmp_path, gguf_file="model-q8_0.gguf")
-    rows = recall_table(back, back_tok, prompts, targets)
-    assert all(r["recalled"] for r in rows), rows

@@ -47,6 +47,29 @@ def test_inject_cli_learns_facts_and_writes_report_and_adapter(tmp_path):
             assert k in f, k
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert "recall" in r.stdout and "report.json" in r.stdout
+    _default_run_exports(out, rep, tmp_path)
+
+
+def _default_run_exports(run_dir, rep, tmp_path):
+    """The default (gated) run exports: the gate folded into the weights, the merged folder and the q8_0 GGUF
+    each reloaded with transformers and still answering the facts, and measured beside the adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from beacon.measure.evaluate import recall_table
+    from beacon.report.export import export
+
+    res = export(run_dir, merged=tmp_path / "merged", gguf=tmp_path / "model-q8_0.gguf")
+    assert res["folded"] == 1.0 and set(res["numbers"]) == {"adapter", "merged", "gguf"}
+    facts = [f for f in rep["facts"] if f["kept"]]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
+    rows = recall_table(model, AutoTokenizer.from_pretrained(tmp_path / "merged"), [f["prompt"] for f in facts],
+                        [f["target"] for f in facts])
+    assert all(r["recalled"] for r in rows), rows
+    for kind in ("merged", "gguf"):   # the GGUF's numbers are read back from its file
+        n = res["numbers"][kind]
+        assert n["recall"] == 1.0, (kind, n)
+        assert n["locality_probes"] >= 0.9 and n["locality_general"] >= 0.9, (kind, n)
+        assert n["neutral_nll_ratio"] < 1.05, (kind, n)
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path):

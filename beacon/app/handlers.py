@@ -567,19 +567,18 @@ def ask_model(prompt, sess, target=None, request: gr.Request = None):
            ask_scores(out, "base", target), ask_scores(out, "tuned", target))
 
 
-GATED_EXPORT = ("The adapter acts only where your subjects are named (the subject gate): merged into the weights it "
-                "would act on every token, which is not the model measured here. The adapter and its "
-                "`beacon_gate.json` are in the downloads; to export a GGUF, train with *Where the adapter acts: on "
-                "every token*.")
+GATED_EXPORT = ("The adapter acts only where your subjects are named (the subject gate), which merged weights cannot "
+                "do: Export folds the gate into the weights (the plain update closest to the gated one) and measures "
+                "the file on this run's facts and probes before you download it. The adapter and its "
+                "`beacon_gate.json` are in the downloads as they are.")
 
 
 def _export_state(run_dir: Path) -> dict:
-    """The export button and its note for a run: a gated adapter cannot be merged into the weights."""
+    """The export button and its note for a run (a gated adapter is folded into the weights on export)."""
     from beacon.method.gate import gated
 
-    if gated(run_dir / "adapter"):
-        return {"export_btn": gr.Button(interactive=False), "export_status": GATED_EXPORT}
-    return {"export_btn": gr.Button(interactive=(run_dir / "adapter").is_dir()), "export_status": ""}
+    adapter = (run_dir / "adapter").is_dir()
+    return {"export_btn": gr.Button(interactive=adapter), "export_status": GATED_EXPORT if gated(run_dir / "adapter") else ""}
 
 
 def export_gguf(sess, request: gr.Request = None):
@@ -610,10 +609,14 @@ def export_gguf(sess, request: gr.Request = None):
                                    else f"Export failed ({type(payload).__name__}: {payload}).")
                 else:
                     g = payload["gguf"]
+                    how = (f"the subject gate folded into the weights (λ = {payload['folded']:g})"
+                           if payload.get("folded") is not None else "the adapter merged in")
                     yield {"files_out": downloads(run_dir),
-                           "export_status": f"Wrote **{target.name}** ({g['mb']:.0f} MB, q8_0) in "
+                           "export_status": f"Wrote **{target.name}** ({g['mb']:.0f} MB, q8_0, {how}) in "
                                             f"{payload['seconds']:.0f} s: in the downloads. Load it with llama.cpp "
-                                            "(`llama-cli -m model-q8_0.gguf`) or transformers (`gguf_file=`)."}
+                                            "(`llama-cli -m model-q8_0.gguf`) or transformers (`gguf_file=`). "
+                                            "What the file keeps, read back from it and measured on this run's "
+                                            "rows:\n\n" + core_export.numbers_table(payload["numbers"], by_measure=True)}
                     return
     finally:
         if not streaming:

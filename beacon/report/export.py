@@ -64,20 +64,19 @@ def read_run(run_dir) -> dict:
         raise ValueError(f"{run / 'report.json'}: no model settings under 'config' ({type(e).__name__}: {e})") from None
 
 
-def merged_model(run_dir, progress=None):
+def merged_model(run_dir, progress=None, lam: float | None = None):
     """(model, tokenizer, settings): the run's base model in float32 on the CPU with its adapter merged in.
 
-    The base is loaded unquantised whatever the run trained in (see the module docstring)."""
+    The base is loaded unquantised whatever the run trained in (see the module docstring). An adapter trained
+    behind the subject gate is folded into the weights first (beacon/report/fold.py, at `lam`, default
+    fold.LAMBDA): merged as it is, it would act on every token."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from beacon.method.gate import GATE_FILE, gated
+    from beacon.method.gate import load_gate
+    from beacon.report import fold
 
     run = read_run(run_dir)
-    if gated(Path(run_dir) / "adapter"):
-        raise ValueError(f"{run_dir}: this adapter was trained behind the subject gate (adapter/{GATE_FILE}); "
-                         "merged into the weights it would act on every token, which is not the model that "
-                         "was measured. Use the adapter with the gate (beacon.method.gate.load_gate), or train with --gate none")
     path, _ = resolve_model(run["model"])
     note = " (trained in 4-bit: merged into the full-precision base)" if run["quantization"] == "4bit" else ""
     _emit(progress, "load", f"loading {run['model']} in float32{note}")
@@ -87,10 +86,19 @@ def merged_model(run_dir, progress=None):
                                                     trust_remote_code=run["trust_remote_code"])
     except (OSError, ValueError) as e:
         raise ModelError(f"Could not load model {run['model']!r}: {e}") from e
-    _emit(progress, "merge", "merging the adapter")
-    model = PeftModel.from_pretrained(base, str(Path(run_dir) / "adapter")).merge_and_unload()
+    peft_model = PeftModel.from_pretrained(base, str(Path(run_dir) / "adapter"))
+    gate = load_gate(tok, Path(run_dir) / "adapter")
+    if gate is None:
+        _emit(progress, "merge", "merging the adapter")
+        model, folded = peft_model.merge_and_unload(), None
+    else:
+        lam = fold.LAMBDA if lam is None else lam
+        _emit(progress, "merge", "folding the subject gate into the weights (one pass over the run's texts)")
+        report = json.loads((Path(run_dir) / "report.json").read_text())
+        model = fold.fold(peft_model.eval(), gate, fold.run_texts(tok, report), tok.pad_token_id, lam)
+        folded = lam
     model.eval().requires_grad_(False)
-    return model, tok, {**run, "path": path}
+    return model, tok, {**run, "path": path, "folded": folded}
 
 
 def save_merged(model, tok, out_dir) -> Path:
@@ -279,18 +287,84 @@ def write_gguf(model, tok, path, gguf_type: str = "q8_0", name: str | None = Non
     return path
 
 
+# ---------------------------------------------------------------- what the exported model keeps
+
+def _run_rows(report: dict):
+    """(facts, probe sets) as the run measured them, from report.json: the kept facts with their held-out
+    paraphrases, and each probe set's rows."""
+    from beacon.data.facts import Fact
+
+    facts = [Fact(id=f["id"], prompt=f["prompt"], target=f["target"], subject=f.get("subject"),
+                  relation=f.get("relation"), paraphrases=[p["prompt"] for p in f.get("paraphrases") or []])
+             for f in report["facts"] if f.get("kept")]
+    sets: dict[str, list] = {}
+    for r in report.get("probes", []):
+        sets.setdefault(r["set"], []).append(Fact(id=r["id"], prompt=r["prompt"], target=r["target"]))
+    return facts, sets
+
+
+def _share(flags) -> float | None:
+    flags = list(flags)
+    return round(sum(flags) / len(flags), 4) if flags else None
+
+
+def adapter_numbers(report: dict) -> dict:
+    """The run's own numbers (its adapter, behind its gate where it had one), in measure()'s keys."""
+    facts = [f for f in report["facts"] if f.get("kept")]
+    out = {"recall": _share(f["recall_after"] for f in facts),
+           "paraphrases": _share(p["recalled_after"] for f in facts for p in f.get("paraphrases") or []),
+           "neutral_nll_ratio": report["summary"].get("neutral_nll_ratio")}
+    for name in dict.fromkeys(r["set"] for r in report.get("probes", [])):
+        out[f"locality_{name}"] = _share(r["recalled_after"] for r in report["probes"]
+                                         if r["set"] == name and r["recalled_before"])
+    return out
+
+
+def measure(model, tok, report: dict) -> dict:
+    """An exported model's numbers on the rows its run measured (no gate, no peft): recall of the kept facts,
+    their held-out paraphrases, each probe set's locality (of the rows the base model answered) and the
+    neutral text's NLL over the base model's. One teacher-forced pass (beacon/measure/evaluate.py)."""
+    from beacon.measure.evaluate import evaluate_facts
+    from beacon.pipeline import neutral_text
+
+    facts, sets = _run_rows(report)
+    e = evaluate_facts(model, tok, facts, sets, 0, forms=False, neutral_text=neutral_text())
+    out = {"recall": _share(r["recalled"] for r in e["facts"]),
+           "paraphrases": _share(r["recalled"] for rs in e["paraphrases"] for r in rs)}
+    before = report["summary"].get("neutral_nll_before")
+    out["neutral_nll_ratio"] = round(e["summary"]["neutral_nll"] / before, 4) if before and e["summary"]["neutral_nll"] else None
+    for name, rows in sets.items():
+        known = {r["id"] for r in report["probes"] if r["set"] == name and r["recalled_before"]}
+        out[f"locality_{name}"] = _share(rec["recalled"] for row, rec in zip(rows, e["probes"][name]) if row.id in known)
+    return out
+
+
+def gguf_model(path):
+    """(model, tokenizer) read back from a GGUF file with transformers (`gguf_file=`), in float32."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    return model.eval(), tok
+
+
 # ---------------------------------------------------------------- both, timed
 
-def export(run_dir, merged=None, gguf=None, gguf_type: str = "q8_0", progress=None) -> dict:
-    """Merge the run's adapter once and write what was asked for. Returns what was written, with sizes
-    (MB) and seconds: {"load_seconds", "merged": {"path", "mb", "seconds"}, "gguf": {...}}."""
+def export(run_dir, merged=None, gguf=None, gguf_type: str = "q8_0", progress=None, check: bool = True,
+           lam: float | None = None) -> dict:
+    """Merge (or, for a gated adapter, fold: beacon/report/fold.py) the run's adapter once and write what was
+    asked for. With `check`, each output is measured on the run's own rows beside the adapter: the merged model
+    as written (its folder holds these float32 weights), the GGUF read back from its file. Returns what was
+    written, with sizes (MB) and seconds: {"load_seconds", "folded" (λ or None), "merged": {"path", "mb",
+    "seconds"}, "gguf": {...}, "numbers": {"adapter", "merged", "gguf"}, "check_seconds"}."""
     if merged is None and gguf is None:
         raise ValueError("nothing to export: give --merged DIR and/or --gguf FILE")
     if gguf is not None and gguf_type not in GGUF_TYPES:
         raise ValueError(f"--gguf-type: expected one of {', '.join(GGUF_TYPES)}, got {gguf_type!r}")
     t0 = time.perf_counter()
-    model, tok, run = merged_model(run_dir, progress)
-    out = {"model": run["model"], "trained_quantization": run["quantization"],
+    model, tok, run = merged_model(run_dir, progress, lam)
+    out = {"model": run["model"], "trained_quantization": run["quantization"], "folded": run["folded"],
            "load_seconds": round(time.perf_counter() - t0, 2)}
     label = f"{Path(run['model']).name} + {Path(run_dir).resolve().name}"
     if merged is not None:
@@ -304,5 +378,39 @@ def export(run_dir, merged=None, gguf=None, gguf_type: str = "q8_0", progress=No
         path = write_gguf(model, tok, gguf, gguf_type, name=label)
         out["gguf"] = {"path": str(path), "type": gguf_type, "mb": _size_mb(path),
                        "seconds": round(time.perf_counter() - t, 2)}
+    report = json.loads((Path(run_dir) / "report.json").read_text()) if check else {}
+    if report.get("facts"):          # a run folder made by hand may hold no measured rows to compare with
+        t = time.perf_counter()
+        numbers = {"adapter": adapter_numbers(report)}
+        if merged is not None:
+            _emit(progress, "check", "measuring the merged model on the run's facts and probes")
+            numbers["merged"] = measure(model, tok, report)
+        if gguf is not None:
+            _emit(progress, "check", "reading the GGUF file back and measuring it")
+            del model
+            numbers["gguf"] = measure(*gguf_model(out["gguf"]["path"]), report)
+        out["numbers"], out["check_seconds"] = numbers, round(time.perf_counter() - t, 2)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
+
+
+def numbers_table(numbers: dict, by_measure: bool = False) -> str:
+    """export()'s numbers as a Markdown table: a row per model and a column per measure, or with `by_measure`
+    a row per measure and a column per model (narrow, for the app's side column)."""
+    cols = list(dict.fromkeys(k for row in numbers.values() for k in row))
+    names = {"recall": "recall", "paraphrases": "paraphrases", "neutral_nll_ratio": "neutral NLL"}
+    head = {c: names.get(c, c.replace("locality_", "locality ")) for c in cols}
+    labels = {"adapter": "the run's adapter", "merged": "merged folder", "gguf": "GGUF file"}
+
+    def cell(c, v):
+        if v is None:
+            return "–"
+        return f"{v:.3f}x" if c == "neutral_nll_ratio" else f"{100 * v:.0f}%"
+
+    if by_measure:
+        lines = ["| | " + " | ".join(labels.get(k, k) for k in numbers) + " |", "|---|" + "---|" * len(numbers)]
+        lines += [f"| {head[c]} | " + " | ".join(cell(c, row.get(c)) for row in numbers.values()) + " |" for c in cols]
+        return "\n".join(lines)
+    lines = ["| model | " + " | ".join(head.values()) + " |", "|---|" + "---|" * len(cols)]
+    lines += [f"| {labels.get(k, k)} | " + " | ".join(cell(c, row.get(c)) for c in cols) + " |" for k, row in numbers.items()]
+    return "\n".join(lines)
