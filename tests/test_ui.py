@@ -555,7 +555,9 @@ def test_export_gguf_waits_for_the_slot_writes_into_the_run_and_offers_the_file(
         progress({"stage": "merge", "message": "merging the adapter"})
         Path(gguf).parent.mkdir(parents=True, exist_ok=True)
         Path(gguf).write_bytes(b"GGUF")
-        return {"seconds": 7.4, "gguf": {"path": str(gguf), "type": gguf_type, "mb": 144.6, "seconds": 2.0}}
+        return {"seconds": 7.4, "gguf": {"path": str(gguf), "type": gguf_type, "mb": 144.6, "seconds": 2.0},
+                "folded": 1.0, "numbers": {"adapter": {"recall": 1.0, "locality_general": 1.0},
+                                           "gguf": {"recall": 0.96, "locality_general": 0.92}}}
 
     monkeypatch.setattr(export, "export", fake_export)
     with pytest.raises(gr.Error, match="Train first"):
@@ -573,7 +575,10 @@ def test_export_gguf_waits_for_the_slot_writes_into_the_run_and_offers_the_file(
     assert seen == {"run": run_dir, "merged": None, "gguf": run_dir / "export" / "model-q8_0.gguf", "gguf_type": "q8_0"}
     assert any("merging the adapter" in u.get("export_status", "") for u in updates)
     last = updates[-1]
-    assert "**model-q8_0.gguf** (145 MB, q8_0) in 7 s" in last["export_status"]
+    assert "**model-q8_0.gguf** (145 MB, q8_0, the subject gate folded into the weights (λ = 1)) in 7 s" in last["export_status"]
+    # what the file keeps, beside the adapter, a row per measure
+    assert "| | the run's adapter | GGUF file |" in last["export_status"]
+    assert "| recall | 100% | 96% |" in last["export_status"] and "| locality general | 100% | 92% |" in last["export_status"]
     assert {Path(f).name for f in last["files_out"]} == {"adapter.zip", "report.json", "model-q8_0.gguf"}
     assert jobs._MODEL_LOCK.acquire(timeout=5), "the export kept the model slot"
     jobs._MODEL_LOCK.release()

@@ -614,9 +614,10 @@ def export_gguf(sess, request: gr.Request = None):
                     yield {"files_out": downloads(run_dir),
                            "export_status": f"Wrote **{target.name}** ({g['mb']:.0f} MB, q8_0, {how}) in "
                                             f"{payload['seconds']:.0f} s: in the downloads. Load it with llama.cpp "
-                                            "(`llama-cli -m model-q8_0.gguf`) or transformers (`gguf_file=`). "
-                                            "What the file keeps, read back from it and measured on this run's "
-                                            "rows:\n\n" + core_export.numbers_table(payload["numbers"], by_measure=True)}
+                                            "(`llama-cli -m model-q8_0.gguf`) or transformers (`gguf_file=`)."
+                                            + ("" if not payload.get("numbers") else " What the file keeps, read back "
+                                               "from it and measured on this run's rows:\n\n"
+                                               + core_export.numbers_table(payload["numbers"], by_measure=True))}
                     return
     finally:
         if not streaming:
