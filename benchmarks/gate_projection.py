@@ -32,12 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from beacon.data.facts import load_facts  # noqa: E402
 from beacon.measure.evaluate import evaluate_facts  # noqa: E402
 from beacon.method.anchor_sources import sampled_anchors  # noqa: E402
-from beacon.method.anchors import anchor_text, read_anchors  # noqa: E402
 from beacon.method.gate import load_gate  # noqa: E402
-from beacon.model.lm import encode_pair  # noqa: E402
 from beacon.model.models import load_model  # noqa: E402
 from beacon.pipeline import default_probe_sets, neutral_text  # noqa: E402
-from beacon.report.fold import _group, input_statistics, solve  # noqa: E402
+from beacon.report import fold  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -62,21 +60,14 @@ def main():
         probes[name] = load_facts(path)
 
     t0 = time.perf_counter()
-    generic = [anchor_text(x) for x in read_anchors()]
-    if a.sampled:
-        generic += sampled_anchors(model, tok, n=a.sampled, tokens=64, seed=7)
-    texts = [sum(encode_pair(tok, p, f.target), []) for f in facts for p in rep["training_prompts"][f.id]]
-    texts += [tok(anchor_text(g)).input_ids for g in rep["guard"]["all"]] + [tok(t).input_ids for t in generic]
+    sampled = sampled_anchors(model, tok, n=a.sampled, tokens=64, seed=7) if a.sampled else []
+    texts = fold.run_texts(tok, rep, extra=sampled)
     peft_model = PeftModel.from_pretrained(model, str(run / "adapter")).eval()
     gate = load_gate(tok, run / "adapter")
     if gate is None:
         raise SystemExit(f"{run}: the adapter was trained without the gate; beacon export merges it as it is")
-    gate.attach(peft_model)
-    mods, stats = input_statistics(peft_model, gate, texts, tok.pad_token_id)
-    gate.detach()
-    deltas = {n: m.get_delta_weight("default").double() for n, m in mods.items()}
-    base = peft_model.unload()
-    weights = {n: base.get_submodule(n.removeprefix("base_model.model.")).weight for n in mods}
+    base, deltas, stats = fold.statistics(peft_model, gate, texts, tok.pad_token_id)
+    weights = {n: fold.weight(base, n) for n in deltas}
     original = {n: w.data.clone() for n, w in weights.items()}
     print(f"{len(texts)} texts, {sum(map(len, texts))} tokens; statistics in {time.perf_counter() - t0:.1f} s")
 
@@ -91,18 +82,15 @@ def main():
     text = neutral_text()
     for lam in [None] + [float(x) for x in a.lam.split(",")]:
         t = time.perf_counter()
+        folded = deltas if lam is None else fold.updates(deltas, stats, lam, a.eps)   # None: ΔW on every token
         for n, w in weights.items():
-            if lam is None:                     # the plain merge: ΔW on every token
-                w.data = original[n] + deltas[n].float()
-                continue
-            g, nn = stats[_group(n)]
-            w.data = original[n] + solve(deltas[n], g, nn, lam, a.eps).float()
-        solve = time.perf_counter() - t
+            w.data = original[n] + folded[n].float()
+        seconds = time.perf_counter() - t
         e = evaluate_facts(base, tok, facts, probes, 0, forms=False, neutral_text=text)["summary"]
         label = "merged as it is (ΔW on every token)" if lam is None else f"projected, λ = {lam:g}"
         print(f"| {label} | {pct(e['recall'])} | {pct(e['paraphrase'])} | "
               + " | ".join(pct(e["locality"][n]) for n in probes)
-              + f" | {e['neutral_nll'] / s['neutral_nll_before']:.3f}x | {solve:.0f} |", flush=True)
+              + f" | {e['neutral_nll'] / s['neutral_nll_before']:.3f}x | {seconds:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from beacon.model.models import ModelError, resolve_model
+from beacon.report.report import share
 
 GGUF_TYPES = ("f16", "q8_0", "f32")
 ARCHITECTURES = {"llama": "llama"}   # transformers model_type -> GGUF architecture
@@ -50,16 +51,18 @@ def _size_mb(path: Path) -> float:
 # ---------------------------------------------------------------- the run and the merge
 
 def read_run(run_dir) -> dict:
-    """The run's model settings from report.json ("config": model, quantization, trust_remote_code)."""
+    """The run's model settings from report.json ("config": model, quantization, trust_remote_code), and the
+    whole report under "report"."""
     run = Path(run_dir)
     if not (run / "report.json").is_file():
         raise FileNotFoundError(f"{run}: not a Beacon run folder (no report.json)")
     if not (run / "adapter" / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{run}: the run has no adapter (adapter/adapter_config.json is missing)")
     try:
-        cfg = json.loads((run / "report.json").read_text())["config"]
+        report = json.loads((run / "report.json").read_text())
+        cfg = report["config"]
         return {"model": cfg["model"], "quantization": cfg.get("quantization", "none"),
-                "trust_remote_code": bool(cfg.get("trust_remote_code", False))}
+                "trust_remote_code": bool(cfg.get("trust_remote_code", False)), "report": report}
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{run / 'report.json'}: no model settings under 'config' ({type(e).__name__}: {e})") from None
 
@@ -94,8 +97,7 @@ def merged_model(run_dir, progress=None, lam: float | None = None):
     else:
         lam = fold.LAMBDA if lam is None else lam
         _emit(progress, "merge", "folding the subject gate into the weights (one pass over the run's texts)")
-        report = json.loads((Path(run_dir) / "report.json").read_text())
-        model = fold.fold(peft_model.eval(), gate, fold.run_texts(tok, report), tok.pad_token_id, lam)
+        model = fold.fold(peft_model.eval(), gate, fold.run_texts(tok, run["report"]), tok.pad_token_id, lam)
         folded = lam
     model.eval().requires_grad_(False)
     return model, tok, {**run, "path": path, "folded": folded}
@@ -303,19 +305,14 @@ def _run_rows(report: dict):
     return facts, sets
 
 
-def _share(flags) -> float | None:
-    flags = list(flags)
-    return round(sum(flags) / len(flags), 4) if flags else None
-
-
 def adapter_numbers(report: dict) -> dict:
     """The run's own numbers (its adapter, behind its gate where it had one), in measure()'s keys."""
     facts = [f for f in report["facts"] if f.get("kept")]
-    out = {"recall": _share(f["recall_after"] for f in facts),
-           "paraphrases": _share(p["recalled_after"] for f in facts for p in f.get("paraphrases") or []),
+    out = {"recall": share(f["recall_after"] for f in facts),
+           "paraphrases": share(p["recalled_after"] for f in facts for p in f.get("paraphrases") or []),
            "neutral_nll_ratio": report["summary"].get("neutral_nll_ratio")}
     for name in dict.fromkeys(r["set"] for r in report.get("probes", [])):
-        out[f"locality_{name}"] = _share(r["recalled_after"] for r in report["probes"]
+        out[f"locality_{name}"] = share(r["recalled_after"] for r in report["probes"]
                                          if r["set"] == name and r["recalled_before"])
     return out
 
@@ -329,13 +326,13 @@ def measure(model, tok, report: dict) -> dict:
 
     facts, sets = _run_rows(report)
     e = evaluate_facts(model, tok, facts, sets, 0, forms=False, neutral_text=neutral_text())
-    out = {"recall": _share(r["recalled"] for r in e["facts"]),
-           "paraphrases": _share(r["recalled"] for rs in e["paraphrases"] for r in rs)}
+    out = {"recall": share(r["recalled"] for r in e["facts"]),
+           "paraphrases": share(r["recalled"] for rs in e["paraphrases"] for r in rs)}
     before = report["summary"].get("neutral_nll_before")
     out["neutral_nll_ratio"] = round(e["summary"]["neutral_nll"] / before, 4) if before and e["summary"]["neutral_nll"] else None
     for name, rows in sets.items():
         known = {r["id"] for r in report["probes"] if r["set"] == name and r["recalled_before"]}
-        out[f"locality_{name}"] = _share(rec["recalled"] for row, rec in zip(rows, e["probes"][name]) if row.id in known)
+        out[f"locality_{name}"] = share(rec["recalled"] for row, rec in zip(rows, e["probes"][name]) if row.id in known)
     return out
 
 
@@ -378,7 +375,7 @@ def export(run_dir, merged=None, gguf=None, gguf_type: str = "q8_0", progress=No
         path = write_gguf(model, tok, gguf, gguf_type, name=label)
         out["gguf"] = {"path": str(path), "type": gguf_type, "mb": _size_mb(path),
                        "seconds": round(time.perf_counter() - t, 2)}
-    report = json.loads((Path(run_dir) / "report.json").read_text()) if check else {}
+    report = run["report"] if check else {}
     if report.get("facts"):          # a run folder made by hand may hold no measured rows to compare with
         t = time.perf_counter()
         numbers = {"adapter": adapter_numbers(report)}

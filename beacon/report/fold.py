@@ -88,20 +88,32 @@ def solve(delta: torch.Tensor, g: torch.Tensor, n: torch.Tensor, lam: float = LA
     return torch.linalg.solve(m, (delta @ g).T).T
 
 
-def fold(peft_model, gate, texts: list[list[int]], pad_id: int, lam: float = LAMBDA):
-    """The base model (peft's adapter taken out) with each LoRA module's gated update folded into its weight.
-    `peft_model` holds the run's adapter; `gate` is its subject gate, not yet attached."""
+def statistics(peft_model, gate, texts: list[list[int]], pad_id: int):
+    """(base, {name: ΔW}, {group: [G, N]}): one pass of the gated model over `texts`, then the base model with
+    the adapter taken out. `peft_model` holds the run's adapter; `gate` is its subject gate, not yet attached."""
     gate.attach(peft_model)
     try:
         mods, stats = input_statistics(peft_model, gate, texts, pad_id)
     finally:
         gate.detach()
     deltas = {n: m.get_delta_weight(peft_model.active_adapter) for n, m in mods.items()}
-    base = peft_model.unload()
-    for n, d in deltas.items():
-        w = base.get_submodule(n.removeprefix("base_model.model.")).weight
-        if _group(n) not in stats:                   # a module no text reached: nothing to fold toward
-            continue
-        g, nn = stats[_group(n)]
-        w.data += solve(d, g, nn, lam).to(w.dtype)
+    return peft_model.unload(), deltas, stats
+
+
+def weight(base, name: str):
+    """The base model's weight that the LoRA module `name` (a PeftModel's module name) adapts."""
+    return base.get_submodule(name.removeprefix("base_model.model.")).weight
+
+
+def updates(deltas: dict, stats: dict, lam: float = LAMBDA, eps: float = EPS) -> dict:
+    """{name: ΔW'}: each module's gated update ΔW folded at λ, from statistics()' deltas and sums."""
+    return {n: solve(d, *stats[_group(n)], lam, eps) for n, d in deltas.items()}
+
+
+def fold(peft_model, gate, texts: list[list[int]], pad_id: int, lam: float = LAMBDA):
+    """The base model (peft's adapter taken out) with each LoRA module's gated update folded into its weight."""
+    base, deltas, stats = statistics(peft_model, gate, texts, pad_id)
+    for n, u in updates(deltas, stats, lam).items():
+        w = weight(base, n)
+        w.data += u.to(w.dtype)
     return base

@@ -11,7 +11,8 @@ from beacon.report.records import Report
 from beacon.method.rewordings import held_out_paraphrases
 
 
-def _frac(xs):
+def share(xs):
+    """The share of true values in xs (4 places), None for none."""
     xs = list(xs)
     return round(sum(xs) / len(xs), 4) if xs else None
 
@@ -69,7 +70,7 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
     before = analysis.before
     paras_b = [p["recalled_before"] for r in kept_recs for p in r["paraphrases"]]
     paras_a = [p["recalled_after"] for r in kept_recs for p in r["paraphrases"]]
-    forms = {f"{form}_{when}": _frac(r[f"{form}_{when}"] for r in kept_recs if r[f"{form}_{when}"] is not None)
+    forms = {f"{form}_{when}": share(r[f"{form}_{when}"] for r in kept_recs if r[f"{form}_{when}"] is not None)
              for form in ("question", "chat") for when in ("before", "after")}
     loc_b, loc_a = before["summary"]["locality"], after["summary"]["locality"]
     nll_b, nll_a = before["summary"]["neutral_nll"], after["summary"]["neutral_nll"]
@@ -77,9 +78,9 @@ def summarize(cfg, info, analysis, kept_recs, dropped, after, result, prompts, w
     return {
         "facts_in": len(analysis.facts), "facts_kept": len(kept_recs), "duplicates_merged": len(analysis.merged),
         "conflicts": len(analysis.conflicts), "dropped": dropped,
-        "recall_before": _frac(r["recall_before"] for r in kept_recs),
-        "recall_after": _frac(r["recall_after"] for r in kept_recs),
-        "paraphrase_before": _frac(paras_b), "paraphrase_after": _frac(paras_a), **forms,
+        "recall_before": share(r["recall_before"] for r in kept_recs),
+        "recall_after": share(r["recall_after"] for r in kept_recs),
+        "paraphrase_before": share(paras_b), "paraphrase_after": share(paras_a), **forms,
         "locality_before": next(iter(loc_b.values()), None), "locality_after": next(iter(loc_a.values()), None),
         **{f"locality_{k}_{w}": v[k] for w, v in (("before", loc_b), ("after", loc_a)) for k in list(loc_b)[1:]},
         "probe_sets": {k: len(v) for k, v in analysis.probes.items()},
@@ -144,7 +145,7 @@ def _probe_records(probes, before, after) -> list[dict]:
 def _earlier_record(cfg, earlier) -> dict:
     before, after = earlier["before"], earlier["after"]
     return {"from": str(cfg.continue_from), "ids": [f.id for f in earlier["facts"]],
-            "recall_before": _frac(r["recalled"] for r in before), "recall_after": _frac(r["recalled"] for r in after),
+            "recall_before": share(r["recalled"] for r in before), "recall_after": share(r["recalled"] for r in after),
             "lost": [f.id for f, b, a in zip(earlier["facts"], before, after) if b["recalled"] and not a["recalled"]]}
 
 
